@@ -1,0 +1,1396 @@
+"""Client protocol of KV Store: bytes -> frames -> typed commands -> reply bytes.
+
+This module owns framing, parsing and encoding of the two protocols spoken on a node's port
+(DESIGN.md §3).  It never owns a socket's lifetime and never touches the store: the TCPServer
+handler reads frames, turns them into commands, applies them and encodes the answer.
+
+Layout (reading order):
+    error codes     OK, NOT_PRIMARY, NOT_FOUND, BAD_REQUEST, ... and DEFINITE_CODES
+    ProtocolError   a framing violation (fatal: reply once, then close) or a request-level error
+    Frame           one request as framed: a line (line protocol) or a list of bulk args (RESP2)
+    FrameReader     socket -> Frame, enforcing max_request_bytes; detects the protocol by first byte
+    commands        Set, Get, Delete, Exists, Keys, DbSize, Ping, Echo, Status, Info, Auth, Select,
+                    Quit, Shutdown, Snapshot, Flush, ConfigGet, ClientCmd, CommandCmd, Internal,
+                    Invalid (+ Hello, a subclass of Invalid, see below)
+    parse_line      line-protocol line -> command          (never raises)
+    parse_resp      RESP argument list -> command          (never raises)
+    parse_frame     Frame -> command, by frame.proto
+    encoders        encode_line, line_ok, line_error;  resp_simple, resp_error, resp_int, resp_bulk,
+                    resp_array, resp_map, resp_null, RespRaw, resp_hello_reply
+    values          value_to_resp_bytes, value_to_line_json, text_to_bytes, bytes_to_text
+    glob            glob_match, compile_glob (Redis KEYS semantics, linear time, no regex blow-up)
+
+The read path of one connection:
+
+    reader = FrameReader(sock, max_request_bytes)
+    while (frame := reader.read_frame()) is not None:        # ProtocolError(fatal) -> reply, close
+        cmd = parse_frame(frame)                              # Invalid(...) -> error reply, go on
+        ... apply, encode with encode_line / resp_* ...
+        if not reader.has_buffered_frame(): sock.sendall(batched replies)
+
+Conventions callers rely on:
+  * Keys are `str`.  Line-protocol keys are strict UTF-8; RESP keys are any bytes decoded with
+    errors="surrogateescape" (text_to_bytes() gives the original bytes back).  Every text field of a
+    RESP command (PING/ECHO message, KEYS pattern, AUTH secret, ...) is decoded the same way.
+  * Values: kind "json" (line protocol SET; any JSON value, None == JSON null) or kind "bytes"
+    (RESP SET; raw bytes).  value_to_resp_bytes / value_to_line_json read either kind on either
+    protocol (DESIGN §3.2: a JSON number 42 reads as b"42" over RESP; JSON null reads as b"null",
+    never as a RESP nil, so a RESP client too can tell a stored null from a missing key).
+  * Invalid.message: from parse_resp it is a complete Redis error line ("ERR ...") ready for
+    resp_error(); from parse_line it is human text for the JSON "message" field.
+    ProtocolError.message has no "ERR " prefix ("Protocol error: ..."); resp_error() adds "ERR "
+    to any message whose first word is not an upper-case error code, so resp_error(e.message)
+    is right for both.
+
+Deviations from INTERFACES.md (additions only; every name in the spec exists as specified):
+  * HELLO over RESP parses to `Hello`, a subclass of `Invalid` whose code/message are the Redis 5
+    answer ("ERR unknown command 'HELLO', ..."), so a handler that treats it as Invalid behaves like
+    Redis 5.  Beware: redis-py >= 8.0 defaults to protocol=3 and does NOT fall back to RESP2 when
+    HELLO fails (redis/redis-py#4089) - with the Redis 5 answer, `redis.Redis()` cannot connect
+    unless the client passes protocol=2.  A handler that checks isinstance(cmd, Hello) BEFORE
+    Invalid can instead answer `resp_hello_reply(...)` for protover 3 and then encode nulls/maps
+    for that connection with proto=3 (resp_null/resp_bulk/resp_array/resp_map take `proto`):
+    redis-py's RESP3 parser reads every other RESP2 reply unchanged.  test_protocol.py shows both.
+  * Set has extra fields `keepttl` and `exat_ms` (EXAT/PXAT, absolute unix ms); Shutdown has
+    `options` (NOSAVE/SAVE/NOW/FORCE/ABORT as given); ConfigGet has `more` (further patterns);
+    ClientCmd.args / CommandCmd.args are tuples of str.
+  * Frame.args may contain None for a RESP null bulk ($-1); parse_resp answers it with Invalid.
+  * A RESP connection also accepts inline commands (a line not starting with '*', split on
+    whitespace, no quoting), as Redis does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Any, Callable
+
+__all__ = [
+    "OK", "NOT_PRIMARY", "NOT_FOUND", "BAD_REQUEST", "UNKNOWN_COMMAND", "TOO_LARGE", "NO_QUORUM",
+    "AUTH_REQUIRED", "TIMEOUT", "DEFINITE_CODES", "INDEFINITE_CODES", "ERROR_CODES",
+    "KEY_MAX_BYTES", "DEFAULT_MAX_REQUEST_BYTES", "MAX_MULTIBULK_ARGS", "RECV_SIZE",
+    "ProtocolError", "Frame", "FrameReader",
+    "Set", "Get", "Delete", "Exists", "Keys", "DbSize", "Ping", "Echo", "Status", "Info", "Auth",
+    "Select", "Quit", "Shutdown", "Snapshot", "Flush", "ConfigGet", "ClientCmd", "CommandCmd",
+    "Internal", "Invalid", "Hello",
+    "parse_line", "parse_resp", "parse_frame",
+    "encode_line", "line_ok", "line_error", "LINE_OK",
+    "resp_simple", "resp_error", "resp_int", "resp_bulk", "resp_array", "resp_map", "resp_null",
+    "resp_hello_reply", "RespRaw", "RESP_OK", "RESP_PONG", "RESP_NULL", "RESP3_NULL",
+    "RESP_ZERO", "RESP_ONE", "RESP_EMPTY_ARRAY",
+    "RESP_NULL_ARRAY", "value_to_resp_bytes", "value_to_line_json", "line_json_to_bytes",
+    "text_to_bytes", "bytes_to_text",
+    "glob_match", "compile_glob",
+]
+
+# --------------------------------------------------------------------------------------------
+# Error codes (DESIGN §3.1).  Definite: the operation did not happen, a client may re-send.
+# Indefinite: it may have happened (TIMEOUT; NO_QUORUM once the entry was appended).
+# --------------------------------------------------------------------------------------------
+OK = "OK"
+NOT_PRIMARY = "NOT_PRIMARY"
+NOT_FOUND = "NOT_FOUND"
+BAD_REQUEST = "BAD_REQUEST"
+UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
+TOO_LARGE = "TOO_LARGE"
+NO_QUORUM = "NO_QUORUM"
+AUTH_REQUIRED = "AUTH_REQUIRED"
+TIMEOUT = "TIMEOUT"
+
+DEFINITE_CODES = frozenset({NOT_PRIMARY, BAD_REQUEST, UNKNOWN_COMMAND, TOO_LARGE, AUTH_REQUIRED,
+                            NOT_FOUND})
+INDEFINITE_CODES = frozenset({TIMEOUT, NO_QUORUM})
+ERROR_CODES = DEFINITE_CODES | INDEFINITE_CODES
+
+KEY_MAX_BYTES = 64 * 1024                      # DESIGN §3.1: keys at most 64 KiB
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024   # --max-request-bytes default
+MAX_MULTIBULK_ARGS = 1024 * 1024               # bound on a RESP array's element count
+RECV_SIZE = 65536                              # one recv(); the reader buffers <= limit + this
+_MAX_LEN_DIGITS = 20                           # "$" / "*" header: sign + up to 19 digits
+_COMPACT_AT = 256 * 1024                       # consumed bytes before the buffer is compacted
+_SMALL_COPY = 65536                            # below: bytes(buf[a:b]); above: via memoryview
+
+
+class ProtocolError(Exception):
+    """A request that cannot be served as framed.
+
+    `.code` is one of the error codes, `.message` human text without an "ERR " prefix
+    ("Protocol error: ..." for broken RESP, like Redis).  `.fatal` True means the byte stream can
+    no longer be trusted (TOO_LARGE, broken RESP framing): the handler sends one error reply and
+    closes the connection.  FrameReader only raises fatal ones.
+    """
+
+    def __init__(self, code: str, message: str, fatal: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.fatal = fatal
+
+    def __repr__(self) -> str:
+        return f"ProtocolError({self.code!r}, {self.message!r}, fatal={self.fatal})"
+
+
+# --------------------------------------------------------------------------------------------
+# Framing
+# --------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Frame:
+    """One framed request.
+
+    proto == "line": `line` is the request line as bytes, without "\\n" and without a trailing
+    "\\r"; never blank (blank lines are skipped by the reader).  `args` is None.
+    proto == "resp": `args` is a non-empty list of bulk strings (bytes; None for a null bulk
+    "$-1", which parse_resp rejects).  `line` is None.
+    """
+
+    proto: str
+    line: bytes | None = None
+    args: list | None = None
+
+
+def _bad(msg: str) -> ProtocolError:
+    return ProtocolError(BAD_REQUEST, "Protocol error: " + msg, fatal=True)
+
+
+def _too_large(what: str, limit: int) -> ProtocolError:
+    return ProtocolError(TOO_LARGE, f"{what} exceeds the limit of {limit} bytes", fatal=True)
+
+
+class FrameReader:
+    """Reads frames from one connected socket.
+
+    What callers use: `read_frame()`, `has_buffered_frame()`, `proto` (None until the first byte
+    arrived, then "line" or "resp" for the whole connection), `buffered_bytes`.
+
+    Invariants:
+      * The protocol is fixed by the first byte of the connection: b"*" -> RESP2, else lines.
+      * Frames come out in arrival order; a frame split over any number of recv() calls (down to
+        one byte each) is reassembled; many frames in one recv() are returned one by one without
+        another recv().
+      * Memory: the unconsumed buffer never exceeds max_request_bytes + RECV_SIZE (plus one
+        partial RESP length header).  A line longer than the limit, a RESP bulk or array whose
+        announced size exceeds it raise ProtocolError(TOO_LARGE, fatal=True) as soon as that is
+        known, without reading the rest.  A RESP array announcing more than MAX_MULTIBULK_ARGS
+        elements is TOO_LARGE as well.
+      * Broken RESP (element not starting with '$', negative lengths other than -1, non-numeric
+        or overlong length headers, bulk data not followed by CRLF) raises
+        ProtocolError(BAD_REQUEST, "Protocol error: ...", fatal=True).  After a fatal error every
+        further read_frame() raises the same error.
+      * recv() returning b"" (EOF), clean or in the middle of a frame, makes read_frame() return
+        None (`eof_mid_frame` tells which).  OSError from recv (reset, timeout) propagates; after a
+        timeout nothing is lost and read_frame() may be called again.
+      * Frames are found with bytearray.find from an offset; the consumed prefix is dropped only
+        when it is large or everything was consumed, so cost is linear in the bytes received.
+      * Not thread-safe: one reader per connection, used by the connection's handler thread.
+    """
+
+    __slots__ = ("_recv", "max_request_bytes", "proto", "_buf", "_pos", "_scan", "_eof",
+                 "_pending", "_broken", "_r_args", "_r_left", "_r_off", "_r_start", "_r_need",
+                 "eof_mid_frame")
+
+    def __init__(self, sock, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES):
+        if max_request_bytes < 1:
+            raise ValueError("max_request_bytes must be >= 1")
+        self._recv = sock.recv
+        self.max_request_bytes = int(max_request_bytes)
+        self.proto: str | None = None
+        self._buf = bytearray()
+        self._pos = 0            # start of the unconsumed bytes (start of the current frame)
+        self._scan = 0           # where the next b"\n" search resumes (line / inline)
+        self._eof = False
+        self._pending: Frame | ProtocolError | None = None   # found by has_buffered_frame()
+        self._broken: ProtocolError | None = None
+        # RESP array being assembled across recv() calls (None = at a frame boundary)
+        self._r_args: list | None = None
+        self._r_left = 0         # elements still missing
+        self._r_off = 0          # buffer offset of the next element's '$'
+        self._r_start = 0        # buffer offset of the frame's '*'
+        self._r_need = 0         # do not retry before the buffer holds this many bytes
+        self.eof_mid_frame = False
+
+    # -- public ---------------------------------------------------------------------------
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return len(self._buf) - self._pos
+
+    def read_frame(self) -> Frame | None:
+        """Next frame, blocking on recv() as needed; None at EOF.  Raises fatal ProtocolError."""
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            if isinstance(pending, ProtocolError):
+                self._broken = pending
+                raise pending
+            return pending
+        if self._broken is not None:
+            raise self._broken
+        while True:
+            try:
+                if self.proto == "line":
+                    frame = self._next_line()
+                elif self.proto == "resp":
+                    frame = self._next_resp()
+                else:
+                    frame = None
+            except ProtocolError as e:
+                self._broken = e
+                raise
+            if frame is not None:
+                return frame
+            if self._eof:
+                self.eof_mid_frame = self._r_args is not None or len(self._buf) > self._pos
+                return None
+            self._fill()
+
+    def has_buffered_frame(self) -> bool:
+        """True if read_frame() will return (or raise) without blocking on the socket.
+
+        Lets a handler batch the replies of a pipeline into one sendall().  Never calls recv().
+        """
+        if self._pending is not None or self._broken is not None:
+            return True
+        if self.proto is None:
+            return False
+        try:
+            frame = self._next_line() if self.proto == "line" else self._next_resp()
+        except ProtocolError as e:
+            self._pending = e
+            return True
+        if frame is None:
+            return False
+        self._pending = frame
+        return True
+
+    # -- buffer management ------------------------------------------------------------------
+    def _fill(self) -> None:
+        buf = self._buf
+        pos = self._pos
+        if pos:
+            if pos == len(buf):
+                buf.clear()
+                self._shift(pos)
+            elif pos >= _COMPACT_AT:
+                del buf[:pos]
+                self._shift(pos)
+        data = self._recv(RECV_SIZE)
+        if not data:
+            self._eof = True
+            return
+        if self.proto is None:
+            self.proto = "resp" if data[0] == 0x2A else "line"
+        buf += data
+
+    def _shift(self, n: int) -> None:
+        self._pos -= n
+        self._scan = max(0, self._scan - n)
+        if self._r_args is not None:
+            self._r_off -= n
+            self._r_start -= n
+            self._r_need = max(0, self._r_need - n)
+
+    def _take(self, a: int, b: int) -> bytes:
+        if b - a < _SMALL_COPY:
+            return bytes(self._buf[a:b])
+        with memoryview(self._buf) as mv:
+            return mv[a:b].tobytes()
+
+    # -- line protocol (and RESP inline commands) --------------------------------------------
+    def _next_line(self) -> Frame | None:
+        while True:
+            line = self._one_line()
+            if line is None:
+                return None
+            if line:
+                return Frame("line", line)
+
+    def _one_line(self) -> bytes | None:
+        """Next complete line (without "\\n" and a trailing "\\r"); b"" for a blank line;
+        None if no complete line is buffered."""
+        buf = self._buf
+        pos = self._pos
+        limit = self.max_request_bytes
+        nl = buf.find(b"\n", self._scan)
+        if nl < 0:
+            end = len(buf)
+            self._scan = end
+            if end - pos > limit:
+                raise _too_large("request line", limit)
+            return None
+        self._pos = self._scan = nl + 1
+        if nl - pos > limit:
+            raise _too_large("request line", limit)
+        e = nl - 1 if nl > pos and buf[nl - 1] == 0x0D else nl
+        if e == pos:
+            return b""
+        line = self._take(pos, e)
+        return b"" if line.isspace() else line
+
+    # -- RESP2 --------------------------------------------------------------------------------
+    def _length(self, a: int, b: int, what: str) -> int:
+        """Parse the decimal length in buf[a:b] (strict: digits, or -digits)."""
+        s = bytes(self._buf[a:b])
+        if s.isdigit():
+            return int(s)
+        if s[:1] == b"-" and s[1:].isdigit():
+            n = int(s)
+            if n == -1:
+                return -1
+            raise _bad(f"invalid {what} length")
+        raise _bad(f"invalid {what} length")
+
+    def _next_resp(self) -> Frame | None:
+        buf = self._buf
+        end = len(buf)
+        limit = self.max_request_bytes
+        if self._r_args is None:
+            while True:                                    # at a frame boundary
+                pos = self._pos
+                if pos >= end:
+                    return None
+                if buf[pos] != 0x2A:                       # not '*': inline command
+                    if self._scan < pos:
+                        self._scan = pos
+                    line = self._one_line()
+                    if line is None:
+                        return None
+                    args = line.split()
+                    if args:
+                        return Frame("resp", None, args)
+                    continue                               # blank line
+                h = buf.find(b"\r\n", pos + 1, pos + 3 + _MAX_LEN_DIGITS)
+                if h < 0:
+                    if end - pos >= 3 + _MAX_LEN_DIGITS:
+                        raise _bad("too big mbulk count string")
+                    return None
+                s = buf[pos + 1:h]
+                n = int(s) if s.isdigit() else self._length(pos + 1, h, "multibulk")
+                if n > MAX_MULTIBULK_ARGS:
+                    raise ProtocolError(TOO_LARGE, f"Protocol error: invalid multibulk length "
+                                        f"({n} arguments, the limit is {MAX_MULTIBULK_ARGS})",
+                                        fatal=True)
+                if n <= 0:                                 # *0 and *-1 (null): nothing to do
+                    self._pos = self._scan = h + 2
+                    continue
+                args: list = []
+                left = n
+                off = h + 2
+                start = pos
+                break
+        else:
+            if end < self._r_need:
+                return None
+            args = self._r_args
+            left = self._r_left
+            off = self._r_off
+            start = self._r_start
+        need = 0
+        while left:
+            if off >= end:
+                break
+            if buf[off] != 0x24:                           # '$'
+                raise _bad(f"expected '$', got '{chr(buf[off])}'")
+            h = buf.find(b"\r\n", off + 1, off + 3 + _MAX_LEN_DIGITS)
+            if h < 0:
+                if end - off >= 3 + _MAX_LEN_DIGITS:
+                    raise _bad("too big bulk count string")
+                break
+            s = buf[off + 1:h]
+            if s.isdigit():
+                n = int(s)
+            elif self._length(off + 1, h, "bulk") < 0:     # $-1: null bulk (else raises)
+                args.append(None)
+                off = h + 2
+                left -= 1
+                continue
+            data_end = h + 2 + n
+            if data_end + 2 - start > limit:
+                raise _too_large("request", limit)
+            if data_end + 2 > end:
+                need = data_end + 2                        # wait for the whole bulk
+                break
+            if buf[data_end] != 0x0D or buf[data_end + 1] != 0x0A:
+                raise _bad("expected CRLF after bulk string")
+            if n < _SMALL_COPY:
+                args.append(bytes(buf[h + 2:data_end]))
+            else:
+                args.append(self._take(h + 2, data_end))
+            off = data_end + 2
+            left -= 1
+        else:
+            self._r_args = None
+            self._pos = self._scan = off
+            return Frame("resp", None, args)
+        # incomplete: remember where we are; the bytes stay buffered from the frame start
+        self._r_args = args
+        self._r_left = left
+        self._r_off = off
+        self._r_start = start
+        self._r_need = need
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Commands.  Shared by both protocols; the handler tells them apart only to encode the answer.
+# --------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Set:
+    """SET key value.  kind "json" (line protocol: value is any JSON value, None == null) or
+    "bytes" (RESP: raw bytes).  ex_ms: relative expiry in ms (EX*1000 or PX), exat_ms: absolute
+    unix time in ms (EXAT*1000 or PXAT); at most one of ex_ms/exat_ms/keepttl is set; nx and xx are
+    never both True.  get: return the old value (SET ... GET).  Which options are supported is the
+    server's decision."""
+
+    key: str
+    value: Any
+    kind: str
+    ex_ms: int | None = None
+    nx: bool = False
+    xx: bool = False
+    get: bool = False
+    keepttl: bool = False
+    exat_ms: int | None = None
+
+
+@dataclass(slots=True)
+class Get:
+    """GET key."""
+    key: str
+
+
+@dataclass(slots=True)
+class Delete:
+    """DELETE/DEL key [key ...]: keys is a non-empty list of valid keys."""
+    keys: list
+
+
+@dataclass(slots=True)
+class Exists:
+    """EXISTS key [key ...]: keys is a non-empty list (duplicates count twice, as in Redis)."""
+    keys: list
+
+
+@dataclass(slots=True)
+class Keys:
+    """KEYS [pattern]: pattern is a Redis glob (see glob_match), "*" when omitted (line only)."""
+    pattern: str = "*"
+
+
+@dataclass(slots=True)
+class DbSize:
+    """DBSIZE."""
+
+
+@dataclass(slots=True)
+class Ping:
+    """PING [message]: message None -> "PONG"."""
+    message: str | None = None
+
+
+@dataclass(slots=True)
+class Echo:
+    """ECHO message."""
+    message: str
+
+
+@dataclass(slots=True)
+class Status:
+    """STATUS (node status, DESIGN §3.1)."""
+
+
+@dataclass(slots=True)
+class Info:
+    """INFO [section ...]: section lower-cased; several sections joined by one space; None = all."""
+    section: str | None = None
+
+
+@dataclass(slots=True)
+class Auth:
+    """AUTH [username] password."""
+    password: str
+    username: str | None = None
+
+
+@dataclass(slots=True)
+class Select:
+    """SELECT db (an int; the server accepts only 0)."""
+    db: int
+
+
+@dataclass(slots=True)
+class Quit:
+    """QUIT: answer OK, then close."""
+
+
+@dataclass(slots=True)
+class Shutdown:
+    """SHUTDOWN [options]: options are upper-cased words as given (RESP NOSAVE/SAVE/NOW/...)."""
+    options: tuple = ()
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """SNAPSHOT: take a snapshot and compact the log now."""
+
+
+@dataclass(slots=True)
+class Flush:
+    """FLUSH: force the write-ahead log to disk now (never deletes data)."""
+
+
+@dataclass(slots=True)
+class ConfigGet:
+    """CONFIG GET pattern [pattern ...] (RESP only): `more` holds the further patterns."""
+    pattern: str
+    more: tuple = ()
+
+
+@dataclass(slots=True)
+class ClientCmd:
+    """CLIENT <sub> [args] (RESP only): sub upper-cased (SETINFO, SETNAME, GETNAME, ID, ...)."""
+    sub: str
+    args: tuple = ()
+
+
+@dataclass(slots=True)
+class CommandCmd:
+    """COMMAND [sub [args]] (RESP only): sub upper-cased (DOCS, COUNT, INFO, ...) or None."""
+    sub: str | None = None
+    args: tuple = ()
+
+
+@dataclass(slots=True)
+class Internal:
+    """A line-protocol line starting with "{": a JSON object from a peer (REPLICATE, ...)."""
+    message: dict
+
+
+@dataclass(slots=True)
+class Invalid:
+    """A request that was framed fine but cannot be run: answer one error, the connection goes on.
+
+    code: BAD_REQUEST or UNKNOWN_COMMAND.  message: see the module docstring (RESP: "ERR ...").
+    """
+    code: str
+    message: str
+
+
+@dataclass(slots=True)
+class Hello(Invalid):
+    """HELLO [protover [AUTH username password] [SETNAME name]] over RESP.
+
+    It IS an Invalid carrying the Redis 5 answer (UNKNOWN_COMMAND, "ERR unknown command 'HELLO'
+    ..."), so a handler unaware of HELLO answers like Redis 5.  A handler that supports RESP3
+    checks for Hello first and uses protover/username/password/setname.
+    """
+    protover: int | None = None
+    username: str | None = None
+    password: str | None = None
+    setname: str | None = None
+
+
+class _Reject(Exception):
+    """Internal: a parse helper found the request invalid; carries the Invalid to return."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.invalid = Invalid(code, message)
+
+
+# --------------------------------------------------------------------------------------------
+# Line protocol parsing
+# --------------------------------------------------------------------------------------------
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(s: str) -> float:
+    f = float(s)
+    if f in (float("inf"), float("-inf")):
+        raise ValueError("number out of range")
+    return f
+
+
+# SET values: strict JSON only (no NaN/Infinity, no overflowing floats -> stored as raw strings)
+_value_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_JSON_START = frozenset('{["-0123456789tfn \t"')
+
+
+def _line_value(raw: str) -> Any:
+    """SET value: the JSON value if `raw` parses as JSON, else the raw string."""
+    if raw[0] not in _JSON_START:
+        return raw
+    try:
+        return _value_decoder.decode(raw)
+    except (ValueError, RecursionError):
+        return raw
+
+
+def _line_key(key: str) -> str:
+    if len(key) > KEY_MAX_BYTES // 4 and len(key.encode("utf-8")) > KEY_MAX_BYTES:
+        raise _Reject(BAD_REQUEST, f"Key too long (max {KEY_MAX_BYTES} bytes)")
+    return key
+
+
+def _usage(name: str, usage: str) -> _Reject:
+    return _Reject(BAD_REQUEST, f"Wrong number of arguments for '{name}': usage {usage}")
+
+
+def _l_set(rest: str):
+    parts = rest.split(None, 1)
+    if len(parts) < 2:
+        raise _usage("SET", "SET <key> <value>")
+    return Set(_line_key(parts[0]), _line_value(parts[1]), "json")
+
+
+def _l_get(rest: str):
+    parts = rest.split()
+    if len(parts) != 1:
+        raise _usage("GET", "GET <key>")
+    return Get(_line_key(parts[0]))
+
+
+def _l_delete(rest: str):
+    parts = rest.split()
+    if not parts:
+        raise _usage("DELETE", "DELETE <key> [key ...]")
+    return Delete([_line_key(k) for k in parts])
+
+
+def _l_exists(rest: str):
+    parts = rest.split()
+    if not parts:
+        raise _usage("EXISTS", "EXISTS <key> [key ...]")
+    return Exists([_line_key(k) for k in parts])
+
+
+def _l_keys(rest: str):
+    parts = rest.split()
+    if len(parts) > 1:
+        raise _usage("KEYS", "KEYS [pattern]")
+    return Keys(parts[0] if parts else "*")
+
+
+def _no_args(name: str, cls):
+    def parse(rest: str):
+        if rest:
+            raise _usage(name, name)
+        return cls()
+    return parse
+
+
+def _l_ping(rest: str):
+    return Ping(rest or None)
+
+
+def _l_echo(rest: str):
+    if not rest:
+        raise _usage("ECHO", "ECHO <message>")
+    return Echo(rest)
+
+
+def _l_info(rest: str):
+    parts = rest.split()
+    return Info(" ".join(parts).lower() if parts else None)
+
+
+def _l_auth(rest: str):
+    parts = rest.split()
+    if len(parts) == 1:
+        return Auth(parts[0])
+    if len(parts) == 2:
+        return Auth(parts[1], parts[0])
+    raise _usage("AUTH", "AUTH <secret> | AUTH <user> <secret>")
+
+
+def _l_select(rest: str):
+    parts = rest.split()
+    if len(parts) != 1:
+        raise _usage("SELECT", "SELECT <db>")
+    db = _strict_int(parts[0])
+    if db is None:
+        raise _Reject(BAD_REQUEST, "Invalid DB index")
+    return Select(db)
+
+
+def _l_shutdown(rest: str):
+    return Shutdown(tuple(w.upper() for w in rest.split()))
+
+
+_LINE_COMMANDS: dict[str, Callable[[str], Any]] = {
+    "SET": _l_set,
+    "GET": _l_get,
+    "DELETE": _l_delete,
+    "DEL": _l_delete,
+    "EXISTS": _l_exists,
+    "KEYS": _l_keys,
+    "DBSIZE": _no_args("DBSIZE", DbSize),
+    "PING": _l_ping,
+    "ECHO": _l_echo,
+    "STATUS": _no_args("STATUS", Status),
+    "INFO": _l_info,
+    "AUTH": _l_auth,
+    "SELECT": _l_select,
+    "QUIT": lambda rest: Quit(),
+    "SHUTDOWN": _l_shutdown,
+    "SNAPSHOT": _no_args("SNAPSHOT", Snapshot),
+    "FLUSH": _no_args("FLUSH", Flush),
+}
+
+
+def _shorten(s: str, n: int = 64) -> str:
+    return s if len(s) <= n else s[:n] + "..."
+
+
+def parse_line(line: bytes) -> Any:
+    """One line-protocol request -> command.  Never raises: bad requests become Invalid.
+
+    `line` may still carry its "\\n" / "\\r\\n".  Command names are case-insensitive.
+    """
+    if line[-1:] == b"\n":
+        line = line[:-1]
+    if line[-1:] == b"\r":
+        line = line[:-1]
+    if line[:1] == b"{":
+        try:
+            msg = json.loads(line)
+        except (ValueError, RecursionError) as e:         # UnicodeDecodeError is a ValueError
+            return Invalid(BAD_REQUEST, f"Invalid JSON message: {_shorten(str(e), 120)}")
+        if not isinstance(msg, dict):
+            return Invalid(BAD_REQUEST, "Invalid JSON message: not an object")
+        return Internal(msg)
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Invalid(BAD_REQUEST, f"invalid UTF-8 in request at byte {e.start}")
+    parts = text.split(None, 1)
+    if not parts:
+        return Invalid(BAD_REQUEST, "Empty request")
+    handler = _LINE_COMMANDS.get(parts[0].upper())
+    if handler is None:
+        return Invalid(UNKNOWN_COMMAND, f"Unknown command '{_shorten(parts[0])}'")
+    try:
+        return handler(parts[1] if len(parts) > 1 else "")
+    except _Reject as r:
+        return r.invalid
+
+
+# --------------------------------------------------------------------------------------------
+# RESP parsing
+# --------------------------------------------------------------------------------------------
+_ERR_SYNTAX = "ERR syntax error"
+_ERR_NOT_INT = "ERR value is not an integer or out of range"
+_INT64_MAX = (1 << 63) - 1
+
+
+def _strict_int(s: str | bytes) -> int | None:
+    """Redis-style integer: optional '-', 1..19 digits; else None."""
+    d = s[1:] if s[:1] in ("-", b"-") else s
+    if not d.isdigit() or len(d) > 19 or not d.isascii():
+        return None
+    n = int(s)
+    return n if -_INT64_MAX - 1 <= n <= _INT64_MAX else None
+
+
+def bytes_to_text(b: bytes) -> str:
+    """RESP bytes -> str, losslessly (utf-8 with surrogateescape)."""
+    return b.decode("utf-8", "surrogateescape")
+
+
+def _arity(name: bytes) -> _Reject:
+    return _Reject(BAD_REQUEST,
+                   f"ERR wrong number of arguments for '{_printable(name.lower())}' command")
+
+
+def _printable(b: bytes, n: int = 128) -> str:
+    s = b[:n].decode("utf-8", "backslashreplace")
+    return s.replace("\r", "\\r").replace("\n", "\\n").replace("'", "\\'")
+
+
+def _r_key(b: bytes) -> str:
+    if not b:
+        raise _Reject(BAD_REQUEST, "ERR empty keys are not allowed")
+    if len(b) > KEY_MAX_BYTES:
+        raise _Reject(BAD_REQUEST, f"ERR key too long (max {KEY_MAX_BYTES} bytes)")
+    return b.decode("utf-8", "surrogateescape")
+
+
+def _r_set(args: list):
+    n = len(args)
+    if n < 3:
+        raise _arity(b"set")
+    key = _r_key(args[1])
+    if n == 3:
+        return Set(key, args[2], "bytes")
+    cmd = Set(key, args[2], "bytes")
+    expiry = None
+    i = 3
+    while i < n:
+        opt = args[i].upper()
+        if opt == b"NX" and not cmd.xx:
+            cmd.nx = True
+        elif opt == b"XX" and not cmd.nx:
+            cmd.xx = True
+        elif opt == b"GET":
+            cmd.get = True
+        elif opt == b"KEEPTTL" and expiry is None:
+            expiry = opt
+            cmd.keepttl = True
+        elif opt in (b"EX", b"PX", b"EXAT", b"PXAT") and expiry is None and i + 1 < n:
+            expiry = opt
+            i += 1
+            t = _strict_int(args[i])
+            if t is None:
+                raise _Reject(BAD_REQUEST, _ERR_NOT_INT)
+            scale = 1000 if opt in (b"EX", b"EXAT") else 1
+            if t <= 0 or t > _INT64_MAX // scale:
+                raise _Reject(BAD_REQUEST, "ERR invalid expire time in 'set' command")
+            if opt in (b"EX", b"PX"):
+                cmd.ex_ms = t * scale
+            else:
+                cmd.exat_ms = t * scale
+        else:
+            raise _Reject(BAD_REQUEST, _ERR_SYNTAX)
+        i += 1
+    return cmd
+
+
+def _r_get(args: list):
+    if len(args) != 2:
+        raise _arity(b"get")
+    return Get(_r_key(args[1]))
+
+
+def _r_del(args: list):
+    if len(args) < 2:
+        raise _arity(args[0])
+    return Delete([_r_key(k) for k in args[1:]])
+
+
+def _r_exists(args: list):
+    if len(args) < 2:
+        raise _arity(b"exists")
+    return Exists([_r_key(k) for k in args[1:]])
+
+
+def _r_keys(args: list):
+    if len(args) != 2:
+        raise _arity(b"keys")
+    return Keys(bytes_to_text(args[1]))
+
+
+def _r_fixed(name: bytes, cls):
+    def parse(args: list):
+        if len(args) != 1:
+            raise _arity(name)
+        return cls()
+    return parse
+
+
+def _r_ping(args: list):
+    if len(args) > 2:
+        raise _arity(b"ping")
+    return Ping(bytes_to_text(args[1]) if len(args) == 2 else None)
+
+
+def _r_echo(args: list):
+    if len(args) != 2:
+        raise _arity(b"echo")
+    return Echo(bytes_to_text(args[1]))
+
+
+def _r_info(args: list):
+    if len(args) == 1:
+        return Info(None)
+    return Info(" ".join(bytes_to_text(a) for a in args[1:]).lower())
+
+
+def _r_auth(args: list):
+    if len(args) == 2:
+        return Auth(bytes_to_text(args[1]))
+    if len(args) == 3:
+        return Auth(bytes_to_text(args[2]), bytes_to_text(args[1]))
+    raise _arity(b"auth")
+
+
+def _r_select(args: list):
+    if len(args) != 2:
+        raise _arity(b"select")
+    db = _strict_int(args[1])
+    if db is None:
+        raise _Reject(BAD_REQUEST, "ERR invalid DB index")
+    return Select(db)
+
+
+def _r_shutdown(args: list):
+    return Shutdown(tuple(bytes_to_text(a).upper() for a in args[1:]))
+
+
+def _r_config(args: list):
+    if len(args) < 2:
+        raise _arity(b"config")
+    sub = args[1].upper()
+    if sub == b"GET":
+        if len(args) < 3:
+            raise _arity(b"config|get")
+        return ConfigGet(bytes_to_text(args[2]), tuple(bytes_to_text(a) for a in args[3:]))
+    raise _Reject(UNKNOWN_COMMAND, f"ERR unknown subcommand '{_printable(args[1])}'. "
+                                   "Try CONFIG HELP.")
+
+
+def _r_client(args: list):
+    if len(args) < 2:
+        raise _arity(b"client")
+    return ClientCmd(bytes_to_text(args[1]).upper(), tuple(bytes_to_text(a) for a in args[2:]))
+
+
+def _r_command(args: list):
+    if len(args) == 1:
+        return CommandCmd(None)
+    return CommandCmd(bytes_to_text(args[1]).upper(), tuple(bytes_to_text(a) for a in args[2:]))
+
+
+def _r_hello(args: list):
+    redis5 = _unknown_message(args)
+    n = len(args)
+    protover = None
+    if n >= 2:
+        protover = _strict_int(args[1])
+        if protover is None:
+            raise _Reject(BAD_REQUEST, "ERR Protocol version is not an integer or out of range")
+    cmd = Hello(UNKNOWN_COMMAND, redis5, protover)
+    i = 2
+    while i < n:
+        opt = args[i].upper()
+        if opt == b"AUTH" and i + 2 < n:
+            cmd.username = bytes_to_text(args[i + 1])
+            cmd.password = bytes_to_text(args[i + 2])
+            i += 3
+        elif opt == b"SETNAME" and i + 1 < n:
+            cmd.setname = bytes_to_text(args[i + 1])
+            i += 2
+        else:
+            raise _Reject(BAD_REQUEST, f"ERR Syntax error in HELLO option '{_printable(args[i])}'")
+    return cmd
+
+
+_RESP_COMMANDS: dict[bytes, Callable[[list], Any]] = {
+    b"SET": _r_set,
+    b"GET": _r_get,
+    b"DEL": _r_del,
+    b"DELETE": _r_del,
+    b"EXISTS": _r_exists,
+    b"KEYS": _r_keys,
+    b"DBSIZE": _r_fixed(b"dbsize", DbSize),
+    b"PING": _r_ping,
+    b"ECHO": _r_echo,
+    b"INFO": _r_info,
+    b"AUTH": _r_auth,
+    b"SELECT": _r_select,
+    b"QUIT": lambda args: Quit(),
+    b"SHUTDOWN": _r_shutdown,
+    b"CONFIG": _r_config,
+    b"CLIENT": _r_client,
+    b"COMMAND": _r_command,
+    b"HELLO": _r_hello,
+    b"STATUS": _r_fixed(b"status", Status),
+    b"SNAPSHOT": _r_fixed(b"snapshot", Snapshot),
+    b"FLUSH": _r_fixed(b"flush", Flush),
+}
+
+
+def _unknown_message(args: list) -> str:
+    tail = "".join(f"'{_printable(a)}' " for a in args[1:] if a is not None)[:128]
+    return f"ERR unknown command '{_printable(args[0])}', with args beginning with: {tail}"
+
+
+def parse_resp(args: list) -> Any:
+    """One RESP request (list of bulk strings) -> command.  Never raises: errors become Invalid
+    whose message is a full Redis error line ("ERR ...")."""
+    if not args:
+        return Invalid(BAD_REQUEST, "ERR empty command")
+    if None in args:
+        return Invalid(BAD_REQUEST, "ERR Protocol error: null bulk string in request")
+    handler = _RESP_COMMANDS.get(args[0].upper())
+    if handler is None:
+        return Invalid(UNKNOWN_COMMAND, _unknown_message(args))
+    try:
+        return handler(args)
+    except _Reject as r:
+        return r.invalid
+
+
+def parse_frame(frame: Frame) -> Any:
+    """Frame -> command, by frame.proto (parse_line or parse_resp).  Never raises."""
+    if frame.proto == "resp":
+        return parse_resp(frame.args)
+    return parse_line(frame.line)
+
+
+# --------------------------------------------------------------------------------------------
+# Encoders: line protocol
+# --------------------------------------------------------------------------------------------
+_json_line = json.JSONEncoder().encode   # ensure_ascii: one ASCII line, lone surrogates escaped
+
+
+def encode_line(obj: dict) -> bytes:
+    """One JSON reply line: json.dumps(obj) (default separators, ensure_ascii) + "\\n".
+
+    ensure_ascii guarantees a single line (newlines in strings are escaped) and that str values
+    with lone surrogates (RESP keys) encode.  Raises TypeError for non-JSON objects (a bug)."""
+    return (_json_line(obj) + "\n").encode("ascii")
+
+
+LINE_OK = b'{"status": "OK"}\n'
+
+
+def line_ok(**fields: Any) -> bytes:
+    """{"status": "OK", **fields} as one line."""
+    if not fields:
+        return LINE_OK
+    return encode_line({"status": "OK", **fields})
+
+
+def line_error(code: str, message: str, **extra: Any) -> bytes:
+    """{"status": "ERROR", "code", "message", "definite", **extra} as one line (DESIGN §3.1)."""
+    return encode_line({"status": "ERROR", "code": code, "message": message,
+                        "definite": code in DEFINITE_CODES, **extra})
+
+
+# --------------------------------------------------------------------------------------------
+# Encoders: RESP2 (and the bits of RESP3 a HELLO 3 client needs)
+# --------------------------------------------------------------------------------------------
+class RespRaw(bytes):
+    """Already-encoded RESP bytes: resp_array / resp_map insert these unchanged."""
+    __slots__ = ()
+
+
+RESP_OK = b"+OK\r\n"
+RESP_PONG = b"+PONG\r\n"
+RESP_NULL = b"$-1\r\n"          # RESP2 null bulk
+RESP_NULL_ARRAY = b"*-1\r\n"    # RESP2 null array
+RESP3_NULL = b"_\r\n"           # RESP3 null (the only null a RESP3 client parses correctly)
+RESP_ZERO = b":0\r\n"
+RESP_ONE = b":1\r\n"
+RESP_EMPTY_ARRAY = b"*0\r\n"
+
+_ERROR_PREFIX = re.compile(r"[A-Z][A-Z0-9_]+(?= |$)")
+
+
+def _no_crlf(s: str) -> str:
+    if "\r" in s or "\n" in s:
+        s = s.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+    return s
+
+
+def resp_simple(s: str) -> bytes:
+    """+s\\r\\n (CR/LF in s are replaced by spaces)."""
+    return b"+" + text_to_bytes(_no_crlf(s)) + b"\r\n"
+
+
+def resp_error(msg: str) -> bytes:
+    """-msg\\r\\n.  msg should start with an error code word ("ERR ...", "READONLY ...",
+    "NOAUTH ..."); if its first word is not upper-case, "ERR " is prepended.  CR/LF -> spaces."""
+    msg = _no_crlf(msg)
+    if not _ERROR_PREFIX.match(msg):
+        msg = "ERR " + msg
+    return b"-" + text_to_bytes(msg) + b"\r\n"
+
+
+def resp_int(n: int) -> bytes:
+    """:n\\r\\n."""
+    return b":%d\r\n" % n
+
+
+def resp_null(proto: int = 2) -> bytes:
+    """The null reply: $-1 (RESP2) or _ (RESP3)."""
+    return RESP3_NULL if proto == 3 else RESP_NULL
+
+
+def resp_bulk(b: bytes | str | None, proto: int = 2) -> bytes:
+    """$len\\r\\nb\\r\\n; None -> null (resp_null(proto)); str -> text_to_bytes(str)."""
+    if b is None:
+        return RESP3_NULL if proto == 3 else RESP_NULL
+    if type(b) is str:
+        b = text_to_bytes(b)
+    if len(b) < _SMALL_COPY:
+        return b"$%d\r\n%b\r\n" % (len(b), b)
+    return b"".join((b"$%d\r\n" % len(b), b, b"\r\n"))
+
+
+def _resp_item(x: Any, out: list, proto: int) -> None:
+    if isinstance(x, RespRaw):
+        out.append(x)
+    elif x is None:
+        out.append(RESP3_NULL if proto == 3 else RESP_NULL)
+    elif isinstance(x, (bytes, bytearray, memoryview, str)):
+        out.append(resp_bulk(bytes(x) if not isinstance(x, (bytes, str)) else x))
+    elif isinstance(x, int):
+        out.append(b":%d\r\n" % x)
+    elif isinstance(x, (list, tuple)):
+        out.append(b"*%d\r\n" % len(x))
+        for y in x:
+            _resp_item(y, out, proto)
+    elif isinstance(x, dict):
+        out.append(resp_map(x, proto))
+    else:
+        raise TypeError(f"cannot encode {type(x).__name__} as RESP")
+
+
+def resp_array(items: list | tuple | None, proto: int = 2) -> bytes:
+    """*n then each item.  Items are RAW values, encoded here: bytes/str -> bulk string,
+    None -> null, int (and bool) -> integer, list/tuple -> nested array, dict -> resp_map,
+    RespRaw -> inserted unchanged (e.g. RespRaw(resp_error(...))).  items None -> null array."""
+    if items is None:
+        return RESP3_NULL if proto == 3 else RESP_NULL_ARRAY
+    out: list = [b"*%d\r\n" % len(items)]
+    for x in items:
+        _resp_item(x, out, proto)
+    return b"".join(out)
+
+
+def resp_map(pairs: dict | list, proto: int = 2) -> bytes:
+    """A map: RESP3 "%n" with key/value items; RESP2 a flat array k1 v1 k2 v2 (what Redis sends
+    a RESP2 client for CONFIG GET / HELLO).  Keys and values are raw values as in resp_array."""
+    items = list(pairs.items()) if isinstance(pairs, dict) else list(pairs)
+    out: list = [(b"%%%d\r\n" if proto == 3 else b"*%d\r\n") % (len(items) * (1 if proto == 3 else 2))]
+    for k, v in items:
+        _resp_item(k, out, proto)
+        _resp_item(v, out, proto)
+    return b"".join(out)
+
+
+def resp_hello_reply(proto: int, *, server: str = "kvstore", version: str = "1.0.0",
+                     conn_id: int = 0, mode: str = "cluster", role: str = "master") -> bytes:
+    """Reply to HELLO: server/version/proto/id/mode/role/modules, as a RESP3 map when proto == 3
+    (what redis-py >= 8 expects; it checks "proto"), else as a RESP2 flat array."""
+    return resp_map([("server", server), ("version", version), ("proto", proto),
+                     ("id", conn_id), ("mode", mode), ("role", role), ("modules", [])], proto)
+
+
+# --------------------------------------------------------------------------------------------
+# Value conversion between the protocols
+# --------------------------------------------------------------------------------------------
+def _surrogates_to_bytes(exc: UnicodeError):
+    """Codec error handler: lone surrogates from surrogateescape (U+DC80..U+DCFF) become the byte
+    they stand for; other lone surrogates (from JSON "\\ud800" escapes) are UTF-8 encoded as-is."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = bytearray()
+    for ch in exc.object[exc.start:exc.end]:
+        c = ord(ch)
+        if 0xDC80 <= c <= 0xDCFF:
+            out.append(c - 0xDC00)
+        elif 0xD800 <= c <= 0xDFFF:
+            out += ch.encode("utf-8", "surrogatepass")
+        else:
+            raise exc
+    return bytes(out), exc.end
+
+
+_SURROGATE_HANDLER = "kv_protocol.surrogates"
+codecs.register_error(_SURROGATE_HANDLER, _surrogates_to_bytes)
+
+
+def text_to_bytes(s: str) -> bytes:
+    """str -> bytes; inverse of bytes_to_text (surrogateescape) and total on any str."""
+    try:
+        return s.encode("utf-8")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", _SURROGATE_HANDLER)
+
+
+_json_text = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def value_to_resp_bytes(value: Any, kind: str) -> bytes:
+    """A stored value as a RESP bulk payload.
+
+    kind "bytes" -> as is.  kind "json": str -> its UTF-8 (text_to_bytes); any other JSON value ->
+    its JSON text as the line protocol prints it, UTF-8 (42 -> b"42", 1.5 -> b"1.5",
+    True -> b"true", None -> b"null", {"x": [1, 2]} -> b'{"x": [1, 2]}').
+    """
+    if kind == "bytes":
+        return value
+    if type(value) is str:
+        return text_to_bytes(value)
+    return text_to_bytes(_json_text(value))
+
+
+_NO_EXTRA = MappingProxyType({})
+_BASE64_EXTRA = MappingProxyType({"encoding": "base64"})
+
+
+def value_to_line_json(value: Any, kind: str) -> tuple[Any, Any]:
+    """A stored value as (json_value, extra) for a line-protocol reply.
+
+    kind "json" -> (value, {}).  kind "bytes": valid UTF-8 -> (the str, {}); otherwise
+    (base64 ascii str, {"encoding": "base64"}).  `extra` is a read-only mapping to merge into the
+    reply (reply.update(extra) / {**reply, **extra}); empty means nothing to add.
+    """
+    if kind != "bytes":
+        return value, _NO_EXTRA
+    try:
+        return value.decode("utf-8"), _NO_EXTRA
+    except UnicodeDecodeError:
+        return base64.b64encode(value).decode("ascii"), _BASE64_EXTRA
+
+
+def line_json_to_bytes(json_value: Any, extra: Any = None) -> bytes:
+    """Inverse of value_to_line_json for a kind "bytes" value (clients and tests)."""
+    if extra and extra.get("encoding") == "base64":
+        try:
+            return base64.b64decode(json_value, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ValueError(f"bad base64 value: {e}") from None
+    return text_to_bytes(json_value)
+
+
+
+# --------------------------------------------------------------------------------------------
+# Redis-style glob (KEYS)
+# --------------------------------------------------------------------------------------------
+def _glob_tokens(p: str) -> list:
+    """Pattern -> tokens, following Redis stringmatchlen: "*" (a star) or a str regex fragment
+    that matches exactly one character (literal, "?", or a [set])."""
+    toks: list = []
+    i, n = 0, len(p)
+    while i < n:
+        c = p[i]
+        if c == "*":
+            if not toks or toks[-1] != "*":
+                toks.append("*")
+            i += 1
+        elif c == "?":
+            toks.append(".")
+            i += 1
+        elif c == "[":
+            i += 1
+            neg = i < n and p[i] == "^"
+            if neg:
+                i += 1
+            parts = []
+            while True:
+                if i < n and p[i] == "\\" and n - i >= 2:
+                    parts.append(re.escape(p[i + 1]))
+                    i += 2
+                elif i < n and p[i] == "]":
+                    i += 1
+                    break
+                elif i >= n:
+                    break                                   # unclosed: set runs to the end
+                elif n - i >= 3 and p[i + 1] == "-":
+                    a, b = sorted((p[i], p[i + 2]))
+                    parts.append(re.escape(a) + "-" + re.escape(b))
+                    i += 3
+                else:
+                    parts.append(re.escape(p[i]))
+                    i += 1
+            if parts:
+                toks.append(("[^" if neg else "[") + "".join(parts) + "]")
+            else:
+                toks.append("." if neg else "(?!)")          # [^] any char, [] nothing
+        elif c == "\\" and n - i >= 2:
+            toks.append(re.escape(p[i + 1]))
+            i += 2
+        else:
+            toks.append(re.escape(c))
+            i += 1
+    return toks
+
+
+class _Segment:
+    """A star-free run of one-char tokens: fixed length; literal fast path with str.find."""
+    __slots__ = ("length", "literal", "rx")
+
+    def __init__(self, toks: list):
+        self.length = len(toks)
+        src = "".join(toks)
+        self.rx = re.compile(src, re.DOTALL)
+        lit = []
+        for t in toks:
+            if t == "." or t.startswith("[") or t == "(?!)":
+                lit = None
+                break
+            lit.append(re.sub(r"\\(.)", r"\1", t, flags=re.DOTALL))
+        self.literal = "".join(lit) if lit is not None else None
+
+
+@lru_cache(maxsize=256)
+def compile_glob(pattern: str) -> Callable[[str], bool]:
+    """Redis glob -> predicate(key) -> bool.  Cached.
+
+    Semantics of Redis KEYS (case-sensitive): "*" any run, "?" one char, "[abc]" "[a-c]" "[^a]"
+    sets (reversed ranges allowed, "\\" escapes inside), "\\x" a literal x.  Matching splits the
+    pattern at stars into fixed-length segments and places each leftmost, so it runs in
+    O(len(key) * len(pattern)) for any pattern (no regex backtracking blow-up)."""
+    if isinstance(pattern, bytes):
+        pattern = bytes_to_text(pattern)
+    if pattern == "*":
+        return lambda key: True
+    toks = _glob_tokens(pattern)
+    if "*" not in toks:
+        whole = _Segment(toks)
+        if whole.literal is not None:
+            lit = whole.literal
+            return lambda key: key == lit
+        rx = whole.rx
+        return lambda key: rx.fullmatch(key) is not None
+    segs: list = []
+    cur: list = []
+    for t in toks + ["*"]:
+        if t == "*":
+            segs.append(_Segment(cur) if cur else None)
+            cur = []
+        else:
+            cur.append(t)
+    head, mids, tail = segs[0], [s for s in segs[1:-1] if s is not None], segs[-1]
+    min_len = sum(s.length for s in segs if s is not None)
+
+    def match(key: str) -> bool:
+        n = len(key)
+        if n < min_len:
+            return False
+        pos = 0
+        if head is not None:
+            if head.literal is not None:
+                if not key.startswith(head.literal):
+                    return False
+            elif head.rx.match(key) is None:
+                return False
+            pos = head.length
+        end = n
+        if tail is not None:
+            end = n - tail.length
+            if end < pos:
+                return False
+            if tail.literal is not None:
+                if not key.endswith(tail.literal):
+                    return False
+            elif tail.rx.match(key, end) is None:
+                return False
+        for seg in mids:
+            if seg.literal is not None:
+                i = key.find(seg.literal, pos, end)
+                if i < 0:
+                    return False
+                pos = i + seg.length
+            else:
+                m = seg.rx.search(key, pos, end)
+                if m is None:
+                    return False
+                pos = m.end()
+        return True
+
+    return match
+
+
+def glob_match(pattern: str, key: str) -> bool:
+    """True if `key` matches the Redis glob `pattern` (see compile_glob)."""
+    return compile_glob(pattern)(key)
