@@ -10,7 +10,7 @@ Layout (reading order):
     Frame           one request as framed: a line (line protocol) or a list of bulk args (RESP2)
     FrameReader     socket -> Frame, enforcing max_request_bytes; detects the protocol by first byte
     commands        Set, Get, Delete, Exists, Keys, DbSize, Ping, Echo, Status, Info, Auth, Select,
-                    Quit, Shutdown, Snapshot, Flush, ConfigGet, ClientCmd, CommandCmd, Internal,
+                    Quit, Shutdown, Snapshot, Flush, Transfer, ConfigGet, ClientCmd, CommandCmd, Internal,
                     Invalid (+ Hello, a subclass of Invalid, see below)
     parse_line      line-protocol line -> command          (never raises)
     parse_resp      RESP argument list -> command          (never raises)
@@ -78,7 +78,7 @@ __all__ = [
     "ProtocolError", "Frame", "FrameReader",
     "Set", "Get", "Delete", "Exists", "Keys", "DbSize", "Ping", "Echo", "Status", "Info", "Auth",
     "Select", "Quit", "Shutdown", "Snapshot", "Flush", "ConfigGet", "ClientCmd", "CommandCmd",
-    "Internal", "Invalid", "Hello",
+    "Internal", "Invalid", "Hello", "Transfer",
     "parse_line", "parse_resp", "parse_frame",
     "encode_line", "line_ok", "line_error", "LINE_OK",
     "resp_simple", "resp_error", "resp_int", "resp_bulk", "resp_array", "resp_map", "resp_null",
@@ -545,6 +545,13 @@ class Flush:
 
 
 @dataclass(slots=True)
+class Transfer:
+    """TRANSFER [node-id]: planned leadership transfer to node-id (or the most caught-up
+    secondary); answered on the primary once the new primary is elected."""
+    target: str | None = None
+
+
+@dataclass(slots=True)
 class ConfigGet:
     """CONFIG GET pattern [pattern ...] (RESP only): `more` holds the further patterns."""
     pattern: str
@@ -723,6 +730,13 @@ def _l_shutdown(rest: str):
     return Shutdown(tuple(w.upper() for w in rest.split()))
 
 
+def _l_transfer(rest: str):
+    parts = rest.split()
+    if len(parts) > 1:
+        raise _usage("TRANSFER", "TRANSFER [node-id]")
+    return Transfer(parts[0] if parts else None)
+
+
 _LINE_COMMANDS: dict[str, Callable[[str], Any]] = {
     "SET": _l_set,
     "GET": _l_get,
@@ -741,6 +755,7 @@ _LINE_COMMANDS: dict[str, Callable[[str], Any]] = {
     "SHUTDOWN": _l_shutdown,
     "SNAPSHOT": _no_args("SNAPSHOT", Snapshot),
     "FLUSH": _no_args("FLUSH", Flush),
+    "TRANSFER": _l_transfer,
 }
 
 
@@ -1002,6 +1017,7 @@ _RESP_COMMANDS: dict[bytes, Callable[[list], Any]] = {
     b"STATUS": _r_fixed(b"status", Status),
     b"SNAPSHOT": _r_fixed(b"snapshot", Snapshot),
     b"FLUSH": _r_fixed(b"flush", Flush),
+    b"TRANSFER": lambda args: Transfer(bytes_to_text(args[1]) if len(args) > 1 else None),
 }
 
 

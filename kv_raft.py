@@ -1,0 +1,730 @@
+"""Raft consensus core for KV Store: pure rules, no sockets, no threads, no clock.
+
+Layout (reading order):
+    NotLeader      raised by propose() on a node that cannot accept writes now
+    Ready          one batch of work for the host: persist, send, apply
+    Progress       what a leader knows about one follower
+    RaftCore       the state machine of one node: step(msg, now), tick(now), propose(...), ready()
+
+The host (ClusterManager in kv_store_server.py, or the FakeNetwork in test_consensus_sim.py) drives it:
+
+    receive -> core.step(msg, now)        timers -> core.tick(now)       client -> core.propose(...)
+    rd = core.ready()
+    1. persist rd.hard_state (term, vote)           -- before any message leaves
+    2. truncate the log from rd.truncate_from, append rd.entries, fsync; core.persisted(last index)
+    3. install rd.snapshot (follower receiving SYNC)
+    4. send rd.messages
+    5. apply rd.committed in order
+
+Names follow the Raft paper (primary = leader, secondary = follower): current_term, voted_for,
+commit_index, next_index/match_index (in Progress).  Extensions: PreVote and CheckQuorum (§9.6 of
+Ongaro's thesis), leader leases for linearizable reads, leadership transfer (TimeoutNow, §3.10).
+
+Time comes in as the `now` argument (seconds, monotonic) and randomness from an injected
+random.Random, so a simulation can replay any schedule from its seed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+LEADER = "leader"
+FOLLOWER = "follower"
+CANDIDATE = "candidate"
+PRECANDIDATE = "precandidate"
+
+PROBE = "probe"          # send one append, wait for its answer (or a heartbeat interval)
+REPLICATE = "replicate"  # stream appends optimistically, up to max_inflight unanswered
+SNAPSHOT = "snapshot"    # a snapshot (SYNC) is on its way; send nothing else
+
+# Margin of the read lease below the election timeout: covers clock-rate drift between nodes.
+LEASE_FRACTION = 0.8
+
+
+class NotLeader(Exception):
+    """propose() on a node that is not an accepting leader. `.leader_id` is the hint (may be None)."""
+
+    def __init__(self, leader_id: str | None, reason: str = "not leader"):
+        super().__init__(reason)
+        self.leader_id = leader_id
+        self.reason = reason
+
+
+@dataclass
+class Ready:
+    """Work the host must do, in this order: hard_state, truncate_from, entries, snapshot, messages,
+    committed.  Messages may only leave after hard_state and entries are durable."""
+
+    hard_state: tuple[int, str | None] | None = None
+    truncate_from: int | None = None
+    entries: list = field(default_factory=list)
+    snapshot: dict | None = None
+    messages: list = field(default_factory=list)
+    committed: list = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (self.hard_state or self.truncate_from or self.entries or self.snapshot
+                    or self.messages or self.committed)
+
+
+class Progress:
+    """A leader's view of one follower.  Invariant: match_index < next_index."""
+
+    __slots__ = ("match_index", "next_index", "state", "paused_until", "inflight",
+                 "recent_active", "ack_ts", "snapshot_index")
+
+    def __init__(self, next_index: int):
+        self.match_index = 0
+        self.next_index = next_index
+        self.state = PROBE
+        self.paused_until = -1.0
+        self.inflight: deque = deque()      # (last index sent, send time), in send order
+        self.recent_active = False          # heard from it since the last CheckQuorum round
+        self.ack_ts = float("-inf")         # latest leader timestamp it echoed in this term
+        self.snapshot_index = 0
+
+    def become_probe(self) -> None:
+        self.state = PROBE
+        self.next_index = self.match_index + 1
+        self.inflight.clear()
+        self.paused_until = -1.0
+
+    def become_replicate(self) -> None:
+        self.state = REPLICATE
+        self.next_index = max(self.next_index, self.match_index + 1)
+
+
+class RaftCore:
+    """One node's Raft state machine.
+
+    Invariants:
+      - current_term never decreases; voted_for is reset only when current_term grows;
+        both are handed out in Ready.hard_state before any message that depends on them.
+      - log holds the entries after snapshot_index, contiguous: log[i].index == snapshot_index + 1 + i.
+      - commit_index never decreases and never exceeds last_index; applied <= commit_index.
+      - a leader commits an index only when a majority has it durable and it is of the leader's term.
+      - read_ok(now) is True on at most one node at any instant (lease shorter than the time a
+        follower refuses votes after hearing from its leader).
+
+    Callers use: tick, step, propose, ready, persisted, compacted, transfer_leadership,
+    report_unreachable, read_ok, has_quorum, and the read-only attributes below.
+    """
+
+    def __init__(self, node_id: str, peers: list[str], *, heartbeat_interval: float = 0.05,
+                 election_timeout: float = 0.3, rng: random.Random | None = None, now: float = 0.0,
+                 term: int = 0, voted_for: str | None = None, entries: list | None = None,
+                 snapshot_index: int = 0, snapshot_term: int = 0, commit_index: int | None = None,
+                 start_election: bool = False, prevote: bool = True, check_quorum: bool = True,
+                 max_batch: int = 512, max_inflight: int = 64, entry_factory=None):
+        if election_timeout <= heartbeat_interval:
+            raise ValueError(f"election timeout ({election_timeout}s) must be greater than the "
+                             f"heartbeat interval ({heartbeat_interval}s)")
+        if heartbeat_interval <= 0:
+            raise ValueError("heartbeat interval must be positive")
+        if node_id in peers:
+            raise ValueError(f"{node_id} lists itself among its peers")
+        self.id = node_id
+        self.peers = sorted(peers)
+        self.heartbeat_interval = heartbeat_interval
+        self.election_timeout = election_timeout
+        self.rng = rng or random.Random()
+        self.prevote = prevote
+        self.check_quorum = check_quorum
+        self.max_batch = max_batch
+        self.max_inflight = max_inflight
+        if entry_factory is None:
+            from kv_storage import ReplicationLog as entry_factory  # noqa: N813 - a class
+        self._entry = entry_factory
+
+        # persistent state (the host stores it; we hand changes out in Ready)
+        self.current_term = term
+        self.voted_for = voted_for
+        self.log: list = list(entries or [])
+        self.snapshot_index = snapshot_index
+        self.snapshot_term = snapshot_term
+        if self.log and self.log[0].index != snapshot_index + 1:
+            raise ValueError(f"log starts at {self.log[0].index}, expected {snapshot_index + 1}")
+
+        # volatile state
+        self.commit_index = snapshot_index if commit_index is None else max(commit_index, snapshot_index)
+        self.applied = self.commit_index if commit_index is not None else snapshot_index
+        self.persisted_index = self.last_index   # what the host loaded is durable
+        self.role = FOLLOWER
+        self.leader_id: str | None = None
+        self.now = now
+        self.last_leader_contact = float("-inf")
+        self.election_deadline = now
+        self._eager = start_election            # --primary: campaign at once and retry quickly
+        self._votes: dict[str, bool] = {}
+
+        # leader-only state
+        self.progress: dict[str, Progress] = {}
+        self.heartbeat_deadline = now
+        self.check_quorum_deadline = now
+        self.term_start_index = 0               # index of this leader's first entry (its NOOP)
+        self.leader_since = float("-inf")
+        self.transfer_target: str | None = None
+        self.transfer_deadline = 0.0
+        self._timeout_now_sent = False
+
+        # output
+        self._ready = Ready()
+        self._hard_dirty = False
+
+        if start_election:
+            self.election_deadline = now
+        else:
+            self._reset_election_timer()
+
+    # ------------------------------------------------------------------ log helpers
+    @property
+    def last_index(self) -> int:
+        return self.log[-1].index if self.log else self.snapshot_index
+
+    @property
+    def last_term(self) -> int:
+        return self.log[-1].term if self.log else self.snapshot_term
+
+    @property
+    def quorum(self) -> int:
+        return (len(self.peers) + 1) // 2 + 1
+
+    def term_at(self, index: int) -> int | None:
+        """Term of the entry at index; None when compacted away (index < snapshot) or absent."""
+        if index == self.snapshot_index:
+            return self.snapshot_term
+        if index < self.snapshot_index or index > self.last_index:
+            return None
+        return self.log[index - self.snapshot_index - 1].term
+
+    def entry_at(self, index: int):
+        return self.log[index - self.snapshot_index - 1]
+
+    def entries_from(self, start: int, limit: int) -> list:
+        lo = start - self.snapshot_index - 1
+        return self.log[lo:lo + limit]
+
+    def _log_up_to_date(self, last_index: int, last_term: int) -> bool:
+        """§5.4.1 election restriction: the candidate's log is at least as up-to-date as ours."""
+        return last_term > self.last_term or (last_term == self.last_term and last_index >= self.last_index)
+
+    # ------------------------------------------------------------------ role changes
+    def _reset_election_timer(self) -> None:
+        if self._eager:
+            base = 3 * self.heartbeat_interval
+            self.election_deadline = self.now + base + self.rng.random() * base
+        else:
+            self.election_deadline = self.now + self.election_timeout * (1.0 + self.rng.random())
+
+    def _set_term(self, term: int) -> None:
+        if term > self.current_term:
+            self.current_term = term
+            self.voted_for = None
+            self._hard_dirty = True
+
+    def become_follower(self, term: int, leader_id: str | None) -> None:
+        self._set_term(term)
+        self.role = FOLLOWER
+        self.leader_id = leader_id
+        self.progress = {}
+        self.transfer_target = None
+        self._votes = {}
+        if leader_id is not None:
+            self._eager = False
+        self._reset_election_timer()
+
+    def become_precandidate(self) -> None:
+        assert self.role != LEADER, "a leader does not pre-campaign"
+        self.role = PRECANDIDATE
+        self.leader_id = None
+        self._votes = {self.id: True}
+        self._reset_election_timer()
+
+    def become_candidate(self) -> None:
+        assert self.role != LEADER, "a leader does not campaign"
+        self._set_term(self.current_term + 1)
+        self.role = CANDIDATE
+        self.leader_id = None
+        self.voted_for = self.id
+        self._hard_dirty = True
+        self._votes = {self.id: True}
+        self._reset_election_timer()
+
+    def become_leader(self) -> None:
+        assert self.role == CANDIDATE, f"only a candidate becomes leader (was {self.role})"
+        self.role = LEADER
+        self.leader_id = self.id
+        self.leader_since = self.now
+        self._eager = False
+        self.transfer_target = None
+        self.progress = {p: Progress(self.last_index + 1) for p in self.peers}
+        self.heartbeat_deadline = self.now   # announce at once
+        self.check_quorum_deadline = self.now + self.election_timeout
+        noop = self._entry(self.last_index + 1, self.current_term, "NOOP", None, None, "json")
+        self.term_start_index = noop.index
+        self._append_local([noop])
+        self._maybe_commit()   # a cluster of one commits on its own
+        self._broadcast_append(heartbeat=True)
+
+    # ------------------------------------------------------------------ timers
+    def tick(self, now: float) -> None:
+        self.now = now
+        if self.role == LEADER:
+            if self.check_quorum and now >= self.check_quorum_deadline:
+                active = 1 + sum(1 for pr in self.progress.values() if pr.recent_active)
+                if active < self.quorum:
+                    self.become_follower(self.current_term, None)
+                    return
+                for pr in self.progress.values():
+                    pr.recent_active = False
+                self.check_quorum_deadline = now + self.election_timeout
+            if self.transfer_target is not None and now >= self.transfer_deadline:
+                # The target may still campaign on a late TIMEOUT_NOW, so resuming lease reads
+                # would be unsafe: step down and let the cluster elect again.
+                self.become_follower(self.current_term, None)
+                return
+            if now >= self.heartbeat_deadline:
+                self.heartbeat_deadline = now + self.heartbeat_interval
+                self._broadcast_append(heartbeat=True)
+            return
+        if now >= self.election_deadline:
+            self.campaign(transfer=False)
+
+    def campaign(self, transfer: bool) -> None:
+        """Start an election: a PreVote round first, unless PreVote is off or TIMEOUT_NOW asked us
+        to take over (a transfer skips PreVote and the voters' lease check)."""
+        if self.prevote and not transfer:
+            self.become_precandidate()
+        else:
+            self.become_candidate()
+        self._request_votes(transfer)
+
+    def _request_votes(self, transfer: bool) -> None:
+        if len(self._votes) >= self.quorum:
+            self._won_round()
+            return
+        prevote = self.role == PRECANDIDATE
+        term = self.current_term + 1 if prevote else self.current_term
+        for p in self.peers:
+            self._send({"type": "ELECTION", "to": p, "term": term, "prevote": prevote,
+                        "last_log_index": self.last_index, "last_log_term": self.last_term,
+                        "transfer": transfer})
+
+    def _won_round(self) -> None:
+        if self.role == PRECANDIDATE:
+            self.become_candidate()
+            self._request_votes(transfer=False)
+        elif self.role == CANDIDATE:
+            self.become_leader()
+
+    # ------------------------------------------------------------------ client side
+    def propose(self, op: str, key: Any, value: Any, kind: str = "json", now: float | None = None):
+        """Append a new entry on the leader; returns it.  Raises NotLeader otherwise."""
+        if now is not None:
+            self.now = now
+        if self.role != LEADER:
+            raise NotLeader(self.leader_id)
+        if self.transfer_target is not None:
+            raise NotLeader(None, "leadership transfer in progress")
+        entry = self._entry(self.last_index + 1, self.current_term, op, key, value, kind)
+        self._append_local([entry])
+        if not self.peers:
+            self._maybe_commit()
+        return entry
+
+    def transfer_leadership(self, target: str | None, now: float) -> str | None:
+        """Hand leadership to target (or the most caught-up peer).  Returns the chosen target."""
+        self.now = now
+        if self.role != LEADER or not self.peers:
+            return None
+        if target is None:
+            target = max(self.peers, key=lambda p: (self.progress[p].match_index, p))
+        if target not in self.progress:
+            raise ValueError(f"unknown node {target!r}")
+        self.transfer_target = target
+        self.transfer_deadline = now + self.election_timeout
+        self._timeout_now_sent = False
+        pr = self.progress[target]
+        if pr.match_index == self.last_index:
+            self._maybe_send_timeout_now(target, pr)
+        else:
+            self._send_append(target, force=True)
+        return target
+
+    def read_ok(self, now: float) -> bool:
+        """True when a read served now from the local state is linearizable: we lead, an entry of
+        our term is committed (so we know the latest commit), no transfer is under way, and a
+        majority acknowledged us within the lease (followers refuse votes during that time)."""
+        if self.role != LEADER or self.transfer_target is not None:
+            return False
+        if self.commit_index < self.term_start_index:
+            return False
+        return now < self._quorum_ack_ts() + self.election_timeout * LEASE_FRACTION
+
+    def has_quorum(self, now: float) -> bool:
+        """A leader that heard from a majority within one election timeout (or was elected less
+        than one election timeout ago: CheckQuorum deposes it otherwise)."""
+        if self.role != LEADER:
+            return False
+        return now < self.leader_since + self.election_timeout or \
+            now < self._quorum_ack_ts() + self.election_timeout
+
+    def _quorum_ack_ts(self) -> float:
+        acks = sorted((pr.ack_ts for pr in self.progress.values()), reverse=True)
+        need = self.quorum - 1          # besides ourselves
+        if need == 0:
+            return float("inf")
+        return acks[need - 1] if len(acks) >= need else float("-inf")
+
+    # ------------------------------------------------------------------ host callbacks
+    def persisted(self, index: int) -> None:
+        """The host made entries up to index durable on this node."""
+        if index > self.persisted_index:
+            self.persisted_index = min(index, self.last_index)
+            if self.role == LEADER:
+                self._maybe_commit()
+
+    def compacted(self, snapshot_index: int, snapshot_term: int) -> None:
+        """The host stored a snapshot covering entries up to snapshot_index: drop that prefix."""
+        if snapshot_index <= self.snapshot_index:
+            return
+        if snapshot_index > self.applied:
+            raise ValueError(f"snapshot at {snapshot_index} is past applied index {self.applied}")
+        if self.term_at(snapshot_index) != snapshot_term:
+            raise ValueError(f"snapshot term {snapshot_term} does not match the log at {snapshot_index}")
+        del self.log[:snapshot_index - self.snapshot_index]
+        self.snapshot_index = snapshot_index
+        self.snapshot_term = snapshot_term
+
+    def report_unreachable(self, peer: str) -> None:
+        """The host lost its connection to peer: messages in flight may be gone."""
+        pr = self.progress.get(peer)
+        if pr is not None and pr.state == REPLICATE:
+            pr.become_probe()
+
+    def ready(self) -> Ready:
+        """Hand out the accumulated work and start a new batch."""
+        if self.role == LEADER:
+            for p in self.peers:
+                pr = self.progress[p]
+                if pr.next_index <= self.last_index:
+                    self._send_append(p)
+        rd = self._ready
+        if self._hard_dirty:
+            rd.hard_state = (self.current_term, self.voted_for)
+            self._hard_dirty = False
+        if self.commit_index > self.applied:
+            start = max(self.applied + 1, self.snapshot_index + 1)
+            if start <= self.commit_index:
+                rd.committed = self.entries_from(start, self.commit_index - start + 1)
+            self.applied = self.commit_index
+        self._ready = Ready()
+        return rd
+
+    # ------------------------------------------------------------------ leader internals
+    def _append_local(self, entries: list) -> None:
+        self.log.extend(entries)
+        self._ready.entries.extend(entries)
+
+    def _send(self, msg: dict) -> None:
+        msg["from"] = self.id
+        self._ready.messages.append(msg)
+
+    def _broadcast_append(self, heartbeat: bool) -> None:
+        for p in self.peers:
+            pr = self.progress[p]
+            if heartbeat:
+                self._send({"type": "HEARTBEAT", "to": p, "term": self.current_term,
+                            "commit": min(self.commit_index, pr.match_index), "ts": self.now})
+                if pr.state == PROBE and pr.match_index < self.last_index:
+                    self._send_append(p)
+                elif pr.state == REPLICATE and pr.inflight and \
+                        self.now - pr.inflight[0][1] > self.election_timeout / 2:
+                    pr.become_probe()       # answers lost (e.g. a dropped connection): probe again
+                    self._send_append(p)
+                elif pr.state == SNAPSHOT and self.now >= pr.paused_until:
+                    pr.become_probe()       # snapshot answer never came: start over
+                    self._send_append(p)
+            else:
+                self._send_append(p)
+
+    def _send_append(self, p: str, force: bool = False) -> None:
+        pr = self.progress[p]
+        if pr.state == SNAPSHOT:
+            return
+        if pr.state == PROBE and self.now < pr.paused_until and not force:
+            return
+        if pr.state == REPLICATE and len(pr.inflight) >= self.max_inflight:
+            return
+        prev_index = pr.next_index - 1
+        prev_term = self.term_at(prev_index)
+        if prev_term is None or pr.next_index <= self.snapshot_index:
+            # the entries it needs were compacted away: send the snapshot (the host streams it)
+            pr.state = SNAPSHOT
+            pr.snapshot_index = self.snapshot_index
+            pr.inflight.clear()
+            pr.paused_until = self.now + 20 * self.election_timeout
+            self._send({"type": "SYNC", "to": p, "term": self.current_term,
+                        "last_index": self.snapshot_index, "last_term": self.snapshot_term})
+            return
+        entries = self.entries_from(pr.next_index, self.max_batch)
+        self._send({"type": "REPLICATE", "to": p, "term": self.current_term, "prev_index": prev_index,
+                    "prev_term": prev_term, "entries": entries, "commit": self.commit_index,
+                    "ts": self.now})
+        if pr.state == PROBE:
+            pr.paused_until = self.now + self.heartbeat_interval
+        elif entries:
+            last = entries[-1].index
+            pr.next_index = last + 1
+            pr.inflight.append((last, self.now))
+
+    def _maybe_commit(self) -> None:
+        matches = sorted([self.persisted_index] + [pr.match_index for pr in self.progress.values()],
+                         reverse=True)
+        n = matches[self.quorum - 1]
+        # §5.4.2: only entries of the current term are committed by counting replicas
+        if n > self.commit_index and self.term_at(n) == self.current_term:
+            self.commit_index = n
+
+    # ------------------------------------------------------------------ message handling
+    def step(self, msg: dict, now: float) -> None:
+        """Feed one message from a peer.  Unknown senders must be filtered by the host."""
+        self.now = now
+        mtype = msg["type"]
+        mterm = msg["term"]
+        sender = msg["from"]
+        if mtype == "ELECTION":
+            self._on_election(msg, now)
+            return
+        if mtype == "ELECTION_RESP" and msg.get("prevote"):
+            # a granted PreVote answer carries our proposed term, not the voter's: no term change
+            if not msg["granted"] and mterm > self.current_term:
+                self.become_follower(mterm, None)
+                return
+            self._on_vote_resp(msg)
+            return
+        if mterm > self.current_term:
+            leader = sender if mtype in ("REPLICATE", "HEARTBEAT", "SYNC", "TIMEOUT_NOW") else None
+            self.become_follower(mterm, leader)
+        elif mterm < self.current_term:
+            if mtype in ("REPLICATE", "HEARTBEAT", "SYNC"):
+                # a stale leader: tell it our term so it steps down
+                self._send({"type": mtype + "_RESP", "to": sender, "term": self.current_term,
+                            "success": False, "match_index": 0, "reject_hint": None,
+                            "last_index": self.last_index, "ts": msg.get("ts"), "stale": True})
+            return
+        if mtype in ("REPLICATE", "HEARTBEAT", "SYNC"):
+            if self.role != FOLLOWER or self.leader_id != sender:
+                self.become_follower(mterm, sender)
+            self.last_leader_contact = now
+            self._reset_election_timer()
+            if mtype == "REPLICATE":
+                self._on_replicate(msg)
+            elif mtype == "HEARTBEAT":
+                self._advance_commit(min(msg["commit"], self.last_index))
+                self._send({"type": "HEARTBEAT_RESP", "to": sender, "term": self.current_term,
+                            "ts": msg["ts"], "last_index": self.last_index})
+            else:
+                self._on_sync(msg)
+        elif mtype == "ELECTION_RESP":
+            self._on_vote_resp(msg)
+        elif mtype == "TIMEOUT_NOW":
+            if self.role != LEADER:
+                self.campaign(transfer=True)
+        elif self.role == LEADER and sender in self.progress:
+            pr = self.progress[sender]
+            if msg.get("stale"):
+                return
+            pr.recent_active = True
+            ts = msg.get("ts")
+            if ts is not None and ts > pr.ack_ts:
+                pr.ack_ts = ts
+            if mtype == "REPLICATE_RESP":
+                self._on_replicate_resp(sender, pr, msg)
+            elif mtype == "HEARTBEAT_RESP":
+                if pr.match_index < self.last_index and pr.state == PROBE:
+                    self._send_append(sender)
+            elif mtype == "SYNC_RESP":
+                pr.match_index = max(pr.match_index, msg["match_index"])
+                pr.next_index = pr.match_index + 1
+                pr.become_probe()
+                self._send_append(sender)
+                self._maybe_commit()
+            self._maybe_send_timeout_now(sender, pr)
+
+    def _in_lease(self, now: float) -> bool:
+        """We heard from a live leader within the minimum election timeout (or are one)."""
+        if not self.check_quorum:
+            return False
+        if self.role == LEADER:
+            return True
+        return self.leader_id is not None and now - self.last_leader_contact < self.election_timeout
+
+    def _on_election(self, msg: dict, now: float) -> None:
+        mterm = msg["term"]
+        cand = msg["from"]
+        prevote = msg["prevote"]
+        if mterm > self.current_term and not msg.get("transfer") and self._in_lease(now):
+            # a live leader exists: refuse without adopting the term (PreVote/CheckQuorum lease)
+            self._send({"type": "ELECTION_RESP", "to": cand, "term": self.current_term,
+                        "prevote": prevote, "granted": False})
+            return
+        if prevote:
+            granted = mterm > self.current_term and self._log_up_to_date(
+                msg["last_log_index"], msg["last_log_term"])
+            self._send({"type": "ELECTION_RESP", "to": cand,
+                        "term": mterm if granted else self.current_term,
+                        "prevote": True, "granted": granted})
+            return
+        if mterm > self.current_term:
+            self.become_follower(mterm, None)
+        granted = (mterm == self.current_term
+                   and self.voted_for in (None, cand)
+                   and self._log_up_to_date(msg["last_log_index"], msg["last_log_term"]))
+        if granted:
+            self.voted_for = cand
+            self._hard_dirty = True
+            self._reset_election_timer()
+        self._send({"type": "ELECTION_RESP", "to": cand, "term": self.current_term,
+                    "prevote": False, "granted": granted})
+
+    def _on_vote_resp(self, msg: dict) -> None:
+        want = PRECANDIDATE if msg.get("prevote") else CANDIDATE
+        if self.role != want:
+            return
+        if want == PRECANDIDATE and msg["term"] != self.current_term + 1:
+            return
+        self._votes[msg["from"]] = bool(msg["granted"])
+        granted = sum(1 for v in self._votes.values() if v)
+        rejected = len(self._votes) - granted
+        if granted >= self.quorum:
+            self._won_round()
+        elif rejected >= self.quorum:
+            self.become_follower(self.current_term, None)
+
+    def _on_replicate(self, msg: dict) -> None:
+        leader = msg["from"]
+        prev_index = msg["prev_index"]
+        prev_term = msg["prev_term"]
+        entries = msg["entries"]
+        if prev_index < self.commit_index:
+            # everything up to commit_index matches the leader already (Log Matching + Leader
+            # Completeness): skip what we hold, keeping the prev_index check consistent
+            skip = self.commit_index - prev_index
+            if skip >= len(entries):
+                self._send({"type": "REPLICATE_RESP", "to": leader, "term": self.current_term,
+                            "success": True, "match_index": self.commit_index, "reject_hint": None,
+                            "last_index": self.last_index, "ts": msg["ts"]})
+                return
+            prev_index = self.commit_index
+            prev_term = entries[skip - 1].term
+            entries = entries[skip:]
+        my_prev_term = self.term_at(prev_index)
+        if my_prev_term != prev_term:
+            if prev_index > self.last_index:
+                hint = (self.last_index + 1, None)
+            else:
+                conflict_term = my_prev_term
+                first = prev_index
+                while first - 1 > self.snapshot_index and self.term_at(first - 1) == conflict_term:
+                    first -= 1
+                hint = (first, conflict_term)
+            self._send({"type": "REPLICATE_RESP", "to": leader, "term": self.current_term,
+                        "success": False, "match_index": 0, "reject_hint": list(hint),
+                        "last_index": self.last_index, "ts": msg["ts"]})
+            return
+        # find the first new or conflicting entry
+        new = []
+        for i, e in enumerate(entries):
+            t = self.term_at(e.index)
+            if t is None:
+                new = entries[i:]
+                break
+            if t != e.term:
+                assert e.index > self.commit_index, "a committed entry would be overwritten"
+                del self.log[e.index - self.snapshot_index - 1:]
+                self.persisted_index = min(self.persisted_index, e.index - 1)
+                rd = self._ready
+                rd.truncate_from = e.index if rd.truncate_from is None else min(rd.truncate_from, e.index)
+                rd.entries = [x for x in rd.entries if x.index < e.index]
+                new = entries[i:]
+                break
+        if new:
+            self._append_local(new)
+        match = prev_index + len(entries)
+        self._advance_commit(min(msg["commit"], match))
+        self._send({"type": "REPLICATE_RESP", "to": leader, "term": self.current_term,
+                    "success": True, "match_index": match, "reject_hint": None,
+                    "last_index": self.last_index, "ts": msg["ts"]})
+
+    def _advance_commit(self, index: int) -> None:
+        if index > self.commit_index:
+            self.commit_index = index
+
+    def _on_sync(self, msg: dict) -> None:
+        """InstallSnapshot (§7): the host has received the whole snapshot file already."""
+        last_index, last_term = msg["last_index"], msg["last_term"]
+        if last_index <= self.commit_index:
+            self._send({"type": "SYNC_RESP", "to": msg["from"], "term": self.current_term,
+                        "match_index": self.commit_index, "ts": msg.get("ts")})
+            return
+        if self.term_at(last_index) == last_term:
+            # keep the entries after the snapshot point (§7 rule 6)
+            del self.log[:last_index - self.snapshot_index]
+            reset = False
+        else:
+            self.log = []
+            reset = True
+        self._ready.entries = [x for x in self._ready.entries if x.index > last_index] if not reset else []
+        self.snapshot_index, self.snapshot_term = last_index, last_term
+        self.commit_index = self.applied = last_index
+        self.persisted_index = max(self.persisted_index, last_index) if not reset else last_index
+        self._ready.committed = []
+        self._ready.snapshot = {"last_index": last_index, "last_term": last_term, "reset": reset,
+                                "msg": msg}
+        self._send({"type": "SYNC_RESP", "to": msg["from"], "term": self.current_term,
+                    "match_index": last_index, "ts": msg.get("ts")})
+
+    def _on_replicate_resp(self, sender: str, pr: Progress, msg: dict) -> None:
+        if msg["success"]:
+            m = msg["match_index"]
+            if m > pr.match_index:
+                pr.match_index = m
+            while pr.inflight and pr.inflight[0][0] <= pr.match_index:
+                pr.inflight.popleft()
+            if pr.state == PROBE:
+                pr.become_replicate()
+            pr.next_index = max(pr.next_index, pr.match_index + 1)
+            self._maybe_commit()
+            if pr.next_index <= self.last_index:
+                self._send_append(sender)
+            return
+        hint = msg.get("reject_hint")
+        old_next = pr.next_index
+        nxt = old_next - 1
+        if hint:
+            conflict_index, conflict_term = hint
+            nxt = conflict_index
+            if conflict_term is not None:
+                # fast back-off: skip to just past our last entry of the follower's conflicting term
+                i = min(old_next - 1, self.last_index)
+                while i > self.snapshot_index:
+                    t = self.term_at(i)
+                    if t == conflict_term:
+                        nxt = i + 1
+                        break
+                    if t < conflict_term:
+                        break
+                    i -= 1
+        pr.become_probe()
+        pr.next_index = max(pr.match_index + 1, min(nxt, old_next))
+        self._send_append(sender)
+
+    def _maybe_send_timeout_now(self, sender: str, pr: Progress) -> None:
+        if (self.role == LEADER and self.transfer_target == sender and not self._timeout_now_sent
+                and pr.match_index == self.last_index):
+            self._timeout_now_sent = True
+            self._send({"type": "TIMEOUT_NOW", "to": sender, "term": self.current_term})

@@ -1,0 +1,877 @@
+#!/usr/bin/env python3
+"""KV Store node: one member of a replicated key-value cluster.
+
+    python kv_store_server.py --node-id node1 --port 6379 --primary
+    python kv_store_server.py --standalone            # a cluster of one on 6379
+
+Layout (reading order):
+    NodeRole, NodeInfo      the seed's public names: a node's role and address
+    ReplicationLog          a log entry (index, term, op, key, value), defined in kv_storage
+    KeyValueStore           the dict, its incremental digest, apply(entry), snapshot/restore
+    ClusterManager          the thread that drives the Raft core (kv_raft.RaftCore): receive ->
+                            step -> persist -> send -> apply; peer links, snapshots, waiters
+    KVNode                  one node: store + storage + core + manager; executes commands
+    TCPServer               socketserver.ThreadingTCPServer; one handler thread per connection
+    main()                  command line
+
+Write path (no client answer comes before its last step):
+    client SET -> KVNode.write -> core.propose (append in memory) -> ClusterManager persists the
+    batch with one fsync (group commit) and sends REPLICATE -> followers persist and answer ->
+    a majority holds it durable -> commit -> apply to KeyValueStore -> answer the client.
+Read path: a GET is served from the primary's store only while core.read_ok() holds (a lease
+shorter than the election timeout, renewed by a majority's acknowledgements) and the store has
+applied everything up to the start of the primary's term.
+
+Modules: kv_protocol (framing, parsing, encoding), kv_storage (WAL, snapshots, term/vote),
+kv_raft (consensus rules), kv_transport (peer links, snapshot streaming).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import enum
+import hashlib
+import json
+import logging
+import os
+import queue
+import secrets
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import kv_protocol as P
+from kv_raft import LEADER, CANDIDATE, PRECANDIDATE, NotLeader, RaftCore
+from kv_storage import LogStorage, ReplicationLog, SnapshotMeta, StorageCorruption, write_snapshot_file
+from kv_handler import CommandError, ConnectionHandler
+from kv_transport import PeerLink, SnapshotSender
+
+__all__ = ["NodeRole", "NodeInfo", "ReplicationLog", "KeyValueStore", "ClusterManager", "KVNode",
+           "TCPServer", "main"]
+
+log = logging.getLogger("kvstore")
+
+DEFAULT_CLUSTER = {"node1": ("127.0.0.1", 6379), "node2": ("127.0.0.1", 6380), "node3": ("127.0.0.1", 6381)}
+_MASK64 = (1 << 64) - 1
+
+
+class NodeRole(enum.Enum):
+    PRIMARY = "primary"        # Raft leader
+    SECONDARY = "secondary"    # Raft follower
+    CANDIDATE = "candidate"    # campaigning (PreVote or real election)
+
+
+@dataclass
+class NodeInfo:
+    """A cluster member: its id and the address peers and clients reach it on."""
+    node_id: str
+    host: str
+    port: int
+
+    @property
+    def addr(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+# ---------------------------------------------------------------------------------------------
+class KeyValueStore:
+    """The replicated state machine: key -> (kind, value).
+
+    Invariants: `digest` is the sum mod 2**64 of a stable 64-bit hash of every (key, kind, value),
+    maintained in O(1) per write, so two stores with the same applied log have the same digest;
+    `last_applied` is the index of the last entry applied.  Only apply()/restore() write.
+    Callers use get/exists/keys/len without a lock (single dict operations are atomic under the
+    GIL); apply() and restore() hold `lock`, as do readers that need (digest, last_applied) paired.
+    """
+
+    def __init__(self):
+        self.data: dict[str, tuple[str, object]] = {}
+        self.digest = 0
+        self.last_applied = 0
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def item_hash(key: str, kind: str, value) -> int:
+        if kind == "bytes":
+            vb = value
+        else:
+            vb = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+        h = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8)
+        h.update(b"\x00" + kind.encode() + b"\x00" + vb)
+        return int.from_bytes(h.digest(), "big")
+
+    def apply(self, entry: ReplicationLog):
+        """Apply one committed entry.  Returns True/False for SET-like ops (written or not) and
+        for DEL (whether the key existed); None for NOOP."""
+        op = entry.op
+        result = None
+        if op != "NOOP":
+            key = entry.key
+            old = self.data.get(key)
+            if op == "DEL":
+                result = old is not None
+                if result:
+                    del self.data[key]
+                    self.digest = (self.digest - self.item_hash(key, *old)) & _MASK64
+            else:
+                if (op == "SETNX" and old is not None) or (op == "SETXX" and old is None):
+                    result = False
+                else:
+                    new = (entry.kind, entry.value)
+                    if old is not None:
+                        self.digest = (self.digest - self.item_hash(key, *old)) & _MASK64
+                    self.data[key] = new
+                    self.digest = (self.digest + self.item_hash(key, *new)) & _MASK64
+                    result = True
+        self.last_applied = entry.index
+        return result
+
+    def get(self, key: str):
+        """(kind, value) or None when the key is missing (a stored JSON null is ("json", None))."""
+        return self.data.get(key)
+
+    def restore(self, items, last_applied: int) -> None:
+        """Replace the whole state with (key, kind, value) items."""
+        data = {}
+        digest = 0
+        h = self.item_hash
+        for key, kind, value in items:
+            data[key] = (kind, value)
+            digest = (digest + h(key, kind, value)) & _MASK64
+        self.data = data
+        self.digest = digest
+        self.last_applied = last_applied
+
+    def items(self):
+        for key, (kind, value) in self.data.items():
+            yield key, kind, value
+
+    def digest_hex(self) -> str:
+        return f"{self.digest:016x}"
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+# ---------------------------------------------------------------------------------------------
+class Waiter:
+    """A client thread waiting for its entry to be applied."""
+    __slots__ = ("index", "term", "event", "result", "error")
+
+    def __init__(self, index: int, term: int):
+        self.index = index
+        self.term = term
+        self.event = threading.Event()
+        self.result = None
+        self.error: tuple[str, str, bool] | None = None   # (code, message, definite)
+
+
+class ClusterManager(threading.Thread):
+    """Drives the Raft core for one node.  The only thread that persists, sends and applies.
+
+    Loop: take messages from the inbox -> core.step / core.tick -> core.ready() -> persist hard
+    state and entries (one fsync for the whole batch) -> core.persisted() -> send -> apply
+    committed entries to the store and wake their waiters.  A leader sends REPLICATE before its own
+    fsync (allowed: it counts itself only once persisted), everything else after.
+    Hooks: wake() after a proposal; deliver(msg) from peer connections; links[peer].
+    """
+
+    def __init__(self, node: "KVNode"):
+        super().__init__(name=f"cluster-manager-{node.node_id}", daemon=True)
+        self.node = node
+        self.core: RaftCore = node.core
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.stop_event = threading.Event()
+        self.links: dict[str, PeerLink] = {}
+        for pid, info in node.peers.items():
+            self.links[pid] = PeerLink(node.node_id, pid, (info.host, info.port), node.cluster_secret,
+                                       on_down=self._link_down, on_up=self._link_up,
+                                       stop_event=self.stop_event)
+        self.snapshot_senders: dict[str, SnapshotSender] = {}
+        self.sync_rx: dict | None = None          # an incoming snapshot being received
+        self.snapshot_child: int | None = None    # pid of a forked snapshot writer
+        self.snapshot_lock = threading.Lock()
+        self.snapshot_done = threading.Event()
+        self.snapshot_done.set()
+        self.last_role = None
+        self.last_term = self.core.current_term
+        self.last_leader = None
+        self.waiting_logged_at = 0.0
+        self.started_at = time.monotonic()
+
+    # -- hooks for other threads
+    def wake(self) -> None:
+        self.inbox.put(None)
+
+    def deliver(self, msg: dict) -> None:
+        self.inbox.put(msg)
+
+    def _link_down(self, peer: str) -> None:
+        self.inbox.put(("down", peer))
+
+    def _link_up(self, peer: str) -> None:
+        self.inbox.put(("up", peer))
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.wake()
+        for link in self.links.values():
+            link.close()
+
+    # -- the loop
+    def run(self) -> None:
+        for link in self.links.values():
+            link.start()
+        tick = min(0.01, self.core.heartbeat_interval / 4)
+        node = self.node
+        while not self.stop_event.is_set():
+            items = []
+            try:
+                items.append(self.inbox.get(timeout=tick))
+                while True:
+                    items.append(self.inbox.get_nowait())
+            except queue.Empty:
+                pass
+            try:
+                self._iterate(items)
+            except StorageCorruption:
+                raise
+            except OSError as e:
+                # the disk failed under us: a node that cannot persist must not answer anything
+                log.critical("%s storage failure, stopping: %s", node.node_id, e)
+                node.fatal(f"storage failure: {e}")
+                return
+        log.debug("%s cluster manager stopped", node.node_id)
+
+    def _iterate(self, items: list) -> None:
+        node = self.node
+        core = self.core
+        again = True
+        while again:
+            again = False
+            now = time.monotonic()
+            with node.lock:
+                for it in items:
+                    if it is None:
+                        continue
+                    if isinstance(it, tuple):
+                        self._on_link_event(*it)
+                    elif it["type"] == "SYNC" and "data" in it:
+                        self._on_sync_chunk(it, now)
+                    else:
+                        core.step(it, now)
+                items = ()
+                core.tick(now)
+                rd = core.ready()
+                is_leader = core.role == LEADER
+            self._log_changes()
+            if rd.empty():
+                break
+            early = []
+            late = rd.messages
+            if is_leader and rd.hard_state is None:
+                early = [m for m in rd.messages if m["type"] in ("REPLICATE", "HEARTBEAT")]
+                late = [m for m in rd.messages if m["type"] not in ("REPLICATE", "HEARTBEAT")]
+            self._send(early)
+            st = node.storage
+            if rd.hard_state is not None:
+                st.save_hard_state(*rd.hard_state)
+            if rd.truncate_from is not None:
+                st.truncate_suffix(rd.truncate_from)
+                node.fail_waiters_from(rd.truncate_from)
+            if rd.snapshot is not None:
+                self._install_snapshot(rd.snapshot)
+            if rd.entries:
+                st.append(rd.entries)
+                st.sync()
+                with node.lock:
+                    core.persisted(rd.entries[-1].index)
+                    again = is_leader   # our own ack may commit something
+            self._send(late)
+            if rd.committed:
+                node.apply_committed(rd.committed)
+                self._maybe_snapshot()
+
+    def _send(self, msgs: list) -> None:
+        for m in msgs:
+            if m["type"] == "SYNC":
+                self._start_snapshot_sender(m)
+                continue
+            link = self.links.get(m["to"])
+            if link is not None:
+                link.send(m)
+
+    def _on_link_event(self, kind: str, peer: str) -> None:
+        """Caller holds node.lock."""
+        if kind == "down":
+            self.core.report_unreachable(peer)
+            log.info("%s lost contact with peer %s", self.node.node_id, peer)
+        else:
+            log.info("%s connected to peer %s", self.node.node_id, peer)
+
+    def _log_changes(self) -> None:
+        core = self.core
+        node = self.node
+        if core.current_term != self.last_term:
+            log.info("%s term changed %d -> %d", node.node_id, self.last_term, core.current_term)
+            self.last_term = core.current_term
+        role = core.role
+        if role != self.last_role:
+            if role == LEADER:
+                log.info("%s became primary at term %d", node.node_id, core.current_term)
+            elif role == CANDIDATE:
+                log.info("%s started an election at term %d", node.node_id, core.current_term)
+            elif role == PRECANDIDATE:
+                log.debug("%s pre-vote for term %d", node.node_id, core.current_term + 1)
+            elif self.last_role == LEADER:
+                log.info("%s stepped down at term %d", node.node_id, core.current_term)
+                node.fail_all_waiters("NO_QUORUM", "Lost leadership before the write was committed; "
+                                      "it may or may not be applied", definite=False)
+            self.last_role = role
+        if core.leader_id != self.last_leader:
+            if core.leader_id and core.leader_id != node.node_id:
+                log.info("%s became secondary of %s at term %d", node.node_id, core.leader_id,
+                         core.current_term)
+            self.last_leader = core.leader_id
+        if core.leader_id is None and core.peers:
+            now = time.monotonic()
+            if now - self.waiting_logged_at > 5.0 and now - self.started_at > 1.0:
+                up = [p for p, lk in self.links.items() if lk.connected]
+                log.info("%s waiting for its peers: no primary yet (reachable: %s of %s)", node.node_id,
+                         ", ".join(up) or "none", ", ".join(self.links))
+                self.waiting_logged_at = now
+        node.state_changed()
+
+    # -- snapshots
+    def _maybe_snapshot(self) -> None:
+        node = self.node
+        if (self.snapshot_child is None and node.snapshot_threshold > 0
+                and node.store.last_applied - self.core.snapshot_index >= node.snapshot_threshold):
+            self.take_snapshot()
+
+    def take_snapshot(self, wait: bool = False) -> int:
+        """Write the store as of last_applied to a snapshot file in a forked child (the parent
+        keeps serving), then install it and compact the log.  With wait=True, return once a
+        snapshot covering everything applied at call time is installed.  Returns its index."""
+        node = self.node
+        want = node.store.last_applied
+        for _ in range(2):
+            with self.snapshot_lock:
+                if self.snapshot_child is None and want > self.core.snapshot_index:
+                    self._fork_snapshot()
+                done = self.snapshot_done
+            if not wait:
+                break
+            done.wait(timeout=300)
+            if self.core.snapshot_index >= want:
+                break
+        return self.core.snapshot_index
+
+    def _fork_snapshot(self) -> None:
+        """Caller holds snapshot_lock.  Lock order: node.lock, then store.lock."""
+        node = self.node
+        with node.lock, node.store.lock:
+            index = node.store.last_applied
+            term = self.core.term_at(index)
+            meta = SnapshotMeta(index, term, len(node.store), node.store.digest_hex())
+            tmp = node.storage.snapshot_path + f".tmp-{index}"
+            pid = os.fork()
+            if pid == 0:   # child: only this thread exists; close inherited sockets, write, leave
+                code = 1
+                try:
+                    os.closerange(3, 1 << 16)
+                    write_snapshot_file(tmp, meta, node.store.items())
+                    code = 0
+                finally:
+                    os._exit(code)
+        self.snapshot_child = pid
+        self.snapshot_done = threading.Event()
+        log.info("%s snapshot started at index %d (%d keys, writer pid %d)", node.node_id, index, meta.count, pid)
+        threading.Thread(target=self._reap_snapshot, args=(pid, tmp, meta, self.snapshot_done),
+                         daemon=True, name="snapshot-reaper").start()
+
+    def _reap_snapshot(self, pid: int, tmp: str, meta: SnapshotMeta, done: threading.Event) -> None:
+        node = self.node
+        try:
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                log.error("%s snapshot writer failed (exit %d); keeping the log", node.node_id, code)
+                return
+            node.storage.install_snapshot(tmp, meta)
+            with node.lock:
+                self.core.compacted(meta.last_index, meta.last_term)
+            node.storage.compact(meta.last_index)
+            log.info("%s snapshot taken at index %d term %d (%d keys)", node.node_id, meta.last_index,
+                     meta.last_term, meta.count)
+        except OSError as e:
+            log.error("%s snapshot at index %d failed: %s", node.node_id, meta.last_index, e)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            with self.snapshot_lock:
+                self.snapshot_child = None
+            done.set()
+
+    def _start_snapshot_sender(self, m: dict) -> None:
+        peer = m["to"]
+        if peer in self.snapshot_senders or peer not in self.links:
+            return
+        path = self.node.storage.snapshot_path
+        header = {"type": "SYNC", "from": self.node.node_id, "to": peer, "term": m["term"],
+                  "last_index": m["last_index"], "last_term": m["last_term"]}
+        log.info("%s sending snapshot at index %d to %s", self.node.node_id, m["last_index"], peer)
+        sender = SnapshotSender(self.links[peer], path, header, self.stop_event,
+                                on_finish=lambda p: self.snapshot_senders.pop(p, None))
+        self.snapshot_senders[peer] = sender
+        sender.start()
+
+    def _on_sync_chunk(self, msg: dict, now: float) -> None:
+        """A chunk of a snapshot from the leader.  Caller holds node.lock.  The final chunk is
+        verified and then handed to the core as a SYNC step."""
+        if msg["term"] < self.core.current_term:
+            return
+        rx = self.sync_rx
+        key = (msg["from"], msg["term"], msg["last_index"])
+        if msg["offset"] == 0:
+            if rx is not None:
+                rx["file"].close()
+            path = self.node.storage.snapshot_path + ".recv"
+            rx = self.sync_rx = {"key": key, "file": open(path, "wb"), "path": path, "offset": 0}
+        elif rx is None or rx["key"] != key or rx["offset"] != msg["offset"]:
+            return   # out of order (a new transfer will start over)
+        data = base64.b64decode(msg["data"])
+        rx["file"].write(data)
+        rx["offset"] += len(data)
+        if not msg["done"]:
+            return
+        f = rx["file"]
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        self.sync_rx = None
+        step = {k: v for k, v in msg.items() if k not in ("data", "offset", "done", "size")}
+        step["path"] = rx["path"]
+        self.core.step(step, now)
+
+    def _install_snapshot(self, snap: dict) -> None:
+        node = self.node
+        path = snap["msg"]["path"]
+        meta, items = node.storage.read_snapshot(path)
+        items = list(items)     # verifies the checksum before anything is replaced
+        node.storage.install_snapshot(path, meta)
+        if snap["reset"]:
+            node.storage.reset_log(meta.last_index + 1)
+        else:
+            node.storage.compact(meta.last_index)
+        with node.store.lock:
+            node.store.restore(items, meta.last_index)
+        log.info("%s snapshot installed at index %d term %d (%d keys) from %s", node.node_id,
+                 meta.last_index, meta.last_term, meta.count, snap["msg"]["from"])
+
+
+# ---------------------------------------------------------------------------------------------
+class KVNode:
+    """One node: store, storage, consensus core, cluster manager, and command execution.
+
+    Callers (connection handlers) use write(), read_ok(), status(), info(), shutdown().
+    Invariant: a write is answered OK only after its entry was applied at the index and term it
+    was proposed with (so it is committed on a majority).
+    """
+
+    def __init__(self, args: argparse.Namespace, members: dict[str, NodeInfo]):
+        self.args = args
+        self.node_id = args.node_id
+        self.info = members[self.node_id]
+        self.peers = {k: v for k, v in members.items() if k != self.node_id}
+        self.members = members
+        self.requirepass = args.requirepass
+        self.cluster_secret = args.cluster_secret
+        self.request_timeout = args.request_timeout
+        self.snapshot_threshold = args.snapshot_threshold
+        self.max_clients = args.max_clients
+        self.max_request_bytes = args.max_request_bytes
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(threading.Lock())
+        self.waiters: dict[int, Waiter] = {}
+        self.store = KeyValueStore()
+        self.started = time.time()
+        self.clients = 0
+        self.clients_lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.server: TCPServer | None = None
+
+        t0 = time.monotonic()
+        for name in os.listdir(args.data_dir):
+            if ".tmp-" in name or name.endswith(".recv"):   # left by a crash mid-snapshot
+                os.unlink(os.path.join(args.data_dir, name))
+        self.storage = LogStorage(args.data_dir, fsync=args.fsync, logger=lambda m: log.warning("%s %s", self.node_id, m))
+        rec = self.storage.load()
+        if rec.torn_tail:
+            log.warning("%s recovery cut a torn record at the end of the log: %s", self.node_id, rec.torn_tail)
+        snap_index = snap_term = 0
+        if rec.snapshot_meta is not None:
+            meta, items = self.storage.read_snapshot()
+            self.store.restore(items, meta.last_index)
+            snap_index, snap_term = meta.last_index, meta.last_term
+        self.core = RaftCore(self.node_id, list(self.peers), heartbeat_interval=args.heartbeat_interval,
+                             election_timeout=args.election_timeout, now=time.monotonic(),
+                             term=rec.term, voted_for=rec.voted_for, entries=rec.entries,
+                             snapshot_index=snap_index, snapshot_term=snap_term,
+                             start_election=args.primary or not self.peers)
+        log.info("%s recovered in %.2fs: term %d, snapshot at %d (%d keys), %d log entries after it",
+                 self.node_id, time.monotonic() - t0, rec.term, snap_index, len(self.store), len(rec.entries))
+        self.manager = ClusterManager(self)
+
+    # -- lifecycle
+    def start(self) -> None:
+        self.manager.start()
+
+    def fatal(self, why: str) -> None:
+        log.critical("%s fatal: %s", self.node_id, why)
+        self.fail_all_waiters("TIMEOUT", f"node failed: {why}", definite=False)
+        os._exit(3)
+
+    def shutdown(self, transfer: bool = True) -> None:
+        """Graceful stop: hand leadership to a caught-up secondary, flush, close."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        if transfer and self.peers:
+            target = self.transfer(None, timeout=2 * self.core.election_timeout)
+            if target:
+                log.info("%s handed leadership to %s before shutting down", self.node_id, target)
+        self.manager.stop()
+        self.manager.join(timeout=5)
+        try:
+            self.storage.sync()
+        finally:
+            self.storage.close()
+        log.info("%s shut down", self.node_id)
+        if self.server is not None:
+            threading.Thread(target=self.server.shutdown, daemon=True).start()
+
+    def transfer(self, target: str | None, timeout: float) -> str | None:
+        """Planned leadership transfer; returns the new primary's id, or None if we were not
+        primary or it did not happen in time."""
+        with self.lock:
+            if self.core.role != LEADER:
+                return None
+            chosen = self.core.transfer_leadership(target, time.monotonic())
+        self.manager.wake()
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while time.monotonic() < deadline:
+                if self.core.role != LEADER:
+                    break
+                self.cond.wait(timeout=0.05)
+        ok = self.core.role != LEADER
+        return (self.core.leader_id or chosen) if ok else None
+
+    # -- waiters
+    def state_changed(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def apply_committed(self, entries: list) -> None:
+        store = self.store
+        waiters = self.waiters
+        done = []
+        with store.lock:
+            for e in entries:
+                result = store.apply(e)
+                w = waiters.pop(e.index, None) if waiters else None
+                if w is not None:
+                    if w.term == e.term:
+                        w.result = result
+                    else:
+                        w.error = ("NOT_PRIMARY", "This node lost leadership and the new primary "
+                                   "replaced the write: it was not applied", True)
+                    done.append(w)
+        for w in done:
+            w.event.set()
+        self.state_changed()
+
+    def fail_waiters_from(self, index: int) -> None:
+        with self.lock:
+            gone = [i for i in self.waiters if i >= index]
+            ws = [self.waiters.pop(i) for i in gone]
+        for w in ws:
+            w.error = ("NOT_PRIMARY", "This node lost leadership and the write was discarded: "
+                       "it was not applied", True)
+            w.event.set()
+
+    def fail_all_waiters(self, code: str, message: str, definite: bool) -> None:
+        with self.lock:
+            ws = list(self.waiters.values())
+            self.waiters.clear()
+        for w in ws:
+            w.error = (code, message, definite)
+            w.event.set()
+
+    # -- commands
+    def not_primary(self, message: str = "This node is not primary") -> CommandError:
+        leader = self.core.leader_id
+        if leader == self.node_id:
+            leader = None
+        addr = self.members[leader].addr if leader in self.members else None
+        if addr:
+            message += f"; primary is {leader} at {addr}"
+        return CommandError("NOT_PRIMARY", message, primary=leader, primary_addr=addr)
+
+    def write(self, op: str, key: str, value, kind: str):
+        """Replicate one write; returns the apply result or raises CommandError."""
+        with self.lock:
+            core = self.core
+            if core.role != LEADER:
+                raise self.not_primary()
+            now = time.monotonic()
+            if not core.has_quorum(now):
+                raise CommandError("NO_QUORUM", "The primary cannot reach a majority of the cluster; "
+                                   "the write was not accepted", definite=True)
+            try:
+                entry = core.propose(op, key, value, kind, now)
+            except NotLeader as e:
+                raise self.not_primary() from e
+            w = Waiter(entry.index, entry.term)
+            self.waiters[entry.index] = w
+        self.manager.wake()
+        if not w.event.wait(self.request_timeout):
+            with self.lock:
+                self.waiters.pop(w.index, None)
+            if not w.event.is_set():   # (else it was resolved while we gave up: report that)
+                raise CommandError("TIMEOUT", f"The write was not committed within {self.request_timeout}s; "
+                                   "it may or may not be applied", definite=False)
+        if w.error is not None:
+            code, message, definite = w.error
+            if code == "NOT_PRIMARY":
+                raise self.not_primary(message)
+            raise CommandError(code, message, definite=definite)
+        return w.result
+
+    def read_barrier(self) -> None:
+        """Return when a read from the local store is linearizable; raise otherwise."""
+        core = self.core
+        deadline = None
+        while True:
+            with self.lock:
+                if core.role != LEADER:
+                    raise self.not_primary()
+                now = time.monotonic()
+                if core.read_ok(now) and self.store.last_applied >= core.term_start_index:
+                    return
+            if deadline is None:
+                deadline = now + core.election_timeout
+            elif now >= deadline:
+                raise CommandError("NO_QUORUM", "The primary cannot confirm its leadership with a "
+                                   "majority; the read was not served", definite=True)
+            with self.cond:
+                self.cond.wait(timeout=0.01)
+
+    def status(self) -> dict:
+        with self.lock:
+            core = self.core
+            role = {LEADER: "primary", CANDIDATE: "candidate"}.get(core.role, "secondary")
+            leader = core.leader_id
+            peers = {}
+            for pid, info in self.peers.items():
+                pr = core.progress.get(pid) if core.role == LEADER else None
+                link = self.manager.links[pid]
+                d = {"addr": info.addr, "reachable": link.connected}
+                if pr is not None:
+                    d["match_index"] = pr.match_index
+                    d["lag"] = max(0, core.last_index - pr.match_index)
+                else:
+                    d["match_index"] = None
+                    d["lag"] = None
+                peers[pid] = d
+            with self.store.lock:
+                applied, digest, nkeys = self.store.last_applied, self.store.digest_hex(), len(self.store)
+            return {
+                "status": "OK", "node_id": self.node_id, "role": role, "election_term": core.current_term,
+                "primary": leader, "primary_addr": self.members[leader].addr if leader in self.members else None,
+                "commit_index": core.commit_index, "last_applied": applied, "last_log_index": core.last_index,
+                "snapshot_index": core.snapshot_index, "keys": nkeys, "digest": digest, "peers": peers,
+                "pid": os.getpid(), "uptime": round(time.time() - self.started, 3), "fsync": self.args.fsync,
+                "address": self.info.addr, "voted_for": core.voted_for, "clients": self.clients,
+            }
+
+
+# ---------------------------------------------------------------------------------------------
+class TCPServer(socketserver.ThreadingTCPServer):
+    """The node's listening socket: one daemon thread per connection (clients and peers alike).
+    Connections past --max-clients get one error line and are closed, never left hanging.
+    Request errors never take the server down: they are answered or logged via handle_error."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+    block_on_close = False
+
+    def __init__(self, node: KVNode):
+        self.node = node
+        super().__init__((node.args.host, node.info.port), ConnectionHandler)
+
+    def process_request(self, request, client_address):
+        node = self.node
+        with node.clients_lock:
+            if node.clients >= node.max_clients:
+                over = True
+            else:
+                node.clients += 1
+                over = False
+        if over:
+            self._refuse(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.node.clients_lock:
+                self.node.clients -= 1
+
+    @staticmethod
+    def _refuse(request) -> None:
+        try:
+            request.setblocking(False)
+            try:
+                first = request.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                first = b""
+            if first == b"*":
+                request.sendall(b"-ERR max number of clients reached\r\n")
+            else:
+                request.sendall(P.encode_line({"status": "ERROR", "code": "TOO_MANY_CLIENTS",
+                                               "message": "max number of clients reached", "definite": True}))
+        except OSError:
+            pass   # the client is gone already; nothing to tell it
+        finally:
+            request.close()
+
+    def handle_error(self, request, client_address):
+        log.exception("%s error while serving %s", self.node.node_id, client_address)
+
+
+# ---------------------------------------------------------------------------------------------
+def parse_members(args: argparse.Namespace) -> dict[str, NodeInfo]:
+    if args.standalone:
+        return {args.node_id: NodeInfo(args.node_id, args.host, args.port or 6379)}
+    members: dict[str, NodeInfo] = {}
+    if args.cluster_file:
+        with open(args.cluster_file) as f:
+            spec = json.load(f)
+        nodes = spec.get("nodes", spec)
+        for nid, addr in nodes.items():
+            host, _, port = addr.rpartition(":")
+            members[nid] = NodeInfo(nid, host, int(port))
+        if args.node_id not in members:
+            raise SystemExit(f"error: {args.node_id} is not in {args.cluster_file}")
+        if args.port:
+            members[args.node_id].port = args.port
+        return members
+    if args.peers:
+        for item in args.peers.split(","):
+            nid, sep, addr = item.strip().partition("=")
+            host, _, port = addr.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise SystemExit(f"error: --peers entry {item!r} is not id=host:port")
+            members[nid] = NodeInfo(nid, host, int(port))
+        if args.node_id in members:
+            raise SystemExit(f"error: --peers lists this node ({args.node_id}); name only the others")
+        members[args.node_id] = NodeInfo(args.node_id, args.host, args.port or 6379)
+        return members
+    if args.node_id not in DEFAULT_CLUSTER:
+        raise SystemExit(f"error: {args.node_id} is not in the default cluster (node1..node3); "
+                         "use --peers, --cluster-file or --standalone")
+    for nid, (host, port) in DEFAULT_CLUSTER.items():
+        members[nid] = NodeInfo(nid, host, port)
+    members[args.node_id] = NodeInfo(args.node_id, args.host, args.port or DEFAULT_CLUSTER[args.node_id][1])
+    return members
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="KV Store node (one member of a replicated cluster)")
+    p.add_argument("--node-id", default="node1", help="this node's id (default node1)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port for clients and peers (default from the cluster, 6379 for node1)")
+    p.add_argument("--primary", action="store_true", help="start the first election at once (never forces leadership)")
+    p.add_argument("--standalone", action="store_true", help="a cluster of one that commits on its own")
+    p.add_argument("--peers", default=None, help="the other members: node2=host:port,node3=host:port")
+    p.add_argument("--cluster-file", default=None, help='JSON {"nodes": {"node1": "host:port", ...}}')
+    p.add_argument("--data-dir", default=None, help="where the node keeps its log and snapshots (default ./data/<node-id>)")
+    p.add_argument("--fsync", choices=["always", "everysec", "no"], default="always", help="WAL fsync policy (default always)")
+    p.add_argument("--heartbeat-interval", type=float, default=0.05, help="seconds between heartbeats (default 0.05)")
+    p.add_argument("--election-timeout", type=float, default=0.3,
+                   help="minimum election timeout in seconds; randomized in [T, 2T) (default 0.3)")
+    p.add_argument("--request-timeout", type=float, default=5.0, help="longest a write waits for commit (default 5)")
+    p.add_argument("--snapshot-threshold", type=int, default=100_000, help="log entries between automatic snapshots (default 100000; 0 = never)")
+    p.add_argument("--max-clients", type=int, default=10_000, help="simultaneous connections (default 10000)")
+    p.add_argument("--max-request-bytes", type=int, default=16 * 1024 * 1024, help="largest request (default 16 MiB)")
+    p.add_argument("--requirepass", default=None, help="clients must AUTH with this secret first")
+    p.add_argument("--cluster-secret", default=None, help="peers must prove this secret before any internal message")
+    p.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
+    return p
+
+
+def setup_logging(level: str, data_dir: str) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    root = logging.getLogger("kvstore")
+    root.setLevel(getattr(logging, level.upper()))
+    root.handlers.clear()
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setFormatter(fmt)
+    fh = logging.FileHandler(os.path.join(data_dir, "node.log"))
+    fh.setFormatter(fmt)
+    root.addHandler(sh)
+    root.addHandler(fh)
+    root.propagate = False
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.election_timeout <= 2 * args.heartbeat_interval:
+        print(f"error: --election-timeout ({args.election_timeout}) must be more than twice "
+              f"--heartbeat-interval ({args.heartbeat_interval})", file=sys.stderr)
+        return 2
+    members = parse_members(args)
+    args.port = members[args.node_id].port
+    args.data_dir = args.data_dir or os.path.join("data", args.node_id)
+    os.makedirs(args.data_dir, exist_ok=True)
+    setup_logging(args.log_level, args.data_dir)
+    threading.stack_size(512 * 1024)
+    try:
+        node = KVNode(args, members)
+    except StorageCorruption as e:
+        log.critical("%s refusing to start: %s", args.node_id, e)
+        return 4
+    try:
+        server = TCPServer(node)
+    except OSError as e:
+        log.critical("%s cannot listen on %s:%s: %s", args.node_id, args.host, args.port, e)
+        return 5
+    node.server = server
+
+    def on_signal(signum, frame):
+        log.info("%s received %s, shutting down", node.node_id, signal.Signals(signum).name)
+        threading.Thread(target=node.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node.start()
+    mode = "standalone" if not node.peers else f"cluster of {len(members)}"
+    log.info("%s listening on %s:%d (%s, fsync %s, data dir %s)", node.node_id, args.host, args.port,
+             mode, args.fsync, args.data_dir)
+    server.serve_forever(poll_interval=0.1)
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

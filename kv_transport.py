@@ -1,0 +1,221 @@
+"""Peer transport for KV Store: persistent outbound connections between nodes.
+
+Layout:
+    handshake_proof()   HMAC proof a peer sends to show it knows --cluster-secret
+    encode_message()    Raft message dict -> one JSON line (entries in wire form)
+    decode_message()    one JSON dict from the wire -> Raft message dict (entries as ReplicationLog)
+    PeerLink            one thread per peer: connects, shakes hands, sends queued messages in batches
+    SnapshotSender      streams snapshot.dat to one follower as SYNC chunk messages
+
+Wire format (same port as clients, line protocol): every internal message is one JSON object per
+line with "type", "from", "to" and "term".  A connection becomes a peer connection with
+    -> {"type": "HELLO", "from": "node1", "to": "node2"}
+    <- {"type": "CHALLENGE", "nonce": "<hex>"}
+    -> {"type": "PROOF", "proof": hmac_sha256(secret, nonce|from|to)}
+    <- {"type": "WELCOME"}            (or an error line, and the connection is closed)
+after which the sender only writes; answers travel on the receiver's own outbound link.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+
+from kv_storage import ReplicationLog
+
+log = logging.getLogger("kvstore")
+
+INTERNAL_TYPES = frozenset({
+    "REPLICATE", "REPLICATE_RESP", "HEARTBEAT", "HEARTBEAT_RESP", "ELECTION", "ELECTION_RESP",
+    "SYNC", "SYNC_RESP", "TIMEOUT_NOW",
+})
+SNAPSHOT_CHUNK = 512 * 1024
+MAX_QUEUED = 20_000          # messages waiting for one peer; past this the link is reset
+
+
+def handshake_proof(secret: str | None, nonce: str, sender: str, receiver: str) -> str:
+    key = (secret or "").encode()
+    return hmac.new(key, f"{nonce}|{sender}|{receiver}".encode(), hashlib.sha256).hexdigest()
+
+
+def encode_message(msg: dict) -> bytes:
+    entries = msg.get("entries")
+    if entries:
+        msg = dict(msg)
+        msg["entries"] = [e.to_wire() for e in entries]
+    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+def decode_message(msg: dict) -> dict:
+    """Validate the shape of an internal message and turn wire entries into ReplicationLog.
+    Raises ValueError with a readable reason."""
+    t = msg.get("type")
+    if t not in INTERNAL_TYPES:
+        raise ValueError(f"unknown internal message type {t!r}")
+    if not isinstance(msg.get("from"), str) or not isinstance(msg.get("term"), int):
+        raise ValueError("internal message needs string 'from' and integer 'term'")
+    if t == "REPLICATE":
+        msg["entries"] = [ReplicationLog.from_wire(w) for w in msg.get("entries") or ()]
+    return msg
+
+
+class PeerLink(threading.Thread):
+    """Owns the one outbound connection to a peer.
+
+    Callers use send(msg) (never blocks) and `connected`.  Messages queued while the link is down
+    are dropped (Raft re-sends what matters); on_down(peer) is called so the core can fall back to
+    probing.  Invariant: at most MAX_QUEUED messages wait; a peer that cannot keep up is reset.
+    """
+
+    def __init__(self, node_id: str, peer_id: str, addr: tuple[str, int], secret: str | None,
+                 on_down, on_up, stop_event: threading.Event):
+        super().__init__(name=f"peer-{peer_id}", daemon=True)
+        self.node_id = node_id
+        self.peer_id = peer_id
+        self.addr = addr
+        self.secret = secret
+        self.on_down = on_down
+        self.on_up = on_up
+        self.stop_event = stop_event
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.connected = False
+        self.sock: socket.socket | None = None
+        self._failures = 0
+
+    def send(self, msg: dict) -> None:
+        if self.connected or msg["type"] == "SYNC":
+            self.q.put(msg)
+
+    def qsize(self) -> int:
+        return self.q.qsize()
+
+    def close(self) -> None:
+        self.q.put(None)
+        s = self.sock
+        if s is not None:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass   # already closed by the peer
+
+    def _connect(self) -> socket.socket:
+        s = socket.create_connection(self.addr, timeout=1.0)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        f = s.makefile("rb")
+        try:
+            s.sendall(json.dumps({"type": "HELLO", "from": self.node_id, "to": self.peer_id}).encode() + b"\n")
+            ch = json.loads(f.readline() or b"{}")
+            if ch.get("type") != "CHALLENGE":
+                raise ConnectionError(f"handshake refused: {ch.get('message', ch)}")
+            proof = handshake_proof(self.secret, ch["nonce"], self.node_id, self.peer_id)
+            s.sendall(json.dumps({"type": "PROOF", "proof": proof}).encode() + b"\n")
+            ok = json.loads(f.readline() or b"{}")
+            if ok.get("type") != "WELCOME":
+                raise ConnectionError(f"handshake refused: {ok.get('message', ok)}")
+        finally:
+            f.close()
+        s.settimeout(5.0)
+        return s
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.sock = self._connect()
+            except (OSError, ValueError) as e:
+                self._failures += 1
+                if self._failures == 1:
+                    log.debug("%s cannot reach %s at %s:%s: %s", self.node_id, self.peer_id, *self.addr, e)
+                self.stop_event.wait(min(0.05 * self._failures, 0.25))
+                continue
+            self._failures = 0
+            self.connected = True
+            self.on_up(self.peer_id)
+            try:
+                self._pump()
+            except OSError as e:
+                log.debug("%s link to %s broke: %s", self.node_id, self.peer_id, e)
+            finally:
+                self.connected = False
+                try:
+                    self.sock.close()
+                except OSError:
+                    pass   # closing a broken socket
+                self.sock = None
+                self._drain()
+                if not self.stop_event.is_set():
+                    self.on_down(self.peer_id)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.q.get_nowait()
+            except queue.Empty:
+                return
+
+    def _pump(self) -> None:
+        q = self.q
+        sock = self.sock
+        while not self.stop_event.is_set():
+            msg = q.get()
+            if msg is None:
+                return
+            batch = [encode_message(msg)]
+            size = len(batch[0])
+            while size < 1 << 20:
+                try:
+                    msg = q.get_nowait()
+                except queue.Empty:
+                    break
+                if msg is None:
+                    sock.sendall(b"".join(batch))
+                    return
+                b = encode_message(msg)
+                batch.append(b)
+                size += len(b)
+            sock.sendall(b"".join(batch))
+            if q.qsize() > MAX_QUEUED:
+                raise ConnectionError(f"{self.peer_id} is not keeping up ({q.qsize()} queued)")
+
+
+class SnapshotSender(threading.Thread):
+    """Streams one snapshot file to one follower as SYNC chunks, then a final SYNC with done=True.
+    The open file descriptor keeps the data valid even if a newer snapshot replaces the file."""
+
+    def __init__(self, link: PeerLink, path: str, header: dict, stop_event: threading.Event, on_finish):
+        super().__init__(name=f"sync-{link.peer_id}", daemon=True)
+        self.link = link
+        self.path = path
+        self.header = header
+        self.stop_event = stop_event
+        self.on_finish = on_finish
+
+    def run(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                offset = 0
+                while not self.stop_event.is_set():
+                    while self.link.qsize() > 64 and not self.stop_event.is_set():
+                        time.sleep(0.005)   # back-pressure: let the link drain before the next chunk
+                    if not self.link.connected:
+                        return
+                    data = f.read(SNAPSHOT_CHUNK)
+                    done = offset + len(data) >= size
+                    msg = dict(self.header)
+                    msg.update(offset=offset, data=base64.b64encode(data).decode(), done=done, size=size)
+                    self.link.send(msg)
+                    offset += len(data)
+                    if done:
+                        return
+        except OSError as e:
+            log.warning("%s could not stream snapshot to %s: %s", self.header["from"], self.link.peer_id, e)
+        finally:
+            self.on_finish(self.link.peer_id)
