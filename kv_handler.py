@@ -33,7 +33,7 @@ INDEFINITE = frozenset({"TIMEOUT", "NO_QUORUM"})
 RESP_PREFIX = {"NOT_PRIMARY": "READONLY", "AUTH_REQUIRED": "NOAUTH", "AUTH_FAILED": "WRONGPASS",
                "TIMEOUT": "TIMEOUT", "NO_QUORUM": "NOQUORUM", "TOO_LARGE": "ERR", "BAD_REQUEST": "ERR",
                "UNKNOWN_COMMAND": "ERR", "NOT_FOUND": "ERR"}
-NO_AUTH_NEEDED = ("Auth", "Ping", "Quit", "Invalid", "Hello")
+NO_AUTH_NEEDED = ("Auth", "Ping", "Quit", "Invalid", "Hello", "Status")  # STATUS shows no data
 
 
 class CommandError(Exception):
@@ -307,7 +307,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         return P.encode_line({"status": "OK", "message": f"Snapshot taken at index {index}", "index": index})
 
     def cmd_Flush(self, cmd):
-        self.node.storage.sync()
+        self.node.storage.sync(force=True)
         return self.ok("Log flushed to disk")
 
     def cmd_Transfer(self, cmd):

@@ -239,12 +239,13 @@ class ClusterManager(threading.Thread):
                 pass
             try:
                 self._iterate(items)
-            except StorageCorruption:
-                raise
             except OSError as e:
                 # the disk failed under us: a node that cannot persist must not answer anything
-                log.critical("%s storage failure, stopping: %s", node.node_id, e)
                 node.fatal(f"storage failure: {e}")
+                return
+            except Exception as e:   # a bug: die loudly rather than serve without consensus
+                log.exception("%s consensus loop crashed", node.node_id)
+                node.fatal(f"consensus loop crashed: {e!r}")
                 return
         log.debug("%s cluster manager stopped", node.node_id)
 
