@@ -33,6 +33,7 @@ INDEFINITE = frozenset({"TIMEOUT", "NO_QUORUM"})
 RESP_PREFIX = {"NOT_PRIMARY": "READONLY", "AUTH_REQUIRED": "NOAUTH", "AUTH_FAILED": "WRONGPASS",
                "TIMEOUT": "TIMEOUT", "NO_QUORUM": "NOQUORUM", "TOO_LARGE": "ERR", "BAD_REQUEST": "ERR",
                "UNKNOWN_COMMAND": "ERR", "NOT_FOUND": "ERR"}
+MAX_DEFERRED = 1024   # pipelined writes in flight per connection before replies are flushed
 NO_AUTH_NEEDED = ("Auth", "Ping", "Quit", "Invalid", "Hello", "Status")  # STATUS shows no data
 
 
@@ -90,7 +91,8 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
 
     def handle(self):
         reader = self.reader
-        out: list[bytes] = []
+        out: list = []          # encoded replies, or callables for pipelined writes in flight
+        deferred = False
         sess = self.session
         try:
             while True:
@@ -112,6 +114,15 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                         out.clear()
                     self._peer(cmd.message)
                     return
+                if type(cmd) is P.Set and reader.has_buffered_frame() and len(out) < MAX_DEFERRED:
+                    # a pipeline: propose now, answer when the batch is flushed (group commit)
+                    item = self.execute_deferred(cmd)
+                    deferred = deferred or callable(item)
+                    out.append(item)
+                    continue
+                if deferred:   # keep per-connection order: earlier writes finish first
+                    _resolve(out)
+                    deferred = False
                 reply, close = self.execute(cmd)
                 out.append(reply)
                 if close:
@@ -123,12 +134,14 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             log.debug("%s connection %s ended: %s", self.node.node_id, self.client_address, e)
             return
         if out:
+            _resolve(out)
             try:
                 self.sock.sendall(b"".join(out))
             except OSError as e:
                 log.debug("%s could not send final reply to %s: %s", self.node.node_id, self.client_address, e)
 
     def _send_error_and_close(self, out: list, e: P.ProtocolError) -> None:
+        _resolve(out)
         err = CommandError(e.code, e.message)
         out.append(err.resp() if (self.session.resp or self.reader_proto_is_resp()) else P.encode_line(err.line()))
         try:
@@ -218,15 +231,27 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             raise CommandError("BAD_REQUEST", "DB index is out of range (KV Store has one database, 0)")
         return self.ok()
 
+    def execute_deferred(self, cmd):
+        """Submit a SET of a pipeline; returns an error reply now, or a callable that waits for
+        the commit and returns the reply."""
+        try:
+            if not self.session.authed:
+                raise CommandError("AUTH_REQUIRED", "Authentication required: send AUTH <password> first")
+            waiter = self.node.submit(_set_op(cmd), cmd.key, cmd.value, cmd.kind)
+        except CommandError as e:
+            return e.resp() if self.session.resp else P.encode_line(e.line())
+
+        def finish() -> bytes:
+            try:
+                return self._set_reply(cmd, self.node.wait(waiter))
+            except CommandError as e:
+                return e.resp() if self.session.resp else P.encode_line(e.line())
+        return finish
+
     def cmd_Set(self, cmd):
-        if cmd.ex_ms is not None:
-            raise CommandError("BAD_REQUEST", "key expiry (EX/PX) is not supported by KV Store")
-        if getattr(cmd, "get", False):
-            raise CommandError("BAD_REQUEST", "SET ... GET is not supported by KV Store")
-        op = "SETNX" if cmd.nx else "SETXX" if cmd.xx else "SET"
-        if cmd.nx and cmd.xx:
-            raise CommandError("BAD_REQUEST", "syntax error: NX and XX are exclusive")
-        done = self.node.write(op, cmd.key, cmd.value, cmd.kind)
+        return self._set_reply(cmd, self.node.write(_set_op(cmd), cmd.key, cmd.value, cmd.kind))
+
+    def _set_reply(self, cmd, done) -> bytes:
         if self.session.resp:
             return P.resp_simple("OK") if done else P.resp_null(self.session.proto)
         if not done:
@@ -455,6 +480,21 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                             msg["from"], sender)
                 continue
             deliver(msg)
+
+
+def _set_op(cmd) -> str:
+    if cmd.ex_ms is not None or cmd.exat_ms is not None or cmd.keepttl:
+        raise CommandError("BAD_REQUEST", "key expiry (EX/PX/EXAT/PXAT/KEEPTTL) is not supported by KV Store")
+    if cmd.get:
+        raise CommandError("BAD_REQUEST", "SET ... GET is not supported by KV Store")
+    return "SETNX" if cmd.nx else "SETXX" if cmd.xx else "SET"
+
+
+def _resolve(out: list) -> None:
+    """Replace the callables of pipelined writes with their replies, in order."""
+    for i, item in enumerate(out):
+        if callable(item):
+            out[i] = item()
 
 
 def _text(v):

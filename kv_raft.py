@@ -156,6 +156,9 @@ class RaftCore:
         self.leader_id: str | None = None
         self.now = now
         self.last_leader_contact = float("-inf")
+        # A restarted node may have acknowledged a leader just before it went down: keep the
+        # promise behind that leader's read lease (refuse votes) for one election timeout.
+        self._boot_lease_until = now + election_timeout if term > 0 else float("-inf")
         self.election_deadline = now
         self._eager = start_election            # --primary: campaign at once and retry quickly
         self._votes: dict[str, bool] = {}
@@ -225,7 +228,7 @@ class RaftCore:
             self.voted_for = None
             self._hard_dirty = True
 
-    def become_follower(self, term: int, leader_id: str | None) -> None:
+    def become_follower(self, term: int, leader_id: str | None, reset_timer: bool = True) -> None:
         self._set_term(term)
         self.role = FOLLOWER
         self.leader_id = leader_id
@@ -234,7 +237,8 @@ class RaftCore:
         self._votes = {}
         if leader_id is not None:
             self._eager = False
-        self._reset_election_timer()
+        if reset_timer or self.election_deadline <= self.now:
+            self._reset_election_timer()
 
     def become_precandidate(self) -> None:
         assert self.role != LEADER, "a leader does not pre-campaign"
@@ -358,8 +362,8 @@ class RaftCore:
         """True when a read served now from the local state is linearizable: we lead, an entry of
         our term is committed (so we know the latest commit), no transfer is under way, and a
         majority acknowledged us within the lease (followers refuse votes during that time)."""
-        if self.role != LEADER or self.transfer_target is not None:
-            return False
+        if self.role != LEADER or self.transfer_target is not None or not self.check_quorum:
+            return False   # without CheckQuorum voters do not honour leases
         if self.commit_index < self.term_start_index:
             return False
         return now < self._quorum_ack_ts() + self.election_timeout * LEASE_FRACTION
@@ -402,7 +406,14 @@ class RaftCore:
     def report_unreachable(self, peer: str) -> None:
         """The host lost its connection to peer: messages in flight may be gone."""
         pr = self.progress.get(peer)
-        if pr is not None and pr.state == REPLICATE:
+        if pr is not None and pr.state in (REPLICATE, SNAPSHOT):
+            pr.become_probe()
+
+    def report_snapshot(self, peer: str, ok: bool) -> None:
+        """The host finished (ok) or abandoned streaming a snapshot to peer.  A failed transfer
+        is retried from the next probe instead of waiting for the SNAPSHOT state to expire."""
+        pr = self.progress.get(peer)
+        if pr is not None and pr.state == SNAPSHOT and not ok:
             pr.become_probe()
 
     def ready(self) -> Ready:
@@ -559,7 +570,7 @@ class RaftCore:
         """We heard from a live leader within the minimum election timeout (or are one)."""
         if not self.check_quorum:
             return False
-        if self.role == LEADER:
+        if self.role == LEADER or now < self._boot_lease_until:
             return True
         return self.leader_id is not None and now - self.last_leader_contact < self.election_timeout
 
@@ -580,7 +591,9 @@ class RaftCore:
                         "prevote": True, "granted": granted})
             return
         if mterm > self.current_term:
-            self.become_follower(mterm, None)
+            # Figure 2: only a granted vote (or a live leader) restarts the election timer, so a
+            # candidate with a stale log cannot keep an up-to-date node from campaigning
+            self.become_follower(mterm, None, reset_timer=False)
         granted = (mterm == self.current_term
                    and self.voted_for in (None, cand)
                    and self._log_up_to_date(msg["last_log_index"], msg["last_log_term"]))
@@ -603,6 +616,7 @@ class RaftCore:
         if granted >= self.quorum:
             self._won_round()
         elif rejected >= self.quorum:
+            self._eager = False   # --primary only hurries the first election, never a lost one
             self.become_follower(self.current_term, None)
 
     def _on_replicate(self, msg: dict) -> None:

@@ -312,6 +312,8 @@ class ClusterManager(threading.Thread):
         if kind == "down":
             self.core.report_unreachable(peer)
             log.info("%s lost contact with peer %s", self.node.node_id, peer)
+        elif kind == "snapshot_failed":
+            self.core.report_snapshot(peer, False)
         else:
             log.info("%s connected to peer %s", self.node.node_id, peer)
 
@@ -428,9 +430,14 @@ class ClusterManager(threading.Thread):
                   "last_index": m["last_index"], "last_term": m["last_term"]}
         log.info("%s sending snapshot at index %d to %s", self.node.node_id, m["last_index"], peer)
         sender = SnapshotSender(self.links[peer], path, header, self.stop_event,
-                                on_finish=lambda p: self.snapshot_senders.pop(p, None))
+                                on_finish=self._snapshot_sent)
         self.snapshot_senders[peer] = sender
         sender.start()
+
+    def _snapshot_sent(self, peer: str, ok: bool) -> None:
+        self.snapshot_senders.pop(peer, None)
+        if not ok:
+            self.inbox.put(("snapshot_failed", peer))
 
     def _on_sync_chunk(self, msg: dict, now: float) -> None:
         """A chunk of a snapshot from the leader.  Caller holds node.lock.  The final chunk is
@@ -566,13 +573,13 @@ class KVNode:
             chosen = self.core.transfer_leadership(target, time.monotonic())
         self.manager.wake()
         deadline = time.monotonic() + timeout
-        with self.cond:
+        with self.cond:   # done once another node leads and we heard from it
             while time.monotonic() < deadline:
-                if self.core.role != LEADER:
-                    break
+                leader = self.core.leader_id
+                if self.core.role != LEADER and leader is not None and leader != self.node_id:
+                    return leader
                 self.cond.wait(timeout=0.05)
-        ok = self.core.role != LEADER
-        return (self.core.leader_id or chosen) if ok else None
+        return None
 
     # -- waiters
     def state_changed(self) -> None:
@@ -627,6 +634,10 @@ class KVNode:
 
     def write(self, op: str, key: str, value, kind: str):
         """Replicate one write; returns the apply result or raises CommandError."""
+        return self.wait(self.submit(op, key, value, kind))
+
+    def submit(self, op: str, key: str, value, kind: str) -> Waiter:
+        """Propose one write without waiting (pipelined clients submit a batch, then wait)."""
         with self.lock:
             core = self.core
             if core.role != LEADER:
@@ -642,6 +653,10 @@ class KVNode:
             w = Waiter(entry.index, entry.term)
             self.waiters[entry.index] = w
         self.manager.wake()
+        return w
+
+    def wait(self, w: Waiter):
+        """Wait for a submitted write to be applied; returns its result or raises CommandError."""
         if not w.event.wait(self.request_timeout):
             with self.lock:
                 self.waiters.pop(w.index, None)

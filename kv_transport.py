@@ -186,8 +186,9 @@ class PeerLink(threading.Thread):
 
 
 class SnapshotSender(threading.Thread):
-    """Streams one snapshot file to one follower as SYNC chunks, then a final SYNC with done=True.
-    The open file descriptor keeps the data valid even if a newer snapshot replaces the file."""
+    """Streams one snapshot file to one follower as SYNC chunks, the last with done=True, then
+    calls on_finish(peer, ok).  The open file descriptor keeps the data valid even if a newer
+    snapshot replaces the file."""
 
     def __init__(self, link: PeerLink, path: str, header: dict, stop_event: threading.Event, on_finish):
         super().__init__(name=f"sync-{link.peer_id}", daemon=True)
@@ -198,6 +199,7 @@ class SnapshotSender(threading.Thread):
         self.on_finish = on_finish
 
     def run(self) -> None:
+        ok = False
         try:
             with open(self.path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
@@ -214,8 +216,9 @@ class SnapshotSender(threading.Thread):
                     self.link.send(msg)
                     offset += len(data)
                     if done:
+                        ok = True
                         return
         except OSError as e:
             log.warning("%s could not stream snapshot to %s: %s", self.header["from"], self.link.peer_id, e)
         finally:
-            self.on_finish(self.link.peer_id)
+            self.on_finish(self.link.peer_id, ok)
