@@ -717,6 +717,11 @@ class RaftCore:
                 self._send_append(sender)
             return
         hint = msg.get("reject_hint")
+        if msg.get("last_index", pr.match_index) < pr.match_index:
+            # the follower holds less than it once acknowledged: it lost its data (e.g. a wiped
+            # data dir).  Start over from what it has now instead of probing forever.
+            pr.match_index = msg["last_index"]
+            pr.next_index = pr.match_index + 1
         old_next = pr.next_index
         nxt = old_next - 1
         if hint:
