@@ -31,8 +31,8 @@ Files in the data directory
 Snapshot file format (text, ASCII, one JSON document per line)
     line 1     {"format":"kv-snapshot","version":1,"last_index":..,"last_term":..,"count":..,
                 "digest":".."}
-    body       one line per chunk of up to 1024 items (or ~1 MiB of values): [J] or [J, B] where J is an object
-               key -> JSON value (kind "json") and B an object key -> base64 (kind "bytes")
+    body       one line per chunk of up to 1024 items (or ~1 MiB of values): [J] or [J, B],
+               J an object key -> JSON value (kind "json"), B an object key -> base64 (kind "bytes")
     last line  {"end":true,"count":N,"crc":C}   C = zlib.crc32 of every byte before this line
     Grouping items per line keeps a 1,000,000-key snapshot to a few thousand json calls.
 
@@ -46,8 +46,15 @@ Write path and fsync policy ("always" | "everysec" | "no")
     fsync runs outside the append lock, on a dup() of the segment's descriptor, so appends go on
     during an fsync.  Structural changes (new segment, deleted segments, truncation, hard state,
     snapshot install) are made durable at once whatever the policy, including a directory fsync.
-    After any failed fsync the storage refuses all further writes (the page cache state is
-    unknown): append()/sync() raise OSError and the server must stop.
+    After a failed fsync, or a disk error half-way through a change of segment files, the
+    storage refuses all further writes (the page cache / in-memory map can no longer be
+    trusted): append()/sync() raise OSError and the server must stop and restart.
+
+Snapshot reads
+    read_snapshot() verifies the whole file (header, trailer, CRC of every byte: one fast
+    sequential pass) BEFORE it returns, so a caller never applies a corrupt snapshot.  The
+    iterator then streams the items, recomputing the CRC, and raises StorageCorruption at the
+    end only if the file changed in between.  load() verifies snapshot.dat the same way.
 
 Recovery rules (load())
     1. raft_state.json: missing -> term 0, voted_for None; unreadable -> StorageCorruption.
@@ -456,7 +463,8 @@ def _iter_snapshot(f, path: str, header: bytes, body_end: int, crc_expected: int
                     try:
                         raw = b64d(v, validate=True)
                     except (binascii.Error, ValueError, TypeError) as e:
-                        raise _snap_corruption(path, pos, f"bad base64 value for key {k!r:.80}: {e}") from None
+                        raise _snap_corruption(path, pos,
+                                               f"bad base64 value for key {k!r:.80}: {e}") from None
                     yield k, "bytes", raw
         if crc != crc_expected:
             raise _snap_corruption(path, None, "checksum mismatch on the second read (file changed?)")
@@ -566,7 +574,8 @@ def _decode_payloads(path: str, offsets: array, payloads: list, skip: int) -> li
         try:
             _loads(bytes(p))
         except (ValueError, UnicodeDecodeError) as e:
-            raise _wal_corruption(path, offsets[skip + i], f"payload with a valid CRC does not decode: {e}") from None
+            raise _wal_corruption(path, offsets[skip + i],
+                                  f"payload with a valid CRC does not decode: {e}") from None
     raise _wal_corruption(path, offsets[skip], "payloads do not decode as one list of records")
 
 
@@ -654,6 +663,18 @@ class LogStorage:
     def load(self) -> Recovered:
         """Recover the hard state, snapshot meta and log (see the module docstring's recovery
         rules).  Call once, before anything else.  Cuts a torn tail; raises StorageCorruption."""
+        # Recovery builds an object per entry; the cyclic GC would rescan the growing heap
+        # over and over (it doubles the time of a large load), so it is paused meanwhile.
+        gc_was_on = gc.isenabled()
+        if gc_was_on:
+            gc.disable()
+        try:
+            return self._load()
+        finally:
+            if gc_was_on:
+                gc.enable()
+
+    def _load(self) -> Recovered:
         with self._lock:
             if self._loaded:
                 raise RuntimeError("LogStorage.load() called twice")
@@ -778,7 +799,7 @@ class LogStorage:
                 raise ValueError(f"append of index {first}, but the log continues at {self._next_index}")
             seg = self._active
             if seg is None or (seg.size and seg.size + len(data) > self.segment_bytes):
-                seg = self._roll(first)
+                seg = self._structural(self._roll, first)
             base = seg.size
             try:
                 _write_all(seg.fd, data)
@@ -875,7 +896,7 @@ class LogStorage:
                                  f"are in the snapshot (committed)")
             if from_index >= self._next_index:
                 return
-            self._truncate_locked(from_index)
+            self._structural(self._truncate_locked, from_index)
 
     def _truncate_locked(self, from_index: int) -> None:
         """Caller holds self._lock.  Later segments go first, so a crash never leaves a gap."""
@@ -918,7 +939,7 @@ class LogStorage:
             snap = self._snapshot_meta.last_index if self._snapshot_meta else 0
             if not 1 <= next_index <= snap + 1:
                 raise ValueError(f"reset_log({next_index}) would leave a gap after the snapshot at {snap}")
-            self._reset_locked(next_index)
+            self._structural(self._reset_locked, next_index)
 
     def _reset_locked(self, next_index: int) -> int:
         """Caller holds self._lock.  Returns the number of segments deleted."""
@@ -1012,16 +1033,32 @@ class LogStorage:
                 return 0
             upto = min(snapshot_index, meta.last_index)
             if self._next_index <= upto + 1:         # nothing beyond the snapshot: start afresh
-                return self._reset_locked(upto + 1)
-            old = [s for s in self._segments if s is not self._active and s.next_index - 1 <= upto]
-            if not old:
-                return 0
-            for seg in old:                          # oldest first: a crash leaves a suffix
-                self._close_segment(seg)
-                os.unlink(seg.path)
-            _fsync_dir(self.data_dir)
-            self._segments = [s for s in self._segments if s not in old]
-            return len(old)
+                return self._structural(self._reset_locked, upto + 1)
+            return self._structural(self._drop_prefix_locked, upto)
+
+    def _drop_prefix_locked(self, upto: int) -> int:
+        """Caller holds self._lock.  Delete non-active segments ending at or before upto."""
+        old = [s for s in self._segments if s is not self._active and s.next_index - 1 <= upto]
+        if not old:
+            return 0
+        gone = set(map(id, old))
+        self._segments = [s for s in self._segments if id(s) not in gone]
+        for seg in old:                              # oldest first: a crash leaves a suffix
+            self._close_segment(seg)
+            os.unlink(seg.path)
+        _fsync_dir(self.data_dir)
+        return len(old)
+
+    def _structural(self, fn, arg: int):
+        """Run a change of segment files (caller holds self._lock).  If the disk fails half-way
+        the in-memory map may no longer match the files, so the storage stops: every later
+        write raises OSError and the server must restart (load() then sees a consistent log,
+        because each step leaves one on disk)."""
+        try:
+            return fn(arg)
+        except OSError as e:
+            self._failed = e
+            raise
 
     # -- lifecycle
     def close(self) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import enum
+import gc
 import hashlib
 import json
 import logging
@@ -140,9 +141,15 @@ class KeyValueStore:
         data = {}
         digest = 0
         h = self.item_hash
-        for key, kind, value in items:
-            data[key] = (kind, value)
-            digest = (digest + h(key, kind, value)) & _MASK64
+        gc_was_on = gc.isenabled()
+        gc.disable()   # millions of new tuples would trigger needless full collections
+        try:
+            for key, kind, value in items:
+                data[key] = (kind, value)
+                digest = (digest + h(key, kind, value)) & _MASK64
+        finally:
+            if gc_was_on:
+                gc.enable()
         self.data = data
         self.digest = digest
         self.last_applied = last_applied
@@ -406,7 +413,8 @@ class ClusterManager(threading.Thread):
             if code != 0:
                 log.error("%s snapshot writer failed (exit %d); keeping the log", node.node_id, code)
                 return
-            node.storage.install_snapshot(tmp, meta)
+            if not node.storage.install_snapshot(tmp, meta):
+                return   # a newer snapshot (from the primary) got there first
             with node.lock:
                 self.core.compacted(meta.last_index, meta.last_term)
             node.storage.compact(meta.last_index)
@@ -472,7 +480,9 @@ class ClusterManager(threading.Thread):
         path = snap["msg"]["path"]
         meta, items = node.storage.read_snapshot(path)
         items = list(items)     # verifies the checksum before anything is replaced
-        node.storage.install_snapshot(path, meta)
+        if not node.storage.install_snapshot(path, meta):
+            raise RuntimeError(f"snapshot at {meta.last_index} from {snap['msg']['from']} is older "
+                               "than the installed one, but the core accepted it")
         if snap["reset"]:
             node.storage.reset_log(meta.last_index + 1)
         else:
