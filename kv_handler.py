@@ -114,7 +114,8 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                         out.clear()
                     self._peer(cmd.message)
                     return
-                if type(cmd) is P.Set and reader.has_buffered_frame() and len(out) < MAX_DEFERRED:
+                if (type(cmd) is P.Set or (type(cmd) is P.Delete and len(cmd.keys) == 1)) \
+                        and reader.has_buffered_frame() and len(out) < MAX_DEFERRED:
                     # a pipeline: propose now, answer when the batch is flushed (group commit)
                     item = self.execute_deferred(cmd)
                     deferred = deferred or callable(item)
@@ -234,16 +235,21 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
     def execute_deferred(self, cmd):
         """Submit a SET of a pipeline; returns an error reply now, or a callable that waits for
         the commit and returns the reply."""
+        is_set = type(cmd) is P.Set
         try:
             if not self.session.authed:
                 raise CommandError("AUTH_REQUIRED", "Authentication required: send AUTH <password> first")
-            waiter = self.node.submit(_set_op(cmd), cmd.key, cmd.value, cmd.kind)
+            if is_set:
+                waiter = self.node.submit(_set_op(cmd), cmd.key, cmd.value, cmd.kind)
+            else:
+                waiter = self.node.submit("DEL", cmd.keys[0], None, "json")
         except CommandError as e:
             return e.resp() if self.session.resp else P.encode_line(e.line())
 
         def finish() -> bytes:
             try:
-                return self._set_reply(cmd, self.node.wait(waiter))
+                result = self.node.wait(waiter)
+                return self._set_reply(cmd, result) if is_set else self._delete_reply(cmd, int(bool(result)))
             except CommandError as e:
                 return e.resp() if self.session.resp else P.encode_line(e.line())
         return finish
@@ -279,6 +285,9 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         for key in cmd.keys:
             if self.node.write("DEL", key, None, "json"):
                 removed += 1
+        return self._delete_reply(cmd, removed)
+
+    def _delete_reply(self, cmd, removed: int) -> bytes:
         if self.session.resp:
             return P.resp_int(removed)
         if not removed:
