@@ -181,6 +181,9 @@ class RaftCore:
             self.election_deadline = now
         else:
             self._reset_election_timer()
+            if term == 0 and not self.log and snapshot_index == 0 and self.peers:
+                # a brand-new node gives a --primary peer time to win the first election
+                self.election_deadline += self.election_timeout
 
     # ------------------------------------------------------------------ log helpers
     @property
@@ -408,6 +411,14 @@ class RaftCore:
         pr = self.progress.get(peer)
         if pr is not None and pr.state in (REPLICATE, SNAPSHOT):
             pr.become_probe()
+
+    def peer_connected(self, peer: str, now: float) -> None:
+        """The host can now reach peer.  A node asked to start the first election (--primary)
+        campaigns at once instead of waiting for its retry timer, so it wins the race against
+        peers whose own timers started earlier."""
+        self.now = now
+        if self._eager and self.role in (FOLLOWER, PRECANDIDATE) and self.leader_id is None:
+            self.campaign(transfer=False)
 
     def report_snapshot(self, peer: str, ok: bool) -> None:
         """The host finished (ok) or abandoned streaming a snapshot to peer.  A failed transfer

@@ -133,7 +133,7 @@ class PeerLink(threading.Thread):
                 self._failures += 1
                 if self._failures == 1:
                     log.debug("%s cannot reach %s at %s:%s: %s", self.node_id, self.peer_id, *self.addr, e)
-                self.stop_event.wait(min(0.05 * self._failures, 0.25))
+                self.stop_event.wait(min(0.02 * self._failures, 0.1))
                 continue
             self._failures = 0
             self.connected = True
