@@ -240,7 +240,7 @@ class FrameReader:
                 else:
                     frame = None
             except ProtocolError as e:
-                self._broken = e
+                self._broken = self._forget(e)
                 raise
             if frame is not None:
                 return frame
@@ -261,12 +261,20 @@ class FrameReader:
         try:
             frame = self._next_line() if self.proto == "line" else self._next_resp()
         except ProtocolError as e:
-            self._pending = e
+            self._pending = self._forget(e)
             return True
         if frame is None:
             return False
         self._pending = frame
         return True
+
+    def _forget(self, e: ProtocolError) -> ProtocolError:
+        """A stored copy of e without its traceback, and the buffer dropped.  Keeping e itself
+        would form a cycle (reader -> e -> traceback -> frame -> reader) that pins a buffer of up
+        to max_request_bytes until a full GC: one leak per oversized request."""
+        self._buf = bytearray()
+        self._pos = 0
+        return ProtocolError(e.code, e.message, e.fatal)
 
     # -- buffer management ------------------------------------------------------------------
     def _fill(self) -> None:

@@ -423,7 +423,7 @@ class TCPServer(socketserver.ThreadingTCPServer):
                 node.clients += 1
                 over = False
         if over:
-            self._refuse(request)
+            threading.Thread(target=self._refuse, args=(request,), daemon=True, name="refuse").start()
             return
         super().process_request(request, client_address)
 
@@ -436,11 +436,13 @@ class TCPServer(socketserver.ThreadingTCPServer):
 
     @staticmethod
     def _refuse(request) -> None:
+        """Tell a connection over --max-clients why it is closed, in its own protocol: wait
+        briefly for its first byte (off the accept loop) to tell RESP from the line protocol."""
         try:
-            request.setblocking(False)
+            request.settimeout(0.5)
             try:
                 first = request.recv(1, socket.MSG_PEEK)
-            except BlockingIOError:
+            except TimeoutError:
                 first = b""
             if first == b"*":
                 request.sendall(b"-ERR max number of clients reached\r\n")

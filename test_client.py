@@ -1,4 +1,4 @@
-"""Tests for example_client.py: the library, the demos and the REPL.
+"""Tests for example_client.py and the kv_client.py library it re-exports: the library, the demos and the REPL.
 
 Layout:
     FakeNode, fake_cluster     a tiny in-process line-protocol node (enough of DESIGN §3.1) that can
@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 import example_client as ec
+import kv_client
 from example_client import (ClusterClient, ClusterUnavailable, ConnectFailed, ConnectionLost,
                             KeyNotFound, KVError, KVStoreClient, NotPrimary)
 
@@ -287,7 +288,7 @@ def test_fake_pipeline_answers_in_order(fakes):
 
 
 def test_fake_lazy_reconnect_after_the_node_closed(fakes, monkeypatch):
-    monkeypatch.setattr(ec, "_IDLE_CHECK_S", 0.0)
+    monkeypatch.setattr(kv_client, "_IDLE_CHECK_S", 0.0)   # the library lives in kv_client
     host, port = ec.split_addr(fakes[0].addr)
     c = KVStoreClient(host, port)
     assert c.set("x", 1)["status"] == "OK"
@@ -446,7 +447,7 @@ def test_fake_cluster_unavailable_after_deadline(fakes):
 def test_fake_backoff_is_bounded_and_jittered(fakes, monkeypatch):
     sleeps: list[float] = []
     real_sleep = time.sleep
-    monkeypatch.setattr(ec.time, "sleep", lambda s: (sleeps.append(s), real_sleep(min(s, 0.001))))
+    monkeypatch.setattr(kv_client.time, "sleep", lambda s: (sleeps.append(s), real_sleep(min(s, 0.001))))
     fakes[0].stop()
     cc = ClusterClient([fakes[1].addr], deadline=1.5, backoff_initial=0.02, backoff_max=0.5)
     with pytest.raises(ClusterUnavailable):

@@ -1,0 +1,1049 @@
+"""kv_localcluster.py: launch, observe and fault a local KV Store cluster from Python.
+
+The machinery behind cluster_manager.py's CLI, the test suites and the benchmarks: spawn
+kv_store_server.py processes on free ports, ask them STATUS, kill/stop/restart them by PID,
+check Raft's Election Safety on every answer seen, and cut peer links through a proxy.
+
+    from kv_localcluster import LocalCluster     # (cluster_manager re-exports every name here)
+    with LocalCluster(n=3, proxied=True) as c:
+        c.start(); p = c.wait_for_single_primary(); c.partition(p); c.heal()
+
+Layout (reading order):
+    errors            ClusterError and its kinds raised here: PortInUse, NodeFailed, WaitTimeout;
+                      SplitBrain (an AssertionError: two primaries, one term)
+    call(), probe()   one-shot line-protocol requests to a node (AUTH first when a password is set);
+                      probe() is the STATUS one-shot
+    FaultProxy        in-process TCP forwarder, one port per directed node pair; cuts and heals links
+    NodeProcess       one node process, addressed by PID only (a child we spawned, or an adopted PID);
+                      _process_matches() / _create_time() identify a PID (cluster_manager's state
+                      files use them too)
+    free ports        pick_free_ports(), port_in_use() (names the holder when psutil can tell)
+    tail, fmt_exit    a log file's last lines; an exit code with its signal name
+    LocalCluster      the launcher: processes, observation, wait_*(), faults
+    atexit hook       SIGKILLs the nodes of every LocalCluster not stop()ped or detach()ed
+
+Invariant: nothing is ever signalled by name; every process is addressed by the PID this module
+spawned or verified.  Only the standard library is needed; psutil (PID identity checks, the
+holder of a taken port) is used when present.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import random
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+try:
+    import psutil
+except ImportError:   # PID identity checks and the name of a port's holder degrade, nothing else does
+    psutil = None
+
+__all__ = ["LocalCluster", "FaultProxy", "NodeProcess", "ClusterError", "PortInUse", "NodeFailed",
+           "WaitTimeout", "SplitBrain", "call", "probe", "pick_free_ports", "port_in_use", "tail",
+           "fmt_exit", "SERVER_SCRIPT", "CONSOLE_LOG"]
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SERVER_SCRIPT = os.path.join(HERE, "kv_store_server.py")
+CONSOLE_LOG = "console.log"     # a node's stdout+stderr, next to the node.log it writes itself
+
+
+# ------------------------------------------------------------------------------------------ errors
+class ClusterError(Exception):
+    """A cluster operation failed; the message says what, where, and what to do."""
+
+
+class PortInUse(ClusterError):
+    """A node's port is taken by another process."""
+
+
+class NodeFailed(ClusterError):
+    """A node process exited while it was expected to run."""
+
+
+class WaitTimeout(ClusterError, TimeoutError):
+    """A wait_*() deadline passed; the message shows the last thing seen."""
+
+
+class SplitBrain(AssertionError):
+    """Two nodes were primary in the same term: Raft's Election Safety is broken."""
+
+
+# -------------------------------------------------------------------- line protocol, one-shot calls
+def call(host: str, port: int, lines: list[str], *, password: str | None = None,
+         timeout: float = 2.0) -> list[dict]:
+    """Send request lines on one fresh connection; return one parsed JSON answer per line.
+
+    AUTH <password> is sent first when a password is given; a refused AUTH raises ClusterError.
+    Raises OSError when the node cannot be reached or stops answering within `timeout` (per I/O
+    step), ValueError when an answer is not JSON."""
+    reqs = ([f"AUTH {password}"] if password is not None else []) + list(lines)
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall("".join(r + "\n" for r in reqs).encode())
+        with s.makefile("rb") as f:
+            answers = []
+            for _ in reqs:
+                raw = f.readline(1 << 22)
+                if not raw:
+                    raise ConnectionError("the node closed the connection before answering")
+                answers.append(json.loads(raw))
+    if password is not None:
+        auth = answers.pop(0)
+        if auth.get("status") != "OK":
+            raise ClusterError(f"AUTH refused by {host}:{port}: {auth.get('message', auth)}")
+    return answers
+
+
+def probe(host: str, port: int, *, password: str | None = None,
+          timeout: float = 1.0) -> tuple[dict | None, str | None]:
+    """One STATUS call: (answer, None) on success, (None, reason) when the node is down or refuses."""
+    try:
+        ans = call(host, port, ["STATUS"], password=password, timeout=timeout)[0]
+    except ConnectionRefusedError:
+        return None, f"nothing listens on {host}:{port}"
+    except (OSError, ValueError, ClusterError) as e:
+        return None, f"{host}:{port}: {e.__class__.__name__}: {e}"
+    if ans.get("status") != "OK" or "role" not in ans:
+        return None, f"{host}:{port} answered {ans.get('code', '')}: {ans.get('message', ans)}"
+    return ans, None
+
+
+# -------------------------------------------------------------------------------------- FaultProxy
+class _ProxyConn:
+    """One forwarded connection: side 0 is the dialling node, side 1 the upstream node.
+    pending[i] holds bytes read from socks[i] that still have to be written to socks[1 - i]."""
+    __slots__ = ("pair", "socks", "pending", "eof", "mask")
+
+    def __init__(self, pair, a: socket.socket, b: socket.socket):
+        self.pair = pair
+        self.socks = (a, b)
+        self.pending = (bytearray(), bytearray())
+        self.eof = [False, False]
+        self.mask = [0, 0]
+
+
+class FaultProxy:
+    """In-process TCP forwarder: one listening port on 127.0.0.1 per directed pair (src, dst),
+    forwarding to dst's real address.  LocalCluster(proxied=True) gives each node the proxy port
+    of (node, peer) as the peer's address, so a link can be cut without touching the processes.
+
+    Invariants:
+      * after start(), only the event-loop thread touches sockets; other threads post commands
+        and wait until the loop has carried them out;
+      * once block() returns, a blocked pair has no open forwarded connection, and each new
+        connection to it is accepted and closed at once (the dialler sees its handshake fail);
+      * at most BUF_LIMIT bytes wait per direction (reading pauses beyond it);
+      * stop() closes every socket and joins the thread; the proxy is then inert.
+    Callers use port(src, dst), block(pairs), unblock(pairs=None), blocked(), stop(), stats.
+    """
+
+    BUF_LIMIT = 1 << 20
+
+    def __init__(self, routes: dict[tuple[str, str], tuple[str, int]]):
+        self._routes = dict(routes)
+        self._sel = selectors.DefaultSelector()
+        self._ports: dict[tuple[str, str], int] = {}
+        self._listeners: list[socket.socket] = []
+        for pair in self._routes:
+            ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            ls.bind(("127.0.0.1", 0))
+            ls.listen(64)
+            ls.setblocking(False)
+            self._listeners.append(ls)
+            self._ports[pair] = ls.getsockname()[1]
+            self._sel.register(ls, selectors.EVENT_READ, ("listen", pair))
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._lock = threading.Lock()
+        self._cmds: list[tuple] = []
+        self._blocked: set[tuple[str, str]] = set()
+        self._conns: set[_ProxyConn] = set()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self.stats = {"accepted": 0, "refused": 0, "cut": 0}
+
+    def port(self, src: str, dst: str) -> int:
+        return self._ports[(src, dst)]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
+        self._thread.start()
+
+    def block(self, pairs) -> None:
+        self._submit("block", set(pairs))
+
+    def unblock(self, pairs=None) -> None:
+        self._submit("unblock", None if pairs is None else set(pairs))
+
+    def blocked(self) -> set[tuple[str, str]]:
+        with self._lock:
+            return set(self._blocked)
+
+    def stop(self) -> None:
+        if self._thread is None or self._stopped:
+            self._stopped = True
+            return
+        self._submit("stop", None)
+        self._thread.join(timeout=5)
+        self._stopped = True
+        self._wake_w.close()
+
+    # -- loop side
+    def _submit(self, op: str, arg) -> None:
+        done = threading.Event()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._apply(op, arg)         # not running: there is nothing to close
+                return
+            self._cmds.append((op, arg, done))
+        self._wake_w.send(b"x")
+        if not done.wait(timeout=5):
+            raise ClusterError(f"fault proxy did not carry out {op!r} within 5 s")
+
+    def _apply(self, op: str, arg) -> bool:
+        """Carry out one command; returns False for stop.  Called by the loop (or before start)."""
+        if op == "block":
+            self._blocked |= arg
+            for c in [c for c in self._conns if c.pair in arg]:
+                self._close(c)
+                self.stats["cut"] += 1
+        elif op == "unblock":
+            self._blocked = set() if arg is None else self._blocked - arg
+        elif op == "stop":
+            return False
+        return True
+
+    def _run(self) -> None:
+        stop_done: threading.Event | None = None
+        try:
+            while stop_done is None:
+                for key, mask in self._sel.select(timeout=1.0):
+                    tag = key.data
+                    if tag[0] == "listen":
+                        self._accept(key.fileobj, tag[1])
+                    elif tag[0] == "wake":
+                        with contextlib.suppress(BlockingIOError):
+                            self._wake_r.recv(4096)
+                    elif tag[0] in self._conns:
+                        self._on_event(tag[0], tag[1], mask)
+                with self._lock:
+                    cmds, self._cmds = self._cmds, []
+                for op, arg, done in cmds:
+                    if self._apply(op, arg):
+                        done.set()
+                    else:
+                        stop_done = done
+        finally:
+            for c in list(self._conns):
+                self._close(c)
+            for s in self._listeners:
+                self._sel.unregister(s)
+                s.close()
+            self._sel.unregister(self._wake_r)
+            self._wake_r.close()
+            self._sel.close()
+            if stop_done is not None:
+                stop_done.set()
+
+    def _accept(self, ls: socket.socket, pair) -> None:
+        try:
+            a, _ = ls.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if pair in self._blocked:
+            self.stats["refused"] += 1
+            a.close()
+            return
+        try:
+            b = socket.create_connection(self._routes[pair], timeout=1.0)
+        except OSError:
+            a.close()                      # the upstream node is down: so is this link
+            return
+        self.stats["accepted"] += 1
+        for s in (a, b):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setblocking(False)
+        conn = _ProxyConn(pair, a, b)
+        self._conns.add(conn)
+        self._update(conn)
+
+    def _on_event(self, c: _ProxyConn, side: int, mask: int) -> None:
+        try:
+            if mask & selectors.EVENT_READ:
+                try:
+                    data = c.socks[side].recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    data = None
+                if data == b"":
+                    c.eof[side] = True
+                elif data:
+                    c.pending[side].extend(data)
+            for i in (0, 1):               # forward whatever waits, in both directions
+                buf = c.pending[i]
+                if buf:
+                    try:
+                        n = c.socks[1 - i].send(buf)
+                    except (BlockingIOError, InterruptedError):
+                        n = 0
+                    del buf[:n]
+        except OSError:
+            self._close(c)
+            return
+        if any(c.eof[i] and not c.pending[i] for i in (0, 1)):
+            self._close(c)                 # one side is gone and everything it sent was passed on
+        else:
+            self._update(c)
+
+    def _update(self, c: _ProxyConn) -> None:
+        for i in (0, 1):
+            m = 0
+            if not c.eof[i] and len(c.pending[i]) < self.BUF_LIMIT:
+                m |= selectors.EVENT_READ
+            if c.pending[1 - i]:
+                m |= selectors.EVENT_WRITE
+            s = c.socks[i]
+            if m != c.mask[i]:
+                if c.mask[i] == 0:
+                    self._sel.register(s, m, (c, i))
+                elif m == 0:
+                    self._sel.unregister(s)
+                else:
+                    self._sel.modify(s, m, (c, i))
+                c.mask[i] = m
+
+    def _close(self, c: _ProxyConn) -> None:
+        self._conns.discard(c)
+        for i in (0, 1):
+            if c.mask[i]:
+                self._sel.unregister(c.socks[i])
+                c.mask[i] = 0
+            c.socks[i].close()
+
+
+# ------------------------------------------------------------------------------------- NodeProcess
+def _process_matches(pid: int, node_id: str, create_time: float | None) -> bool:
+    """True when pid is (still) a live kv_store_server.py process for node_id (and, when given,
+    the process started at create_time: a recycled PID never matches)."""
+    if psutil is None:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if create_time is not None and abs(p.create_time() - create_time) > 0.5:
+            return False
+        cmd = p.cmdline()
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return create_time is not None
+    if not any(os.path.basename(a) == "kv_store_server.py" for a in cmd):
+        return False
+    return any(a == "--node-id" and b == node_id for a, b in zip(cmd, cmd[1:])) or \
+        f"--node-id={node_id}" in cmd
+
+
+def _create_time(pid: int) -> float | None:
+    if psutil is None:
+        return None
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+class NodeProcess:
+    """One node process, addressed by its PID only.
+
+    Either a child this process spawned (`popen` set: we reap it and know its exit code), or a
+    PID adopted from a state file (no exit code; before any signal the PID is checked to still be
+    this node's kv_store_server.py process started at `create_time`).
+    Invariant: never signals a PID that is not (still) this node's process."""
+
+    def __init__(self, node_id: str, pid: int, popen: subprocess.Popen | None = None,
+                 create_time: float | None = None, cmdline: list[str] | None = None):
+        self.node_id = node_id
+        self.pid = pid
+        self.popen = popen
+        self.create_time = create_time if create_time is not None else _create_time(pid)
+        self.cmdline = cmdline
+        self.started = time.time()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll() if self.popen is not None else None
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return _process_matches(self.pid, self.node_id, self.create_time)
+
+    def signal(self, sig: int) -> bool:
+        """Send sig if the process still runs; False when it is already gone."""
+        if not self.alive():
+            return False
+        try:
+            if self.popen is not None:
+                self.popen.send_signal(sig)
+            else:
+                os.kill(self.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until the process has exited (and reap it if it is our child).  True if it did."""
+        if self.popen is not None:
+            try:
+                self.popen.wait(timeout=max(0.0, timeout))
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def state(self) -> dict:
+        return {"pid": self.pid, "create_time": self.create_time, "cmdline": self.cmdline}
+
+
+# ------------------------------------------------------------------------------------ LocalCluster
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def pick_free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """n distinct ports that are free right now, chosen below the kernel's ephemeral range (so an
+    outgoing connection never takes a stopped node's port) and never 6379-6381."""
+    low, high = 10000, _ephemeral_low()
+    rng = random.SystemRandom()
+    chosen: list[int] = []
+    if high - low > 1000:
+        for _ in range(50 * n):
+            p = rng.randrange(low, high)
+            if p not in chosen and port_in_use(host, p) is None:
+                chosen.append(p)
+                if len(chosen) == n:
+                    return chosen
+    socks = []                       # fall back to whatever the OS hands out
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """None when host:port can be bound now; else a sentence naming the port and, when psutil can
+    tell, the process that holds it."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the server does
+        s.bind((host, port))
+        return None
+    except OSError as e:
+        who = _listener_of(port)
+        return f"port {port} on {host} is already in use" + (f" by {who}" if who else f" ({e.strerror})")
+    finally:
+        s.close()
+
+
+def _listener_of(port: int) -> str | None:
+    if psutil is None:
+        return None
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.Error, OSError):
+        return None
+    for c in conns:
+        if c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN and c.pid:
+            try:
+                p = psutil.Process(c.pid)
+                cmd = " ".join(p.cmdline()) or p.name()
+            except psutil.Error:
+                cmd = "?"
+            if len(cmd) > 100:
+                cmd = cmd[:97] + "..."
+            return f"pid {c.pid} ({cmd})"
+    return None
+
+
+def tail(path: str, lines: int = 10) -> list[str]:
+    """The last lines of a text file (empty when it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            data = f.read()
+    except OSError:
+        return []
+    return data.decode("utf-8", "replace").splitlines()[-lines:]
+
+
+def fmt_exit(code: int | None) -> str:
+    if code is None:
+        return "unknown"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"{code} ({signal.Signals(-code).name})"
+    return str(code)
+
+
+_LIVE: "weakref.WeakSet[LocalCluster]" = weakref.WeakSet()
+
+
+class LocalCluster:
+    """A cluster of kv_store_server.py processes on this machine: the one launcher of the tests,
+    the benchmarks and the cluster_manager CLI.
+
+        with LocalCluster(n=3, proxied=True) as c:     # free ports, fresh temp dir
+            c.start()                                   # node1 with --primary; waits for a primary
+            p = c.wait_for_single_primary()
+            c.send(p, "SET a 1")                        # -> {"status": "OK", ...}
+            c.partition(p); q = c.wait_for_single_primary(exclude=[p]); c.heal()
+            c.kill(q); c.restart(q); c.wait_converged()
+
+    Constructor: LocalCluster(n=3, base_port=None (None = free ports picked now), host="127.0.0.1",
+    data_dir=None (None = fresh temp dir, removed by cleanup()), fsync="always",
+    heartbeat_interval=None, election_timeout=None (None = the server's defaults), extra_args=()
+    (more server flags, for every node), requirepass=None, cluster_secret=None, proxied=False,
+    python=sys.executable; keyword-only: ports (explicit list, overrides base_port),
+    server_script, log_level).
+
+    Addresses: ids ["node1", ...], addr(id) -> (host, port), addresses() -> ["host:port", ...],
+    pid(id), data_dir_of(id) (<data_dir>/<id>), log_path(id) (its stdout+stderr; the node writes
+    node.log beside it).
+    Processes: start(wait=True, timeout=10), start_node(id, primary=False, wipe=False),
+    kill(id) (SIGKILL + reap), stop_node(id, timeout=10) (SIGTERM, SIGKILL after timeout),
+    restart(id, primary=False, wipe=False), stop() (every node, secondaries first; no process is
+    left), cleanup() (stop + remove the temp dir), running_ids(), exit_code(id), detach().
+    Observation: status(id, timeout=1.0) -> dict | None, statuses(), primary() -> id | None,
+    wait_for_single_primary(timeout=10, exclude=()), wait_converged(timeout=10, ids=None),
+    wait_until(predicate, timeout, what), send(id, line) -> answer dict, check_get(key, want).
+    Faults (proxied=True): partition(id), cut(a, b), cut_one_way(src, dst), heal().
+
+    Invariants:
+      * every process it spawns is remembered by PID and is signalled by PID only; stop(),
+        cleanup() and an atexit hook (for clusters not detach()ed) leave none of them running;
+      * nodes run in their own session: a Ctrl-C in the terminal does not reach them;
+      * every STATUS answer seen is checked against the history of primaries per term: two nodes
+        primary in one term raises SplitBrain from the next wait_*() call (or check_safety());
+      * with proxied=True every peer link goes through this object's FaultProxy (127.0.0.1 only);
+        clients still reach the nodes' real ports directly (but a NOT_PRIMARY hint names the
+        primary by the proxy address the answering node knows it by, so it obeys the cuts).
+    Thread safety: process control is serialised by an internal lock; the observation methods
+    may be called from any thread.
+    """
+
+    def __init__(self, n: int = 3, base_port: int | None = None, host: str = "127.0.0.1",
+                 data_dir: str | None = None, fsync: str = "always",
+                 heartbeat_interval: float | None = None, election_timeout: float | None = None,
+                 extra_args=(), requirepass: str | None = None, cluster_secret: str | None = None,
+                 proxied: bool = False, python: str = sys.executable, *, ports=None,
+                 server_script: str = SERVER_SCRIPT, log_level: str | None = None):
+        if n < 1:
+            raise ValueError("a cluster needs at least one node")
+        self.n = n
+        self.host = host
+        self.ids = [f"node{i}" for i in range(1, n + 1)]
+        if ports is not None:
+            ports = [int(p) for p in ports]
+            if len(ports) != n:
+                raise ValueError(f"{len(ports)} ports given for {n} nodes")
+        elif base_port is None:
+            ports = pick_free_ports(n, host)
+        else:
+            ports = [base_port + i for i in range(n)]
+        self._ports = dict(zip(self.ids, ports))
+        self._own_dir = data_dir is None
+        self.data_dir = tempfile.mkdtemp(prefix="kvcluster-") if data_dir is None else os.path.abspath(data_dir)
+        self.fsync = fsync
+        self.heartbeat_interval = heartbeat_interval
+        self.election_timeout = election_timeout
+        self.extra_args = tuple(extra_args)
+        self.requirepass = requirepass
+        self.cluster_secret = cluster_secret
+        self.python = python
+        self.server_script = server_script
+        self.log_level = log_level
+        self._procs: dict[str, NodeProcess] = {}
+        self._expected_exit: set[str] = set()      # stopped on purpose: not a failure
+        self._lock = threading.RLock()
+        self._leaders: dict[int, str] = {}          # term -> the node seen primary in it
+        self._violations: list[str] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._detached = False
+        self._closed = False
+        self._proxy: FaultProxy | None = None
+        if proxied and n > 1:
+            target = self._dial_host()
+            self._proxy = FaultProxy({(a, b): (target, self._ports[b]) for a in self.ids for b in self.ids if a != b})
+            self._proxy.start()
+        _LIVE.add(self)
+
+    # -------------------------------------------------------------- addresses
+    def _dial_host(self) -> str:
+        return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+
+    def addr(self, node_id: str) -> tuple[str, int]:
+        return self._dial_host(), self._ports[node_id]
+
+    def addresses(self) -> list[str]:
+        return [f"{h}:{p}" for h, p in map(self.addr, self.ids)]
+
+    def port(self, node_id: str) -> int:
+        return self._ports[node_id]
+
+    def pid(self, node_id: str) -> int | None:
+        p = self._procs.get(node_id)
+        return p.pid if p is not None else None
+
+    def process(self, node_id: str) -> NodeProcess | None:
+        return self._procs.get(node_id)
+
+    def data_dir_of(self, node_id: str) -> str:
+        return os.path.join(self.data_dir, node_id)
+
+    def log_path(self, node_id: str) -> str:
+        return os.path.join(self.data_dir_of(node_id), CONSOLE_LOG)
+
+    def peer_addr(self, src: str, dst: str) -> str:
+        """The address src is told to reach dst on (a proxy port when proxied)."""
+        if self._proxy is not None:
+            return f"127.0.0.1:{self._proxy.port(src, dst)}"
+        return "%s:%d" % self.addr(dst)
+
+    def command(self, node_id: str, primary: bool = False) -> list[str]:
+        """The full command line that starts node_id."""
+        cmd = [self.python, self.server_script, "--node-id", node_id, "--host", self.host,
+               "--port", str(self._ports[node_id]), "--data-dir", self.data_dir_of(node_id),
+               "--fsync", self.fsync]
+        if self.n == 1:
+            cmd.append("--standalone")
+        else:
+            cmd += ["--peers", ",".join(f"{m}={self.peer_addr(node_id, m)}" for m in self.ids if m != node_id)]
+        if self.heartbeat_interval is not None:
+            cmd += ["--heartbeat-interval", str(self.heartbeat_interval)]
+        if self.election_timeout is not None:
+            cmd += ["--election-timeout", str(self.election_timeout)]
+        if self.requirepass is not None:
+            cmd += ["--requirepass", self.requirepass]
+        if self.cluster_secret is not None:
+            cmd += ["--cluster-secret", self.cluster_secret]
+        if self.log_level is not None:
+            cmd += ["--log-level", self.log_level]
+        if primary:
+            cmd.append("--primary")
+        return cmd + list(self.extra_args)
+
+    # -------------------------------------------------------------- processes
+    def running_ids(self) -> list[str]:
+        """Nodes whose process runs (nodes this object never saw a process for count as running:
+        an attached CLI cluster learns PIDs from STATUS)."""
+        return [i for i in self.ids if i not in self._procs or self._procs[i].alive()]
+
+    def exit_code(self, node_id: str) -> int | None:
+        p = self._procs.get(node_id)
+        return p.returncode if p is not None else None
+
+    def expected_exit(self, node_id: str) -> bool:
+        return node_id in self._expected_exit
+
+    def check_ports(self, ids=None) -> None:
+        """Raise PortInUse naming the first port (and its holder) a node to be started cannot bind."""
+        for nid in ids or self.ids:
+            p = self._procs.get(nid)
+            if p is not None and p.alive():
+                continue
+            why = port_in_use(self.host, self._ports[nid])
+            if why:
+                raise PortInUse(f"cannot start {nid}: {why}")
+
+    def start(self, wait: bool = True, timeout: float = 10) -> "LocalCluster":
+        """Start every node not running, node1 first with --primary, all at once (waiting for node1
+        to listen first measured worse: its peer-link back-off then delays its campaign).  With
+        wait, return once every node answers STATUS and all agree on a single primary; raises
+        NodeFailed or WaitTimeout.  Which node wins the first election is up to the nodes."""
+        self.check_ports()
+        for i, nid in enumerate(self.ids):
+            p = self._procs.get(nid)
+            if p is None or not p.alive():
+                self.start_node(nid, primary=(i == 0), wait=False)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def start_node(self, node_id: str, primary: bool = False, wipe: bool = False,
+                   wait: bool = True, timeout: float = 10) -> int:
+        """Spawn node_id (with --primary if asked; wipe=True empties its data dir first).
+        With wait, return once it answers STATUS; raises NodeFailed (with its log tail) if it exits
+        first.  Returns the PID."""
+        with self._lock:
+            if self._closed:
+                raise ClusterError("this LocalCluster was stopped for good (cleanup)")
+            old = self._procs.get(node_id)
+            if old is not None and old.alive():
+                raise ClusterError(f"{node_id} is already running (pid {old.pid})")
+            why = port_in_use(self.host, self._ports[node_id])
+            if why:
+                raise PortInUse(f"cannot start {node_id}: {why}")
+            ddir = self.data_dir_of(node_id)
+            if wipe and os.path.isdir(ddir):
+                shutil.rmtree(ddir)
+            os.makedirs(ddir, exist_ok=True)
+            cmd = self.command(node_id, primary)
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            with open(self.log_path(node_id), "ab") as logf:
+                logf.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} cluster_manager starts {node_id}: "
+                           f"{' '.join(cmd)}\n".encode())
+                logf.flush()
+                popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                         start_new_session=True, env=env, close_fds=True)
+            self._procs[node_id] = NodeProcess(node_id, popen.pid, popen=popen, cmdline=cmd)
+            self._expected_exit.discard(node_id)
+        if wait:
+            self.wait_until(lambda: self._answers(node_id), timeout, f"{node_id} to answer STATUS")
+        return popen.pid
+
+    def _answers(self, node_id: str) -> bool:
+        self._raise_if_dead([node_id])
+        return self.status(node_id, timeout=0.5) is not None
+
+    def _raise_if_dead(self, ids) -> None:
+        for nid in ids:
+            p = self._procs.get(nid)
+            if p is not None and not p.alive() and nid not in self._expected_exit:
+                lines = "\n    ".join(tail(self.log_path(nid), 15))
+                raise NodeFailed(f"{nid} (pid {p.pid}) exited with code {fmt_exit(p.returncode)}; "
+                                 f"last lines of {self.log_path(nid)}:\n    {lines}")
+
+    def kill(self, node_id: str) -> int | None:
+        """SIGKILL node_id by PID and reap it; returns its exit code (None if it was not running)."""
+        with self._lock:
+            p = self._procs.get(node_id)
+            if p is None or not p.signal(signal.SIGKILL):
+                return None
+            p.wait(10)
+            return p.returncode
+
+    def stop_node(self, node_id: str, timeout: float = 10, shutdown_command: bool = False) -> int | None:
+        """Stop node_id gracefully: SIGTERM (or first the SHUTDOWN command), SIGKILL after timeout.
+        Returns its exit code (None if it was not running or is not our child)."""
+        self._stop_many([node_id], timeout, shutdown_command)
+        return self.exit_code(node_id)
+
+    def _stop_many(self, ids, timeout: float, shutdown_command: bool = False) -> None:
+        """Stop several nodes at once by the same ladder.  Caller may hold self._lock."""
+        with self._lock:
+            procs = [(nid, self._procs[nid]) for nid in ids if nid in self._procs]
+            for nid, _ in procs:
+                self._expected_exit.add(nid)
+            asked = set()
+            if shutdown_command:
+                for nid, p in procs:
+                    if not p.alive():
+                        continue
+                    try:
+                        ans = self.send(nid, "SHUTDOWN", timeout=2.0)
+                        if ans.get("status") == "OK":
+                            asked.add(nid)
+                    except (OSError, ValueError, ClusterError):
+                        pass      # no answer: SIGTERM below does the same job
+            for nid, p in procs:
+                if nid not in asked:
+                    p.signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            if asked:             # a SHUTDOWN that stalls gets SIGTERM half-way
+                half = time.monotonic() + timeout / 2
+                for nid, p in procs:
+                    if nid in asked and not p.wait(half - time.monotonic()):
+                        p.signal(signal.SIGTERM)
+            for _, p in procs:
+                if not p.wait(deadline - time.monotonic()):
+                    p.signal(signal.SIGKILL)
+                    p.wait(5)
+
+    def restart(self, node_id: str, primary: bool = False, wipe: bool = False,
+                timeout: float = 10) -> int:
+        """stop_node (if running) then start_node; returns the new PID."""
+        p = self._procs.get(node_id)
+        if p is not None and p.alive():
+            self.stop_node(node_id, timeout=timeout)
+        return self.start_node(node_id, primary=primary, wipe=wipe, timeout=timeout)
+
+    def stop(self, timeout: float = 10, graceful: bool = True, shutdown_command: bool = False,
+             on_event: Callable[[str], None] | None = None) -> None:
+        """Stop every node: secondaries first, then the primary (SIGTERM, or the SHUTDOWN command
+        with shutdown_command=True; SIGKILL after timeout), or all at once by SIGKILL with
+        graceful=False.  Stops the fault proxy.  Leaves no process this object started."""
+        say = on_event or (lambda s: None)
+        with self._lock:
+            alive = [nid for nid, p in self._procs.items() if p.alive()]
+            if alive and graceful:
+                prim = self.primary(timeout=0.5)
+                first = [nid for nid in alive if nid != prim]
+                if first:
+                    say(f"stopping {', '.join(first)}")
+                    self._stop_many(first, timeout, shutdown_command)
+                if prim in alive:
+                    say(f"stopping {prim} (primary)")
+                    self._stop_many([prim], timeout, shutdown_command)
+            for nid, p in self._procs.items():
+                self._expected_exit.add(nid)
+                if p.signal(signal.SIGKILL):
+                    p.wait(5)
+            for nid in alive:
+                say(f"{nid} stopped (exit code {fmt_exit(self.exit_code(nid))})")
+        if self._proxy is not None:
+            self._proxy.stop()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    def cleanup(self) -> None:
+        """stop(), then remove the data dir if this object created it (kept when KV_KEEP_DATA=1)."""
+        self.stop()
+        self._closed = True
+        if self._own_dir and not os.environ.get("KV_KEEP_DATA"):
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def detach(self) -> None:
+        """Let the node processes outlive this object (no atexit kill): the CLI uses it."""
+        self._detached = True
+
+    def adopt(self, node_id: str, pid: int, create_time: float | None = None,
+              cmdline: list[str] | None = None) -> None:
+        """Track a node process started elsewhere (from a state file)."""
+        self._procs[node_id] = NodeProcess(node_id, pid, create_time=create_time, cmdline=cmdline)
+
+    def _kill_leftovers(self) -> None:
+        if self._detached:
+            return
+        for p in self._procs.values():
+            if p.popen is not None and p.signal(signal.SIGKILL):
+                p.wait(5)
+        if self._proxy is not None:
+            self._proxy.stop()
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+    # ----------------------------------------------------------- observation
+    def status(self, node_id: str, timeout: float = 1.0) -> dict | None:
+        """The node's STATUS answer, or None when it does not answer."""
+        host, port = self.addr(node_id)
+        st, _ = probe(host, port, password=self.requirepass, timeout=timeout)
+        if st is not None:
+            self._record({node_id: st})
+        return st
+
+    def statuses(self, ids=None, timeout: float = 1.0) -> dict[str, dict | None]:
+        """STATUS of several nodes (default all), asked concurrently: {id: answer or None}."""
+        return self.probe_all(ids, timeout)[0]
+
+    def probe_all(self, ids=None, timeout: float = 1.0) -> tuple[dict[str, dict | None], dict[str, str]]:
+        """Like statuses(), plus {id: why it gave no answer} for the nodes that did not answer."""
+        ids = list(self.ids if ids is None else ids)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=max(2, self.n), thread_name_prefix="status")
+        futs = {nid: self._pool.submit(probe, *self.addr(nid), password=self.requirepass, timeout=timeout)
+                for nid in ids}
+        res = {nid: f.result() for nid, f in futs.items()}
+        sts = {nid: r[0] for nid, r in res.items()}
+        self._record(sts)
+        return sts, {nid: r[1] for nid, r in res.items() if r[1]}
+
+    def _record(self, sts: dict) -> None:
+        with self._lock:
+            for nid, st in sts.items():
+                if st is None or st.get("role") != "primary":
+                    continue
+                term = st.get("election_term")
+                seen = self._leaders.setdefault(term, nid)
+                if seen != nid:
+                    self._violations.append(f"{seen} and {nid} were both primary in term {term}")
+
+    @property
+    def leaders_by_term(self) -> dict[int, str]:
+        return dict(self._leaders)
+
+    def check_safety(self) -> None:
+        """Raise SplitBrain if two nodes were ever seen primary in the same term."""
+        if self._violations:
+            raise SplitBrain("; ".join(self._violations))
+
+    def primary(self, timeout: float = 1.0) -> str | None:
+        """The node that reports role primary in the highest term, or None."""
+        sts = self.statuses(self.running_ids(), timeout=timeout)
+        prims = [(s["election_term"], nid) for nid, s in sts.items() if s and s.get("role") == "primary"]
+        return max(prims)[1] if prims else None
+
+    def wait_until(self, predicate: Callable[[], object], timeout: float, what: str,
+                   interval: float = 0.03):
+        """Poll predicate until it returns something truthy (returned) or timeout passes
+        (WaitTimeout naming `what` and what each node reports).  Exceptions propagate."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}; {self.describe()}")
+            time.sleep(interval)
+
+    def describe(self) -> str:
+        """One line per node: what it reports right now (for failure messages)."""
+        parts = []
+        for nid, st in self.statuses(timeout=0.5).items():
+            if st is None:
+                p = self._procs.get(nid)
+                how = "down" if p is None or not p.alive() else "running but not answering"
+                if p is not None and p.returncode is not None:
+                    how += f", exit code {fmt_exit(p.returncode)}"
+                parts.append(f"{nid}: {how}")
+            else:
+                parts.append(f"{nid}: {st['role']} term {st['election_term']} primary={st.get('primary')} "
+                             f"commit={st.get('commit_index')} applied={st.get('last_applied')} "
+                             f"digest={st.get('digest')}")
+        return " | ".join(parts)
+
+    def ready_primary(self) -> str | None:
+        """One poll: the primary's id when every running node answers and all name that one
+        primary, else None.  Raises NodeFailed if a node died, SplitBrain on two primaries."""
+        self._raise_if_dead(self.ids)
+        sts = self.statuses(self.running_ids(), timeout=0.5)
+        self.check_safety()
+        if any(s is None for s in sts.values()):
+            return None
+        prims = [nid for nid, s in sts.items() if s["role"] == "primary"]
+        if len(prims) == 1 and all(s.get("primary") == prims[0] for s in sts.values()):
+            return prims[0]
+        return None
+
+    def wait_ready(self, timeout: float = 10) -> str:
+        """Every running node answers and all agree on one primary; returns its id."""
+        return self.wait_until(self.ready_primary, timeout, "every node up and agreeing on one primary")
+
+    def wait_for_single_primary(self, timeout: float = 10, exclude=()) -> str:
+        """Wait until exactly one node (outside `exclude`) reports role primary and a majority of
+        the cluster reports it as primary in its term; returns its id.  Raises SplitBrain at once if
+        two nodes report primary in the same term (now or in any earlier observation)."""
+        exclude = set(exclude)
+        majority = self.n // 2 + 1
+
+        def single():
+            ids = [i for i in self.running_ids() if i not in exclude]
+            sts = self.statuses(ids, timeout=0.5)
+            self.check_safety()
+            prims = [nid for nid, s in sts.items() if s and s.get("role") == "primary"]
+            if len(prims) != 1:
+                return None
+            p = prims[0]
+            term = sts[p]["election_term"]
+            agree = 1 + sum(1 for nid, s in sts.items()
+                            if nid != p and s and s.get("primary") == p and s.get("election_term") == term)
+            return p if agree >= majority else None
+        what = "a single primary" + (f" outside {sorted(exclude)}" if exclude else "")
+        return self.wait_until(single, timeout, what)
+
+    def wait_converged(self, timeout: float = 10, ids=None) -> dict[str, dict]:
+        """Wait until the nodes (default: all running) report equal last_applied, commit_index and
+        digest, and exactly one running node is primary.  Returns their STATUS answers."""
+        def converged():
+            running = self.running_ids()
+            targets = list(ids) if ids is not None else running
+            sts = self.statuses(sorted(set(running) | set(targets)), timeout=0.5)
+            self.check_safety()
+            mine = {nid: sts.get(nid) for nid in targets}
+            if any(s is None for s in mine.values()):
+                return None
+            for field in ("last_applied", "commit_index", "digest"):
+                if len({s[field] for s in mine.values()}) != 1:
+                    return None
+            if sum(1 for s in sts.values() if s and s.get("role") == "primary") != 1:
+                return None
+            return mine
+        return self.wait_until(converged, timeout, "the nodes to converge (same applied index, commit index and digest)")
+
+    def send(self, node_id: str, line: str, timeout: float = 5.0) -> dict:
+        """One line-protocol request to node_id on a fresh connection (AUTH first when the cluster
+        has a password); returns the parsed answer.  Raises OSError when the node is unreachable."""
+        host, port = self.addr(node_id)
+        return call(host, port, [line], password=self.requirepass, timeout=timeout)[0]
+
+    def check_get(self, key: str, want, timeout: float = 5.0) -> None:
+        """GET key on the primary (following a failover until timeout); assert the value is want."""
+        def get():
+            p = self.wait_for_single_primary(timeout=timeout)
+            ans = self.send(p, f"GET {key}")
+            return None if ans.get("code") in ("NOT_PRIMARY", "NO_QUORUM") else ans
+        ans = self.wait_until(get, timeout, f"GET {key} on the primary")
+        if ans.get("status") != "OK" or ans.get("value") != want:
+            raise AssertionError(f"GET {key}: wanted {want!r}, got {ans!r}")
+
+    # ---------------------------------------------------------------- faults
+    def _need_proxy(self) -> FaultProxy:
+        if self._proxy is None:
+            raise ClusterError("link faults need LocalCluster(proxied=True) with at least two nodes")
+        return self._proxy
+
+    def partition(self, node_id: str) -> None:
+        """Cut every link to and from node_id (its open peer connections are closed now)."""
+        self._need_proxy().block({(node_id, m) for m in self.ids if m != node_id} |
+                                 {(m, node_id) for m in self.ids if m != node_id})
+
+    def cut(self, a: str, b: str) -> None:
+        """Cut the links a -> b and b -> a."""
+        self._need_proxy().block({(a, b), (b, a)})
+
+    def cut_one_way(self, src: str, dst: str) -> None:
+        """Cut only src -> dst: src's messages stop reaching dst; dst's still reach src."""
+        self._need_proxy().block({(src, dst)})
+
+    def heal(self) -> None:
+        """Restore every cut link (nodes reconnect on their own)."""
+        self._need_proxy().unblock()
+
+    @property
+    def proxy(self) -> FaultProxy | None:
+        return self._proxy
+
+
+@atexit.register
+def _atexit_kill_leftovers() -> None:
+    for c in list(_LIVE):
+        c._kill_leftovers()

@@ -1,0 +1,1611 @@
+"""Deterministic simulation tests for the Raft core (kv_raft.RaftCore).
+
+The core has no sockets, threads or clock, so a whole cluster runs here inside one process on a
+simulated network and a simulated clock, with ONE random.Random(seed) deciding everything (timeouts,
+delays, losses, faults).  Any failing schedule replays exactly from its seed.
+
+Layout (reading order):
+    SafetyViolation   an AssertionError that carries the seed, a replay command and the last events
+    FakeStorage       one node's durable state: hard state (term, vote), log entries, snapshot
+    SimNode           one node: its RaftCore (None while crashed), storage, state machine, clock
+    FakeNetwork       the cluster: event queue (ticks, deliveries), faults, the host loop that feeds
+                      Ready into storage/network/state machine exactly as kv_raft's contract says,
+                      and the safety checks that run after EVERY step
+    run_schedule      one randomized schedule (faults + client writes), then heal and check liveness
+    test_*            named paper claims (init / step / check, docstring cites the paper section),
+                      then the randomized schedules (>= 1,000 seeds, SIM_SCHEDULES raises the count)
+
+Safety checked after every step (any event: tick, delivery, client call, fault):
+    - at most one leader per term (every (term, leader) ever seen, from roles and from leader messages)
+    - a vote is never changed within a term, term never decreases (hard state handed to storage);
+      no message promises a term or a vote that is not durable yet
+    - log matching: (index, term) always names the same entry with the same predecessor term
+      (incrementally on every append; the whole in-memory log against the durable log every
+      10 actions and at the end)
+    - leader completeness: a new leader of term T holds every entry whose commit was observed at a
+      term < T (observed = applied somewhere; the applier's current term bounds the commit term)
+    - state-machine safety: no two nodes ever apply different entries at the same index; applied
+      entries are durable locally first; no committed entry is ever truncated
+    - commit_index never decreases (except across a restart from storage); applied has no gaps
+    - lease safety: read_ok() is never True on two nodes at the same instant; a node with
+      read_ok() knows every committed index; a read kv_store_server would serve then (read_ok()
+      and the store has applied the leader's first entry) sees every acknowledged write and
+      everything an earlier read saw (no stale read)
+Liveness after healing: one leader, identical state everywhere, and a new write commits everywhere.
+
+Fault model of the random schedules: message loss, duplication, reordering (random delays), rare
+long delays (up to 3 election timeouts), stale replays of old messages, symmetric cuts, isolation,
+majority/minority splits, crashes (immediately, or inside the host loop: before persisting, after
+persisting but before sending, or after a leader's early REPLICATE as kv_store_server sends before
+its fsync), quick restarts ("bounce"), restarts with start_election, snapshots/compaction,
+leadership transfers, link-down reports, clock-rate drift, batched steps per ready().
+
+Replay one randomized schedule with its event trace:
+    python test_consensus_sim.py --seed 123 -v
+Run the module:  python test_consensus_sim.py   (or python -m pytest test_consensus_sim.py)
+Soak:            SIM_SCHEDULES=20000 python -m pytest test_consensus_sim.py -k random
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import os
+import random
+import sys
+import time
+import traceback
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pytest
+
+from kv_raft import LEADER, PRECANDIDATE, NotLeader, RaftCore
+
+try:
+    from kv_storage import ReplicationLog
+except ImportError:   # kv_storage.py not written yet: an entry with the same shape (INTERFACES.md)
+    @dataclass(slots=True)
+    class ReplicationLog:  # type: ignore[no-redef]
+        index: int
+        term: int
+        op: str
+        key: str | None = None
+        value: Any = None
+        kind: str = "json"
+
+Entry = ReplicationLog
+HB = 0.05          # defaults of kv_store_server.py
+ET = 0.3
+LEADER_MSGS = ("REPLICATE", "HEARTBEAT", "SYNC", "TIMEOUT_NOW")
+_TICK, _DELIVER = 0, 1
+
+
+def content(e) -> tuple:
+    return (e.op, e.key, e.value, e.kind)
+
+
+def clone_entry(e):
+    return Entry(e.index, e.term, e.op, e.key, e.value, e.kind)
+
+
+class SafetyViolation(AssertionError):
+    pass
+
+
+class FakeStorage:
+    """What survives a crash: (term, voted_for), the log after the snapshot, the snapshot itself.
+    Invariant: entries are contiguous and start at snap_index + 1."""
+
+    __slots__ = ("term", "vote", "entries", "snap_index", "snap_term", "snap_state")
+
+    def __init__(self):
+        self.term = 0
+        self.vote = None
+        self.entries: list = []
+        self.snap_index = 0
+        self.snap_term = 0
+        self.snap_state: dict = {}
+
+    def last_index(self) -> int:
+        return self.entries[-1].index if self.entries else self.snap_index
+
+    def term_at(self, index: int) -> int | None:
+        if index == self.snap_index:
+            return self.snap_term
+        if index < self.snap_index or index > self.last_index():
+            return None
+        return self.entries[index - self.snap_index - 1].term
+
+    def entry_at(self, index: int):
+        return self.entries[index - self.snap_index - 1]
+
+
+class SimNode:
+    """One simulated node.  core is None while crashed.  sm_state/applied is the state machine,
+    rebuilt from the snapshot on restart.  Local clock = offset + rate * global time."""
+
+    def __init__(self, nid: str):
+        self.id = nid
+        self.core: RaftCore | None = None
+        self.store = FakeStorage()
+        self.sm_state: dict = {}
+        self.applied = 0
+        self.up = False
+        self.incarnation = 0
+        self.rate = 1.0
+        self.offset = 0.0
+        self.last_commit = 0
+        self.last_term = 0
+        self.crash_point: str | None = None    # crash while handling the next non-empty Ready
+        self.pending: dict[int, tuple] = {}     # index -> (term, content) proposed here, not acked
+        self.snapshots_installed = 0
+        self.truncations = 0
+        self.restarts = 0
+
+    def __repr__(self):
+        c = self.core
+        if c is None:
+            return f"<{self.id} down>"
+        return (f"<{self.id} {c.role} t{c.current_term} lead={c.leader_id} last={c.last_index}/"
+                f"{c.last_term} commit={c.commit_index} applied={self.applied} snap={c.snapshot_index}>")
+
+
+def fmt_msg(m: dict) -> str:
+    t = m["type"]
+    s = f"{m['from']}->{m['to']} {t} t{m['term']}"
+    if t == "REPLICATE":
+        ents = m["entries"]
+        es = f"[{ents[0].index}/{ents[0].term}..{ents[-1].index}/{ents[-1].term}]" if ents else "[]"
+        s += f" prev={m['prev_index']}/{m['prev_term']} ents={es} commit={m['commit']}"
+    elif t == "REPLICATE_RESP":
+        s += f" ok={m.get('success')} match={m.get('match_index')} hint={m.get('reject_hint')}"
+    elif t == "ELECTION":
+        s += (f" pre={m['prevote']} last={m['last_log_index']}/{m['last_log_term']}"
+              f"{' transfer' if m.get('transfer') else ''}")
+    elif t == "ELECTION_RESP":
+        s += f" pre={m['prevote']} granted={m['granted']}"
+    elif t == "HEARTBEAT":
+        s += f" commit={m['commit']}"
+    elif t in ("SYNC", "SYNC_RESP"):
+        s += f" last={m.get('last_index')}/{m.get('last_term')} match={m.get('match_index')}"
+    return s
+
+
+class FakeNetwork:
+    """A simulated cluster of RaftCore objects on a lossy network, driven by one seeded RNG.
+
+    Verbs: run_for(d), run_until(pred, timeout), leader(), wait_leader(), write(), transfer(),
+    cut(a, b), isolate(n), recover(), crash(n), restart(n), take_snapshot(n), heal_and_converge().
+    Knobs: loss, dup (duplication), delay=(lo, hi) (random delay => reordering), long_delay
+    (probability of a delay of up to 3 election timeouts), drift (clock rate spread), batch
+    (probability that a delivery is stepped without draining ready(), so several steps share one
+    Ready, as when ClusterManager's inbox holds several messages), filters (callables
+    msg -> True to drop, applied at send time).
+    The host loop (_handle_ready) follows kv_raft's contract: persist hard_state, truncate, install
+    a received snapshot, append entries + persisted(), send messages, apply committed entries.
+    """
+
+    def __init__(self, n: int = 3, seed: int = 0, *, heartbeat: float = HB, election: float = ET,
+                 loss: float = 0.0, dup: float = 0.0, delay: tuple = (0.001, 0.005),
+                 long_delay: float = 0.0, drift: float = 0.0, prevote: bool = True,
+                 check_quorum: bool = True, start_election: str | tuple | None = None,
+                 max_batch: int = 512, max_inflight: int = 64, snapshot_threshold: int = 0,
+                 check_lease: bool = True, core_cls=RaftCore, tick_interval: float | None = None,
+                 batch: float = 0.0, replay_hint: str | None = None, verbose: bool = False,
+                 trace_len: int = 60):
+        self.seed = seed
+        self.drift = drift
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self.hb = heartbeat
+        self.et = election
+        self.tick_interval = tick_interval or heartbeat / 2
+        self.loss = loss
+        self.dup = dup
+        self.delay = delay
+        self.long_delay = long_delay
+        self.prevote = prevote
+        self.check_quorum = check_quorum
+        self.max_batch = max_batch
+        self.max_inflight = max_inflight
+        self.snapshot_threshold = snapshot_threshold
+        self.check_lease = check_lease
+        self.batch = batch
+        self.core_cls = core_cls
+        self.replay_hint = replay_hint or f"python test_consensus_sim.py --seed {seed} -v"
+        self.verbose = verbose
+        self.ids = [f"n{i}" for i in range(1, n + 1)]
+        self.nodes = {nid: SimNode(nid) for nid in self.ids}
+        self.node_list = list(self.nodes.values())
+        self.queue: list = []
+        self.seq = 0
+        self.steps = 0
+        self.cut_links: set[tuple[str, str]] = set()
+        self.filters: list[Callable[[dict], bool]] = []
+        self.watchers: list[Callable[[dict], None]] = []   # see every delivered message
+        self.history: deque = deque(maxlen=300)            # sent messages, for stale replays
+        self.trace: deque = deque(maxlen=trace_len)
+        self.stats: Counter = Counter()
+        # global records for the safety checks
+        self.leaders: dict[int, str] = {}          # term -> leader id, every leader ever seen
+        self.leader_log: list[tuple[float, int, str]] = []
+        self.applied_log: dict[int, tuple] = {}    # index -> (term, content), first applier
+        self.commit_obs: dict[int, int] = {}       # index -> min current term of any applier
+        self.lm: dict[tuple[int, int], tuple] = {}  # (index, term) -> (content, previous term)
+        self.max_applied = 0
+        self.max_visible = 0                         # highest index a client has seen (ack or read)
+        self.acks: list[tuple[int, tuple]] = []     # writes acknowledged to a client
+        starters = (start_election,) if isinstance(start_election, str) else (start_election or ())
+        for node in self.node_list:
+            if drift:
+                node.rate = 1.0 + self.rng.uniform(-drift, drift)
+                node.offset = self.rng.uniform(0, 1000)
+        for node in self.node_list:
+            self._boot(node, start_election=node.id in starters)
+        for a in self.ids:
+            for b in self.ids:
+                if a != b:
+                    self._link_up(a, b)
+
+    # ------------------------------------------------------------------ failure reporting
+    def fail(self, what: str) -> None:
+        lines = [f"seed={self.seed} t={self.now:.4f} step={self.steps}: {what}",
+                 f"  replay: {self.replay_hint}", "  nodes: " + " ".join(map(repr, self.node_list)),
+                 f"  leaders by term: {dict(sorted(self.leaders.items()))}", "  last events:"]
+        lines += ["    " + self._fmt_event(ev) for ev in self.trace]
+        raise SafetyViolation("\n".join(lines))
+
+    @staticmethod
+    def _fmt_event(ev) -> str:
+        t, kind, data = ev
+        if kind == "deliver":
+            return f"{t:9.4f} deliver {fmt_msg(data)}"
+        return f"{t:9.4f} {kind} {data}"
+
+    def note(self, kind: str, data: Any) -> None:
+        ev = (self.now, kind, data)
+        self.trace.append(ev)
+        if self.verbose:
+            print(self._fmt_event(ev))
+
+    # ------------------------------------------------------------------ clock and queue
+    def local(self, node: SimNode) -> float:
+        return node.offset + node.rate * self.now if self.drift else self.now
+
+    def _push(self, t: float, kind: int, a, b) -> None:
+        self.seq += 1
+        heapq.heappush(self.queue, (t, self.seq, kind, a, b))
+
+    def run_until(self, pred: Callable[[], bool] | None = None, timeout: float = 1.0) -> bool:
+        """Process events in time order until pred() holds (checked after each step) or timeout
+        seconds of simulated time pass.  Returns pred() (True when pred is None)."""
+        deadline = self.now + timeout
+        q = self.queue
+        while q and q[0][0] <= deadline:
+            t, _, kind, a, b = heapq.heappop(q)
+            self.now = t
+            if kind == _TICK:
+                self._on_tick(a, b)
+            else:
+                self._on_deliver(a, b)
+            self.steps += 1
+            self._global_check()
+            if pred is not None and pred():
+                return True
+        self.now = deadline
+        return pred is None or bool(pred())
+
+    def run_for(self, duration: float) -> None:
+        self.run_until(None, duration)
+
+    # ------------------------------------------------------------------ node lifecycle
+    def _boot(self, node: SimNode, start_election: bool = False) -> None:
+        st = node.store
+        node.incarnation += 1
+        node.core = self.core_cls(
+            node.id, [p for p in self.ids if p != node.id], heartbeat_interval=self.hb,
+            election_timeout=self.et, rng=random.Random(self.rng.getrandbits(64)),
+            now=self.local(node), term=st.term, voted_for=st.vote, entries=list(st.entries),
+            snapshot_index=st.snap_index, snapshot_term=st.snap_term, start_election=start_election,
+            prevote=self.prevote, check_quorum=self.check_quorum, max_batch=self.max_batch,
+            max_inflight=self.max_inflight, entry_factory=Entry)
+        node.sm_state = dict(st.snap_state)
+        node.applied = st.snap_index
+        node.last_commit = node.core.commit_index
+        node.last_term = st.term
+        node.crash_point = None
+        node.pending = {}
+        node.up = True
+        self._push(self.now + self.tick_interval * self.rng.random(), _TICK, node, node.incarnation)
+        self.note("boot", f"{node.id} term={st.term} vote={st.vote} snap={st.snap_index} "
+                          f"log={st.last_index()}{' start_election' if start_election else ''}")
+        self._process(node)
+
+    def crash(self, nid: str, point: str | None = None) -> None:
+        """Crash now (point=None) or while handling the next non-empty Ready: "lose_ready" (before
+        anything is persisted), "after_persist" (persisted, nothing sent or applied), "early_send"
+        (a leader sent REPLICATE/HEARTBEAT before its fsync, as kv_store_server does, then died)."""
+        node = self.nodes[nid]
+        if not node.up:
+            return
+        if point is not None:
+            node.crash_point = point
+            return
+        node.up = False
+        node.core = None
+        node.pending = {}
+        node.crash_point = None
+        self.stats["crashes"] += 1
+        self.note("crash", nid)
+
+    def restart(self, nid: str, start_election: bool = False) -> None:
+        node = self.nodes[nid]
+        if node.up:
+            return
+        node.restarts += 1
+        self._boot(node, start_election)
+        for p in self.ids:    # the peers' links to it come up, and its links to them
+            if p != nid and (nid, p) not in self.cut_links:
+                self._link_up(nid, p)
+                self._link_up(p, nid)
+
+    # ------------------------------------------------------------------ partitions
+    def cut(self, a: str, b: str) -> None:
+        self.cut_links.add((a, b))
+        self.cut_links.add((b, a))
+        self.note("cut", f"{a}<->{b}")
+        self._link_down(a, b)
+        self._link_down(b, a)
+
+    def isolate(self, nid: str) -> None:
+        for p in self.ids:
+            if p != nid:
+                self.cut(nid, p)
+
+    def recover(self) -> None:
+        healed = sorted(self.cut_links)
+        self.cut_links.clear()
+        self.note("recover", "all links")
+        for a, b in healed:
+            self._link_up(a, b)
+
+    def _link_up(self, a: str, b: str) -> None:
+        """The host's link-up event (kv_store_server calls core.peer_connected when it has one)."""
+        node = self.nodes[a]
+        if node.up and self.nodes[b].up and hasattr(node.core, "peer_connected"):
+            node.core.peer_connected(b, self.local(node))
+            self._process(node)
+
+    def _link_down(self, a: str, b: str) -> None:
+        node = self.nodes[a]
+        if node.up:
+            node.core.report_unreachable(b)
+            self._process(node)
+
+    # ------------------------------------------------------------------ network
+    def _send(self, node: SimNode, m: dict) -> None:
+        if m.get("from") != node.id:
+            self.fail(f"{node.id} sent a message with from={m.get('from')!r}: {m}")
+        if m["to"] not in self.nodes or m["to"] == node.id:
+            self.fail(f"{node.id} sent a message to {m['to']!r}")
+        st = node.store
+        t = m["type"]
+        if not m.get("prevote"):
+            # §5.1/Figure 2: what a message promises must be durable before it leaves
+            if m["term"] > st.term:
+                self.fail(f"{node.id} sends {t} at term {m['term']} before persisting that term "
+                          f"(stored {st.term})")
+            # (a durable higher term is as good: the node can never vote in that term again)
+            if t == "ELECTION" and st.term == m["term"] and st.vote != node.id:
+                self.fail(f"{node.id} asks for votes in term {m['term']} without a durable vote for "
+                          f"itself (stored {st.term}/{st.vote})")
+            if t == "ELECTION_RESP" and m["granted"] and st.term == m["term"] and st.vote != m["to"]:
+                self.fail(f"{node.id} grants its vote to {m['to']} in term {m['term']} before "
+                          f"persisting it (stored {st.term}/{st.vote}) (§5.2)")
+        if t in LEADER_MSGS:
+            self._saw_leader(m["term"], node.id, f"it sent {t}")
+        if t == "SYNC":
+            # the host streams its snapshot file: here the snapshot travels inside the message
+            # A correct host streams the snapshot it has NOW and names it in the header: the
+            # stored snapshot may be newer than the core's SYNC if a compaction ran in between.
+            if (m["last_index"], m["last_term"]) != (st.snap_index, st.snap_term):
+                if st.snap_index < m["last_index"]:
+                    self.fail(f"{node.id} sends SYNC {m['last_index']}/{m['last_term']} but its stored "
+                              f"snapshot is only {st.snap_index}/{st.snap_term}")
+                self.stats["sync_header_rewritten"] += 1
+                m["last_index"], m["last_term"] = st.snap_index, st.snap_term
+            m["state"] = dict(st.snap_state)
+            self.stats["sync_sent"] += 1
+        self.history.append(m)
+        self._transmit(m)
+
+    def _transmit(self, m: dict) -> None:
+        rng = self.rng
+        if (m["from"], m["to"]) in self.cut_links:
+            return
+        for f in self.filters:
+            if f(m):
+                return
+        if self.loss and rng.random() < self.loss:
+            return
+        dst = self.nodes[m["to"]]
+        for _ in range(2 if self.dup and rng.random() < self.dup else 1):
+            lo, hi = self.delay
+            d = lo + (hi - lo) * rng.random()
+            if self.long_delay and rng.random() < self.long_delay:
+                d += rng.random() * 3 * self.et
+            self._push(self.now + d, _DELIVER, m, dst.incarnation)
+
+    def replay_old(self, pred: Callable[[dict], bool] | None = None) -> bool:
+        """Deliver again a message sent at some earlier time (an arbitrarily delayed duplicate)."""
+        cands = [m for m in self.history if pred is None or pred(m)]
+        if not cands:
+            return False
+        m = self.rng.choice(cands)
+        self.stats["replayed"] += 1
+        self._transmit(m)
+        return True
+
+    def _on_deliver(self, m: dict, inc: int) -> None:
+        node = self.nodes[m["to"]]
+        if not node.up or node.incarnation != inc or (m["from"], m["to"]) in self.cut_links:
+            return
+        msg = dict(m)
+        if "entries" in msg:
+            msg["entries"] = [clone_entry(e) for e in m["entries"]]
+        self.stats["delivered"] += 1
+        self.trace.append((self.now, "deliver", m))
+        if self.verbose:
+            print(self._fmt_event(self.trace[-1]))
+        for w in self.watchers:
+            w(m)
+        node.core.step(msg, self.local(node))
+        if self.batch and self.rng.random() < self.batch:
+            return   # like ClusterManager with a full inbox: several steps, then one ready()
+        self._process(node)
+
+    def _on_tick(self, node: SimNode, inc: int) -> None:
+        if not node.up or node.incarnation != inc:
+            return
+        node.core.tick(self.local(node))
+        self._process(node)
+        if node.up and node.incarnation == inc:
+            self._push(self.now + self.tick_interval * (0.8 + 0.4 * self.rng.random()), _TICK, node, inc)
+
+    # ------------------------------------------------------------------ the host loop
+    def _process(self, node: SimNode) -> None:
+        """Drain core.ready() like ClusterManager does, then check the node's invariants."""
+        for _ in range(1000):
+            if not node.up:
+                return
+            rd = node.core.ready()
+            if not (rd.hard_state or rd.truncate_from is not None or rd.entries or rd.snapshot
+                    or rd.messages or rd.committed):
+                break
+            self._handle_ready(node, rd)
+        else:
+            self.fail(f"{node.id}: ready() never runs dry")
+        if node.up:
+            self._check_node(node)
+
+    def _handle_ready(self, node: SimNode, rd) -> None:
+        core = node.core
+        st = node.store
+        cp = node.crash_point
+        if cp == "lose_ready":
+            self.crash(node.id)
+            return
+        if cp == "early_send" and core.role == LEADER and rd.hard_state is None:
+            early = [m for m in rd.messages if m["type"] in ("REPLICATE", "HEARTBEAT")]
+            if early:
+                for m in early:
+                    self._send(node, m)
+                self.note("crash-point", f"{node.id} sent {len(early)} messages before its fsync")
+                self.crash(node.id)
+                return
+        # 1. hard state, before anything that depends on it leaves the node
+        if rd.hard_state is not None:
+            term, vote = rd.hard_state
+            if term < st.term:
+                self.fail(f"{node.id} persists term {term} < stored term {st.term}")
+            if term == st.term and st.vote is not None and vote != st.vote:
+                self.fail(f"{node.id} changes its vote in term {term} from {st.vote} to {vote} (§5.2)")
+            st.term, st.vote = term, vote
+        # 2. drop a conflicting tail
+        if rd.truncate_from is not None:
+            tf = rd.truncate_from
+            if tf <= st.snap_index:
+                self.fail(f"{node.id} truncates from {tf}, inside its snapshot (<= {st.snap_index})")
+            for e in st.entries[max(0, tf - st.snap_index - 1):]:
+                if self.applied_log.get(e.index) == (e.term, content(e)):
+                    self.fail(f"{node.id} truncates committed entry {e.index}/{e.term}")
+            del st.entries[max(0, tf - st.snap_index - 1):]
+            node.truncations += 1
+            self.stats["truncations"] += 1
+        # 3. a snapshot received from the leader
+        if rd.snapshot is not None:
+            self._install_snapshot(node, rd.snapshot)
+        # 4. new entries: append, fsync, tell the core
+        if rd.entries:
+            prev_term = st.term_at(rd.entries[0].index - 1)
+            if rd.entries[0].index != st.last_index() + 1 or prev_term is None:
+                self.fail(f"{node.id} appends from {rd.entries[0].index} but its durable log ends at "
+                          f"{st.last_index()}")
+            lm = self.lm
+            for e in rd.entries:
+                if e.index != st.last_index() + 1:
+                    self.fail(f"{node.id}: Ready.entries not contiguous at {e.index}")
+                rec = (content(e), prev_term)
+                old = lm.setdefault((e.index, e.term), rec)
+                if old != rec:
+                    self.fail(f"log matching (§5.3): entry {e.index}/{e.term} on {node.id} is {rec}, "
+                              f"elsewhere {old}")
+                st.entries.append(e)
+                prev_term = e.term
+            core.persisted(rd.entries[-1].index)
+        if cp == "after_persist":
+            self.note("crash-point", f"{node.id} persisted, then died before sending")
+            self.crash(node.id)
+            return
+        # 5. messages
+        for m in rd.messages:
+            self._send(node, m)
+        # 6. apply
+        for e in rd.committed:
+            self._apply(node, e)
+        if self.snapshot_threshold and node.applied - st.snap_index >= self.snapshot_threshold:
+            self.take_snapshot(node.id)
+
+    def _apply(self, node: SimNode, e) -> None:
+        if e.index != node.applied + 1:
+            self.fail(f"{node.id} applies {e.index} after {node.applied}: gap in the applied sequence")
+        st = node.store
+        if e.index <= st.snap_index or e.index > st.last_index() or \
+                content(st.entry_at(e.index)) != content(e) or st.entry_at(e.index).term != e.term:
+            self.fail(f"{node.id} applies {e.index}/{e.term} that is not in its durable log")
+        c = (e.term, content(e))
+        old = self.applied_log.get(e.index)
+        term = node.core.current_term
+        if old is None:
+            self.applied_log[e.index] = c
+            self.commit_obs[e.index] = term
+        elif old != c:
+            self.fail(f"state machine safety (§5.4.3): {node.id} applies {c} at {e.index}, "
+                      f"another node applied {old}")
+        elif term < self.commit_obs[e.index]:
+            self.commit_obs[e.index] = term
+        if e.op == "SET":
+            node.sm_state[e.key] = e.value
+        elif e.op == "DEL":
+            node.sm_state.pop(e.key, None)
+        elif e.op != "NOOP":
+            self.fail(f"unknown op {e.op!r} at {e.index}")
+        node.applied = e.index
+        if e.index > self.max_applied:
+            self.max_applied = e.index
+        p = node.pending.pop(e.index, None)
+        if p is not None and p == c:
+            self.acks.append((e.index, c))
+            if e.index > self.max_visible:
+                self.max_visible = e.index
+
+    def _install_snapshot(self, node: SimNode, snap: dict) -> None:
+        li, lt = snap["last_index"], snap["last_term"]
+        msg = snap["msg"]
+        if (msg["last_index"], msg["last_term"]) != (li, lt):
+            self.fail(f"{node.id}: Ready.snapshot {li}/{lt} differs from its SYNC message {msg}")
+        if li <= node.applied:
+            self.fail(f"{node.id} installs a snapshot at {li} <= applied {node.applied}")
+        state = msg["state"]
+        known = self.applied_log.get(li)
+        if known is not None and known[0] != lt:
+            self.fail(f"{node.id} installs snapshot {li}/{lt} but entry {li} was committed in term {known[0]}")
+        want = self.replay(li)
+        if want is not None and want != state:
+            self.fail(f"{node.id} installs a snapshot at {li} whose state differs from the committed log")
+        st = node.store
+        if snap["reset"]:
+            st.entries = []
+        else:
+            if st.term_at(li) not in (lt, None):
+                self.fail(f"{node.id} keeps its log after snapshot {li}/{lt} but holds term {st.term_at(li)} there")
+            st.entries = [e for e in st.entries if e.index > li]
+        st.snap_index, st.snap_term, st.snap_state = li, lt, dict(state)
+        if st.entries and st.entries[0].index != li + 1:
+            self.fail(f"{node.id}: log does not continue the snapshot at {li}")
+        node.sm_state = dict(state)
+        node.applied = li
+        if li > self.max_applied:
+            self.max_applied = li
+        node.snapshots_installed += 1
+        self.stats["snapshots_installed"] += 1
+        self.note("snapshot-installed", f"{node.id} at {li}/{lt} reset={snap['reset']}")
+
+    def replay(self, upto: int) -> dict | None:
+        """The state the committed log defines after index upto (None if an index was never seen)."""
+        state: dict = {}
+        for i in range(1, upto + 1):
+            c = self.applied_log.get(i)
+            if c is None:
+                return None
+            op, key, value, _ = c[1]
+            if op == "SET":
+                state[key] = value
+            elif op == "DEL":
+                state.pop(key, None)
+        return state
+
+    # ------------------------------------------------------------------ invariants
+    def _check_node(self, node: SimNode) -> None:
+        core = node.core
+        t = core.current_term
+        if t < node.last_term:
+            self.fail(f"{node.id} term went back from {node.last_term} to {t}")
+        node.last_term = t
+        if core.commit_index < node.last_commit:
+            self.fail(f"{node.id} commit_index went back from {node.last_commit} to {core.commit_index}")
+        node.last_commit = core.commit_index
+        if core.commit_index > core.last_index:
+            self.fail(f"{node.id} commit_index {core.commit_index} > last_index {core.last_index}")
+        if node.applied != core.commit_index:
+            self.fail(f"{node.id} applied {node.applied} != commit_index {core.commit_index} after ready()")
+        if core.role == LEADER:
+            self._saw_leader(t, node.id, "role")
+        if t > node.store.term:
+            self.fail(f"{node.id} is at term {t} but never handed that term out in Ready.hard_state")
+
+    def _saw_leader(self, term: int, nid: str, how: str) -> None:
+        prev = self.leaders.get(term)
+        if prev == nid:
+            return
+        if prev is not None:
+            self.fail(f"two leaders in term {term}: {prev} and {nid} ({how}) (§5.2 Election Safety)")
+        self.leaders[term] = nid
+        self.leader_log.append((self.now, term, nid))
+        self.stats["leaders"] += 1
+        self.note("leader", f"{nid} term {term} ({how})")
+        node = self.nodes[nid]
+        if node.up:
+            self._check_leader_complete(node, term)
+
+    def _check_leader_complete(self, node: SimNode, term: int) -> None:
+        """§5.4 Leader Completeness: entries committed before term `term` are in the leader's log."""
+        core = node.core
+        for idx, c in self.applied_log.items():
+            if self.commit_obs[idx] >= term or idx < core.snapshot_index:
+                continue
+            if idx == core.snapshot_index:
+                if core.snapshot_term != c[0]:
+                    self.fail(f"leader completeness (§5.4): {node.id} (term {term}) snapshot "
+                              f"{idx}/{core.snapshot_term}, committed {idx}/{c[0]}")
+                continue
+            if idx > core.last_index:
+                self.fail(f"leader completeness (§5.4): {node.id} leads term {term} without committed "
+                          f"entry {idx}/{c[0]} (its log ends at {core.last_index})")
+            e = core.entry_at(idx)
+            if (e.term, content(e)) != c:
+                self.fail(f"leader completeness (§5.4): {node.id} leads term {term} with "
+                          f"{idx}/{e.term} where {idx}/{c[0]} was committed")
+
+    def _global_check(self, everyone: bool = False) -> None:
+        """Lease safety at this instant.  Only leaders can hold a lease, so per step only leaders
+        are asked; every node is asked after each client/operator action (everyone=True)."""
+        if not self.check_lease:
+            return
+        holder = None
+        for node in self.node_list:
+            if node.up and (everyone or node.core.role == LEADER) and node.core.read_ok(self.local(node)):
+                if holder is not None:
+                    self.fail(f"lease safety: read_ok() is True on {holder.id} and {node.id} at once")
+                holder = node
+                core = node.core
+                if core.commit_index < self.max_applied:
+                    self.fail(f"stale read: read_ok() on {node.id} (commit_index {core.commit_index}) "
+                              f"while index {self.max_applied} is already committed")
+                # what kv_store_server serves: read_ok() and its store has applied its term's
+                # first entry.  Such a read must see every acknowledged write and every state an
+                # earlier read could have seen (linearizability).
+                if node.applied >= getattr(core, "term_start_index", core.commit_index):
+                    if node.applied < self.max_visible:
+                        self.fail(f"stale read: {node.id} would serve state at {node.applied} after "
+                                  f"state at {self.max_visible} was visible to clients")
+                    self.max_visible = node.applied
+
+    def flush(self) -> None:
+        """Run the host loop on every live node (deliveries may have been batched)."""
+        for node in self.node_list:
+            if node.up:
+                self._process(node)
+
+    def check_logs(self) -> None:
+        """Full log check: the core's log is its durable log, and log matching holds over all of it."""
+        self.flush()
+        for node in self.node_list:
+            if not node.up:
+                continue
+            core, st = node.core, node.store
+            if (core.snapshot_index, core.snapshot_term) != (st.snap_index, st.snap_term):
+                self.fail(f"{node.id} core snapshot {core.snapshot_index}/{core.snapshot_term} != "
+                          f"stored {st.snap_index}/{st.snap_term}")
+            if [(e.index, e.term) for e in core.log] != [(e.index, e.term) for e in st.entries]:
+                self.fail(f"{node.id} in-memory log differs from its durable log")
+            prev = core.snapshot_term
+            for e in core.log:
+                if self.lm.get((e.index, e.term)) != (content(e), prev):
+                    self.fail(f"log matching (§5.3): {node.id} entry {e.index}/{e.term} after term {prev}")
+                prev = e.term
+
+    # ------------------------------------------------------------------ client and operator verbs
+    def up_nodes(self) -> list[SimNode]:
+        return [n for n in self.node_list if n.up]
+
+    def leader(self) -> SimNode | None:
+        """The leader of the highest term among live nodes, if any."""
+        ls = [n for n in self.node_list if n.up and n.core.role == LEADER]
+        return max(ls, key=lambda n: n.core.current_term) if ls else None
+
+    def wait_leader(self, timeout: float | None = None, among=None) -> SimNode:
+        timeout = timeout if timeout is not None else 10 * self.et
+
+        def found():
+            lead = self.leader()
+            return lead is not None and (among is None or lead.id in among)
+        if not self.run_until(found, timeout):
+            self.fail(f"no leader{'' if among is None else ' among ' + ','.join(among)} within {timeout:.2f}s")
+        return self.leader()
+
+    def write(self, key: str, value: Any, op: str = "SET", nid: str | None = None):
+        """Propose on nid (default: the current leader).  Returns the entry or None (NotLeader)."""
+        node = self.nodes[nid] if nid else self.leader()
+        if node is None or not node.up:
+            return None
+        core = node.core
+        before = core.last_index
+        try:
+            e = core.propose(op, key, None if op == "DEL" else value, "json", self.local(node))
+        except NotLeader:
+            self._process(node)
+            return None
+        if e.index != before + 1 or e.term != core.current_term or core.role != LEADER:
+            self.fail(f"propose on {node.id} returned {e} (last was {before}, term {core.current_term})")
+        node.pending[e.index] = (e.term, content(e))
+        self.stats["proposed"] += 1
+        self.note("propose", f"{node.id} {op} {key}={value} -> {e.index}/{e.term}")
+        self._process(node)
+        self._global_check(everyone=True)
+        return e
+
+    def transfer(self, target: str | None = None) -> str | None:
+        node = self.leader()
+        if node is None or target == node.id:
+            return None
+        got = node.core.transfer_leadership(target, self.local(node))
+        self.note("transfer", f"{node.id} -> {target} chose {got}")
+        self._process(node)
+        self._global_check(everyone=True)
+        return got
+
+    def take_snapshot(self, nid: str) -> bool:
+        """Snapshot the state machine at its applied index and compact (core.compacted)."""
+        node = self.nodes[nid]
+        if not node.up:
+            return False
+        core, st = node.core, node.store
+        idx = node.applied
+        if idx <= core.snapshot_index:
+            return False
+        term = core.term_at(idx)
+        if term is None or st.term_at(idx) != term:
+            self.fail(f"{nid} cannot snapshot at applied {idx}: core term {term}, stored {st.term_at(idx)}")
+        st.snap_index, st.snap_term, st.snap_state = idx, term, dict(node.sm_state)
+        st.entries = [e for e in st.entries if e.index > idx]
+        core.compacted(idx, term)
+        self.stats["snapshots_taken"] += 1
+        self.note("snapshot", f"{nid} at {idx}/{term}")
+        self._process(node)
+        return True
+
+    def applied_everywhere(self, index: int, nodes=None) -> bool:
+        return all(n.up and n.applied >= index for n in (nodes or self.node_list))
+
+    def converged(self) -> bool:
+        ups = self.node_list
+        lead = None
+        for n in ups:
+            if not n.up:
+                return False
+            if n.core.role == LEADER:
+                if lead is not None:
+                    return False
+                lead = n
+        if lead is None:
+            return False
+        lc = lead.core
+        li, t = lc.last_index, lc.current_term
+        if lc.commit_index != li:
+            return False
+        for n in ups:
+            c = n.core
+            if c.current_term != t or c.leader_id != lead.id or n.applied != li or c.last_index != li:
+                return False
+        return all(n.sm_state == lead.sm_state for n in ups)
+
+    def heal(self) -> None:
+        self.recover()
+        self.filters.clear()
+        self.loss = self.dup = self.long_delay = 0.0
+        for n in self.node_list:
+            n.crash_point = None
+            if not n.up:
+                self.restart(n.id)
+
+    def heal_and_converge(self, timeout: float | None = None) -> None:
+        """Liveness: after healing, one leader and identical state everywhere within `timeout`
+        simulated seconds, and a fresh write commits on every node."""
+        self.heal()
+        timeout = timeout or 40 * self.et
+        if not self.run_until(self.converged, timeout):
+            self.fail(f"liveness: no convergence within {timeout:.1f}s after healing")
+        e = None
+        for _ in range(20):   # NotLeader while a leadership transfer is pending: try again later
+            e = self.write("after-heal", self.seed)
+            if e is not None:
+                break
+            self.run_for(self.et / 2)
+            self.run_until(self.converged, timeout)
+        if e is None or not self.run_until(lambda: self.converged() and self.applied_everywhere(e.index),
+                                           timeout):
+            self.fail("liveness: a write after healing did not commit everywhere")
+        self.final_checks()
+
+    def final_checks(self) -> None:
+        self.check_logs()
+        for n in self.node_list:
+            if n.up and self.replay(n.applied) not in (None, n.sm_state):
+                self.fail(f"{n.id} state differs from the committed log replayed to {n.applied}")
+        for idx, c in self.acks:
+            if self.applied_log.get(idx) != c:
+                self.fail(f"acknowledged write {idx} {c} lost: committed log holds {self.applied_log.get(idx)}")
+        if self.acks and self.max_applied < max(i for i, _ in self.acks):
+            self.fail("acknowledged writes beyond the converged log")
+
+
+# ====================================================================================== helpers
+def make(n: int = 3, seed: int = 1, name: str = "", **kw) -> FakeNetwork:
+    hint = f"python -m pytest test_consensus_sim.py -k {name}" if name else None
+    return FakeNetwork(n, seed, replay_hint=hint, **kw)
+
+
+def count_msgs(sim: FakeNetwork, pred: Callable[[dict], bool]) -> Counter:
+    """Count delivered messages matching pred from now on; returns the live Counter."""
+    c: Counter = Counter()
+
+    def watch(m):
+        if pred(m):
+            c["n"] += 1
+    sim.watchers.append(watch)
+    return c
+
+
+def single_core(nid="n1", peers=("n2", "n3"), **kw) -> RaftCore:
+    kw.setdefault("rng", random.Random(7))
+    return RaftCore(nid, list(peers), heartbeat_interval=HB, election_timeout=ET,
+                    entry_factory=Entry, **kw)
+
+
+def vote_req(frm, to, term, last_index=0, last_term=0, prevote=False, transfer=False) -> dict:
+    return {"type": "ELECTION", "from": frm, "to": to, "term": term, "prevote": prevote,
+            "last_log_index": last_index, "last_log_term": last_term, "transfer": transfer}
+
+
+def answers(rd, mtype="ELECTION_RESP") -> list[dict]:
+    return [m for m in rd.messages if m["type"] == mtype]
+
+
+# ====================================================================================== paper claims
+@pytest.mark.parametrize("n", [3, 5])
+def test_election_safety_fresh_cluster_elects_one_leader(n):
+    """§5.2: a fresh cluster elects exactly one leader, which every node then follows."""
+    # init
+    sim = make(n, seed=11 + n, name="fresh_cluster")
+    # step
+    lead = sim.wait_leader(timeout=10 * ET)
+    ok = sim.run_until(lambda: all(x.core.leader_id == lead.id for x in sim.node_list), 5 * ET)
+    # check
+    assert ok, f"followers never learned the leader: {sim.node_list}"
+    assert lead.core.current_term >= 1
+    assert sum(1 for x in sim.node_list if x.core.role == LEADER) == 1
+    assert sim.run_until(lambda: sim.applied_everywhere(lead.core.term_start_index), 5 * ET)
+
+
+def test_start_election_node_wins_first_election():
+    """§5.2 + DESIGN §2 (--primary): the node started with start_election=True campaigns at once
+    and is the first leader, at term 1, well within one election timeout."""
+    sim = make(3, seed=5, start_election="n3", name="start_election")
+    lead = sim.wait_leader(timeout=ET)
+    assert lead.id == "n3" and lead.core.current_term == 1, sim.leader_log
+    assert sim.leader_log[0][1:] == (1, "n3"), sim.leader_log
+
+
+def test_start_election_on_restart_does_not_disturb_leader():
+    """DESIGN §2: a node restarted with --primary while another node leads rejoins as a follower
+    without bumping the cluster's term (PreVote, §9.6 of the thesis)."""
+    sim = make(3, seed=8, start_election="n1", name="start_election_on_restart")
+    lead = sim.wait_leader()
+    sim.run_for(2 * ET)
+    victim = next(x for x in sim.node_list if x is not lead)
+    term = lead.core.current_term
+    sim.crash(victim.id)
+    sim.run_for(0.05)
+    sim.restart(victim.id, start_election=True)
+    sim.run_for(5 * ET)
+    assert sim.leader() is lead and lead.core.current_term == term, sim.node_list
+    assert victim.core.leader_id == lead.id
+
+
+def test_vote_granted_at_most_once_per_term():
+    """§5.2: each server votes for at most one candidate in a given term, first-come-first-served;
+    the vote is handed out for persistence with the answer, and survives a restart."""
+    # init
+    core = single_core(prevote=False)
+    # step: n2 asks first
+    core.step(vote_req("n2", "n1", 2), now=1.0)
+    rd = core.ready()
+    # check
+    assert rd.hard_state == (2, "n2"), "the vote must be persisted before the answer leaves"
+    assert [m["granted"] for m in answers(rd)] == [True]
+    core.step(vote_req("n3", "n1", 2), now=1.01)
+    assert [m["granted"] for m in answers(core.ready())] == [False], "second vote in term 2"
+    core.step(vote_req("n2", "n1", 2), now=1.02)
+    assert [m["granted"] for m in answers(core.ready())] == [True], "a repeated request is re-granted"
+    # restart from the persisted hard state: still no vote for n3 in term 2 (asked after the
+    # restarted node's own lease window, so only the persisted vote can refuse it)
+    core2 = single_core(prevote=False, term=2, voted_for="n2", now=2.0)
+    later = 2.0 + 1.5 * ET
+    core2.step(vote_req("n3", "n1", 2), now=later)
+    assert [m["granted"] for m in answers(core2.ready())] == [False], "vote forgotten across restart"
+    # a new term frees the vote
+    core2.step(vote_req("n3", "n1", 3), now=later + 0.01)
+    rd = core2.ready()
+    assert [m["granted"] for m in answers(rd)] == [True] and rd.hard_state == (3, "n3")
+
+
+def _log(*terms):
+    return [Entry(i + 1, t, "SET", f"k{i}", i) for i, t in enumerate(terms)]
+
+
+@pytest.mark.parametrize("cand_last,granted", [
+    ((5, 1), False),   # longer log, older last term
+    ((1, 2), False),   # same last term, shorter
+    ((2, 2), True),    # identical
+    ((3, 2), True),    # same term, longer
+    ((1, 3), True),    # newer last term, shorter
+])
+def test_vote_requires_up_to_date_log(cand_last, granted):
+    """§5.4.1: a voter denies its vote when its own log is more up-to-date than the candidate's
+    (compare last terms, then lengths).  Voter log: [1/1, 2/2]."""
+    core = single_core(prevote=False, term=2, entries=_log(1, 2), now=0.0)
+    core.step(vote_req("n2", "n1", 3, *cand_last), now=10.0)
+    assert [m["granted"] for m in answers(core.ready())] == [granted]
+    # the same answer for a PreVote (§9.6): PreVote also applies the election restriction
+    core = single_core(prevote=True, term=2, entries=_log(1, 2), now=0.0)
+    core.step(vote_req("n2", "n1", 3, *cand_last, prevote=True), now=10.0)
+    assert [m["granted"] for m in answers(core.ready())] == [granted]
+
+
+def test_candidate_with_stale_log_cannot_win():
+    """§5.4.1: a node that missed committed entries cannot become leader; the committed entries
+    survive the leader's crash."""
+    # init: n1 leads, n3 is cut off while 5 writes commit on n1+n2
+    sim = make(3, seed=21, start_election="n1", name="stale_log_cannot_win")
+    sim.wait_leader()
+    sim.isolate("n3")
+    es = [sim.write(f"k{i}", i) for i in range(5)]
+    assert sim.run_until(lambda: sim.applied_everywhere(es[-1].index, [sim.nodes["n1"], sim.nodes["n2"]]), ET)
+    # step: the leader dies, n3 comes back
+    sim.crash("n1")
+    sim.recover()
+    lead = sim.wait_leader(timeout=20 * ET)
+    sim.run_until(lambda: sim.nodes["n3"].applied >= es[-1].index, 10 * ET)
+    # check: n3 never led any term after it fell behind, and nothing committed was lost
+    assert lead.id == "n2", sim.node_list
+    assert all(nid != "n3" for t, nid in sim.leaders.items() if t > 1), sim.leaders
+    sim.restart("n1")
+    sim.heal_and_converge()
+
+
+def test_leader_commits_only_current_term_entries_figure8():
+    """§5.4.2 (Figure 8): a leader never commits an entry of an older term by counting replicas,
+    even when that entry is stored on a majority; otherwise a later leader could overwrite it."""
+    _figure8(RaftCore)
+
+
+def _figure8(core_cls):
+    # max_batch=1 so each REPLICATE carries one entry and the old-term entry can reach a majority alone
+    sim = make(5, seed=31, start_election="n1", max_batch=1, delay=(0.002, 0.002), name="figure8",
+               core_cls=core_cls)
+    sim.wait_leader()
+    assert sim.run_until(lambda: sim.applied_everywhere(1), 2 * ET)
+    # (a) n1 (term t1) writes A at index 2, which reaches only n2
+    for p in ("n3", "n4", "n5"):
+        sim.cut("n1", p)
+    a = sim.write("A", "old")
+    t1 = a.term
+    assert a.index == 2 and sim.run_until(lambda: sim.nodes["n2"].core.last_index >= 2, ET)
+    # (b) n1 dies; n3..n5 elect X, whose term-tX entry at index 2 reaches nobody; X dies
+    sim.crash("n1")
+    for p in ("n3", "n4", "n5"):
+        sim.cut("n2", p)
+    sim.filters.append(lambda m: m["type"] in ("REPLICATE", "HEARTBEAT") and m["from"] in ("n3", "n4", "n5"))
+    x = sim.wait_leader(timeout=20 * ET, among=("n3", "n4", "n5"))
+    tx = x.core.current_term
+    assert x.core.term_at(2) == tx
+    sim.crash(x.id)
+    y, z = [p for p in ("n3", "n4", "n5") if p != x.id]
+    # (c) n1 restarts and leads a new term (with n2, y, z); A (term t1) reaches y and z, so it is
+    #     stored on a majority (n1, n2, y, z), but no entry of the new term reaches y or z
+    sim.filters.clear()
+    sim.recover()
+    sim.filters.append(lambda m: m["type"] == "REPLICATE" and m["to"] in (y, z)
+                       and any(e.index >= 3 for e in m["entries"])
+                       and sim.nodes[m["to"]].core.term_at(2) is not None)
+    sim.restart("n1")
+    p = sim.wait_leader(timeout=20 * ET, among=("n1", "n2"))
+    t3 = p.core.current_term
+    assert t3 > tx > t1
+    ok = sim.run_until(lambda: all(sim.nodes[q].core.term_at(2) == t1 for q in (y, z)), 10 * ET)
+    assert ok, f"A never reached a majority: {sim.node_list}"
+    sim.run_for(2 * ET)
+    # check: A is on a majority but not committed, because it is not of the leader's term
+    assert 2 not in sim.applied_log, f"entry 2 of term {t1} committed by counting replicas at term {t3}"
+    assert p.core.commit_index < 2, p
+    # (d) the holders of A die; X comes back, wins with y and z, and overwrites A: allowed since
+    #     A was never committed (the harness fails if two different entries are applied at 2)
+    sim.crash("n1")
+    sim.crash("n2")
+    sim.filters.clear()
+    sim.restart(x.id)
+    sim.wait_leader(timeout=20 * ET, among=(x.id,))
+    assert sim.run_until(lambda: sim.applied_everywhere(3, [sim.nodes[q] for q in (x.id, y, z)]), 10 * ET)
+    assert sim.applied_log[2][0] == tx
+    assert sim.nodes[y].truncations >= 1 and sim.nodes[z].truncations >= 1
+    sim.heal_and_converge()
+    assert all(n.core.term_at(2) in (tx, None) for n in sim.node_list)
+
+
+def _diverged_old_leader(seed: int, old_tail: int, new_writes: int, name: str):
+    """n1 leads; it is cut off with an uncommitted tail of `old_tail` entries; n2/n3 elect a new
+    leader that writes `new_writes` entries over several terms.  Returns (sim, tail entries)."""
+    sim = make(3, seed=seed, start_election="n1", name=name)
+    sim.wait_leader()
+    assert sim.run_until(lambda: sim.applied_everywhere(1), 2 * ET)
+    sim.isolate("n1")
+    tail = [sim.write(f"old{i}", i, nid="n1") for i in range(old_tail)]
+    assert all(tail), "n1 should still accept writes right after being cut off"
+    for round_ in range(3):   # three terms in the new leader's log
+        lead = sim.wait_leader(timeout=20 * ET, among=("n2", "n3"))
+        es = [sim.write(f"new{round_}-{i}", i) for i in range(new_writes // 3)]
+        assert sim.run_until(lambda: sim.applied_everywhere(es[-1].index, [sim.nodes["n2"], sim.nodes["n3"]]), 2 * ET)
+        other = "n3" if lead.id == "n2" else "n2"
+        sim.transfer(other)
+        sim.run_until(lambda: sim.nodes[other].core.role == LEADER, 2 * ET)
+    sim.wait_leader(timeout=20 * ET, among=("n2", "n3"))
+    return sim, tail
+
+
+def test_fast_backoff_catches_up_diverged_follower():
+    """§5.3 (optimization at the end): a follower that diverged over a long uncommitted tail is
+    caught up with about one rejected REPLICATE per conflicting term, not one per entry."""
+    sim, tail = _diverged_old_leader(41, old_tail=40, new_writes=60, name="fast_backoff")
+    rejects = count_msgs(sim, lambda m: m["type"] == "REPLICATE_RESP" and m["from"] == "n1"
+                         and not m["success"])
+    sim.recover()
+    lead = sim.leader()
+    assert sim.run_until(lambda: sim.nodes["n1"].applied == lead.core.commit_index
+                         and sim.nodes["n1"].core.last_index == lead.core.last_index, 10 * ET)
+    assert rejects["n"] <= 4, f"{rejects['n']} rejections to catch up a 40-entry conflicting tail"
+    sim.heal_and_converge()
+
+
+def test_fast_backoff_catches_up_lagging_follower():
+    """§5.3: a follower that is simply behind (missed 200 entries) needs at most one rejection
+    before the leader streams the missing entries."""
+    sim = make(3, seed=43, start_election="n1", name="lagging_follower")
+    sim.wait_leader()
+    sim.isolate("n3")
+    for i in range(200):
+        sim.write(f"k{i % 17}", i)
+        if i % 20 == 0:
+            sim.run_for(HB)
+    assert sim.run_until(lambda: sim.nodes["n2"].applied >= 201, 2 * ET)
+    rejects = count_msgs(sim, lambda m: m["type"] == "REPLICATE_RESP" and m["from"] == "n3"
+                         and not m["success"])
+    sim.recover()
+    assert sim.run_until(lambda: sim.nodes["n3"].applied >= 201, 5 * ET), sim.node_list
+    assert rejects["n"] <= 1, rejects
+    sim.heal_and_converge()
+
+
+def test_follower_truncates_conflicting_uncommitted_tail():
+    """§5.3: a follower (here a deposed leader) deletes its conflicting uncommitted entries and
+    takes the leader's; none of them is ever applied, and its log ends equal to the leader's."""
+    sim, tail = _diverged_old_leader(47, old_tail=10, new_writes=9, name="truncates_tail")
+    sim.recover()
+    sim.heal_and_converge()
+    n1 = sim.nodes["n1"]
+    assert n1.truncations >= 1, "the conflicting tail was never truncated in storage"
+    for e in tail:
+        assert sim.applied_log.get(e.index) != (e.term, content(e)), f"uncommitted {e} was applied"
+    lead = sim.leader()
+    assert [(e.index, e.term) for e in n1.core.log] == [(e.index, e.term) for e in lead.core.log]
+
+
+def test_prevote_isolated_node_does_not_disrupt():
+    """Thesis §9.6 (PreVote): a follower cut off for many election timeouts does not raise its
+    term; when it rejoins, the leader keeps its leadership and term."""
+    sim = make(3, seed=51, start_election="n1", name="prevote")
+    lead = sim.wait_leader()
+    sim.run_for(ET)
+    term = lead.core.current_term
+    sim.isolate("n3")
+    sim.run_for(15 * ET)
+    assert sim.nodes["n3"].core.current_term == term, "PreVote should keep the isolated node's term"
+    assert sim.nodes["n3"].core.role in ("follower", PRECANDIDATE)
+    sim.recover()
+    sim.run_for(5 * ET)
+    assert sim.leader() is lead and lead.core.current_term == term
+    assert max(sim.leaders) == term, sim.leaders
+    assert sim.nodes["n3"].core.leader_id == lead.id
+
+
+def test_without_prevote_isolated_node_raises_its_term():
+    """Control for the PreVote test: with prevote=False the isolated node's term does grow, so the
+    PreVote test above really measures PreVote."""
+    sim = make(3, seed=51, start_election="n1", prevote=False, name="without_prevote")
+    lead = sim.wait_leader()
+    term = lead.core.current_term
+    sim.isolate("n3")
+    sim.run_for(15 * ET)
+    assert sim.nodes["n3"].core.current_term > term
+
+
+@pytest.mark.parametrize("phase", range(0, 10, 3))
+def test_check_quorum_isolated_leader_steps_down(phase):
+    """Thesis §6.2 / DESIGN §4 (CheckQuorum): a leader that cannot hear a majority steps down within
+    one election timeout, and read_ok() is False from the end of its lease on.  `phase` moves the
+    moment of isolation across one election timeout (the CheckQuorum round)."""
+    sim = make(3, seed=61, start_election="n1", name="check_quorum")
+    lead = sim.wait_leader()
+    sim.run_for(2 * ET + phase * ET / 10)
+    assert lead.core.read_ok(sim.local(lead))
+    t0 = sim.now
+    sim.isolate(lead.id)
+    last_read_ok = [t0]
+
+    def watch():
+        if lead.core.read_ok(sim.local(lead)):
+            last_read_ok[0] = sim.now
+        return lead.core.role != LEADER
+    assert sim.run_until(watch, 3 * ET), "the isolated leader never stepped down"
+    took = sim.now - t0
+    slack = 1.2 * sim.tick_interval + 0.005
+    assert last_read_ok[0] - t0 <= ET + slack
+    assert took <= ET + slack, f"isolated leader stepped down after {took:.3f}s > election timeout {ET}s"
+    assert not lead.core.read_ok(sim.local(lead))
+
+
+def test_check_quorum_lease_ends_before_new_leader():
+    """Thesis §6.4.1: the deposed leader's lease has ended before the majority side elects a new
+    leader (checked at every step by the harness), and reads move to the new leader."""
+    sim = make(3, seed=63, start_election="n1", name="lease_new_leader")
+    lead = sim.wait_leader()
+    sim.run_for(2 * ET)
+    sim.isolate(lead.id)
+    new = sim.wait_leader(timeout=20 * ET, among=[x for x in sim.ids if x != lead.id])
+    assert sim.run_until(lambda: new.core.read_ok(sim.local(new)), 5 * ET)
+    assert not lead.core.read_ok(sim.local(lead))
+
+
+@pytest.mark.parametrize("k", range(0, 20, 2))
+def test_lease_survives_follower_restart(k):
+    """Thesis §6.4.1 (leases): read_ok() on the old leader must not overlap a new leader.
+    Scenario: n1 leads with a lease acknowledged by n2; n3 cannot hear n1 and keeps asking for
+    (pre)votes; n2 crashes and restarts quickly (and is cut from n1).  The restarted n2 has no
+    memory of the leader, so unless the core refuses votes for an election timeout after start,
+    n3 wins while n1's lease still runs: two nodes with read_ok() and a stale read on n1.
+    k shifts the restart moment across n3's retry window."""
+    _lease_restart_scenario(k, RaftCore)
+
+
+def _lease_restart_scenario(k: int, core_cls) -> None:
+    sim = make(3, seed=71, start_election="n1", name="lease_survives_follower_restart",
+               core_cls=core_cls)
+    lead = sim.wait_leader()
+    assert lead.id == "n1"
+    sim.run_for(ET)
+    sim.cut("n1", "n3")
+    assert sim.run_until(lambda: sim.nodes["n3"].core.role == PRECANDIDATE, 3 * ET)
+    sim.run_for(ET * (1 + k / 20))
+    sim.crash("n2")
+    sim.cut("n1", "n2")
+    sim.restart("n2")
+    sim.run_for(3 * ET)      # the harness checks lease safety at every step
+
+
+def test_read_ok_requires_check_quorum():
+    """Thesis §6.4.1: leases are only safe when voters honour them (CheckQuorum).  With
+    check_quorum=False, read_ok() must not report a lease."""
+    sim = make(3, seed=73, start_election="n1", check_quorum=False, name="read_ok_requires_check_quorum")
+    lead = sim.wait_leader()
+    sim.run_for(2 * ET)
+    assert not lead.core.read_ok(sim.local(lead)), \
+        "read_ok() is True although voters do not honour leases (check_quorum=False)"
+
+
+def test_leadership_transfer_moves_leadership_without_loss():
+    """Thesis §3.10: transfer_leadership hands leadership to the target within an election
+    timeout, in the next term, with every committed entry kept; writes are refused meanwhile."""
+    sim = make(3, seed=81, start_election="n1", name="transfer")
+    lead = sim.wait_leader()
+    es = [sim.write(f"k{i}", i) for i in range(10)]
+    assert sim.run_until(lambda: sim.applied_everywhere(es[-1].index), ET)
+    term = lead.core.current_term
+    assert sim.transfer("n3") == "n3"
+    with pytest.raises(NotLeader):
+        lead.core.propose("SET", "x", 1, "json", sim.local(lead))
+    assert sim.run_until(lambda: sim.nodes["n3"].core.role == LEADER, ET), sim.node_list
+    assert sim.nodes["n3"].core.current_term == term + 1
+    assert sim.run_until(lambda: lead.core.leader_id == "n3", ET)
+    sim.heal_and_converge()
+    assert len(sim.acks) >= 10
+
+
+def test_leadership_transfer_to_lagging_target():
+    """Thesis §3.10: the leader first brings a lagging target up to date, then sends TIMEOUT_NOW;
+    the target wins and no committed entry is lost."""
+    sim = make(3, seed=83, start_election="n1", name="transfer_lagging")
+    sim.wait_leader()
+    sim.cut("n1", "n3")
+    sim.cut("n2", "n3")
+    es = [sim.write(f"k{i}", i) for i in range(20)]
+    assert sim.run_until(lambda: sim.nodes["n2"].applied >= es[-1].index, ET)
+    sim.recover()
+    assert sim.transfer("n3") == "n3"
+    assert sim.run_until(lambda: sim.nodes["n3"].core.role == LEADER, 2 * ET), sim.node_list
+    assert sim.nodes["n3"].core.last_index >= es[-1].index
+    sim.heal_and_converge()
+
+
+def test_snapshot_install_for_follower_behind_compaction():
+    """§7: a follower that needs entries the leader has compacted away gets the snapshot (SYNC),
+    installs it, then the rest of the log; it restarts from the installed snapshot."""
+    sim = make(3, seed=91, start_election="n1", name="snapshot_install")
+    lead = sim.wait_leader()
+    # n3 stays reachable (heartbeats flow) but gets no entries while the others compact
+    no_entries = lambda m: m["type"] == "REPLICATE" and m["to"] == "n3"   # noqa: E731
+    sim.filters.append(no_entries)
+    es = [sim.write(f"k{i % 7}", i) for i in range(40)]
+    sim.write("k3", None, op="DEL")
+    assert sim.run_until(lambda: sim.nodes["n2"].applied >= es[-1].index + 1, ET)
+    assert sim.take_snapshot("n1") and sim.take_snapshot("n2")
+    more = [sim.write(f"m{i}", i) for i in range(5)]
+    assert sim.run_until(lambda: sim.nodes["n2"].applied >= more[-1].index, ET)
+    sim.filters.remove(no_entries)
+    n3 = sim.nodes["n3"]
+    assert sim.run_until(lambda: n3.applied >= more[-1].index, 5 * ET), sim.node_list
+    assert n3.snapshots_installed == 1 and sim.stats["sync_sent"] >= 1
+    assert n3.sm_state == lead.sm_state
+    assert n3.core.snapshot_index >= es[-1].index
+    sim.crash("n3")
+    sim.restart("n3")
+    assert n3.sm_state == n3.store.snap_state and n3.applied == n3.store.snap_index
+    sim.heal_and_converge()
+    assert n3.sm_state == lead.sm_state
+
+
+def test_follower_back_from_outage_behind_compaction_caught_up_promptly():
+    """§7 + DESIGN §4 (catch-up): a follower that was down while the leader compacted its log is
+    sent the snapshot soon after it comes back (within a few election timeouts), even though the
+    leader's first SYNC attempts went nowhere while it was down."""
+    sim = make(3, seed=93, start_election="n1", name="outage_behind_compaction")
+    lead = sim.wait_leader()
+    sim.crash("n3")
+    es = [sim.write(f"k{i}", i) for i in range(20)]
+    assert sim.run_until(lambda: sim.nodes["n2"].applied >= es[-1].index, ET)
+    assert sim.take_snapshot(lead.id)
+    sim.run_for(2 * ET)          # the leader notices n3 needs a snapshot while n3 is down
+    sim.restart("n3")
+    t0 = sim.now
+    ok = sim.run_until(lambda: sim.nodes["n3"].applied >= es[-1].index, 5 * ET)
+    assert ok, (f"n3 not caught up {sim.now - t0:.2f}s after restarting (SYNC sent while it was "
+                f"down is retried only after the 20 x election-timeout pause): {sim.node_list}")
+    sim.heal_and_converge()
+
+
+def test_restarted_start_election_node_with_stale_log_does_not_livelock():
+    """§5.2 liveness (randomized timeouts): a node restarted with start_election=True (--primary)
+    whose log is stale cannot win; it must not keep the others from electing a leader.  With
+    prevote=False its ELECTIONs bump the others' terms; if that also restarts their election
+    timers while it retries every 3-6 heartbeats, nobody else ever campaigns (livelock)."""
+    for prevote in (True, False):
+        sim = make(3, seed=95, start_election="n1", prevote=prevote,
+                   name="stale_log_does_not_livelock")
+        sim.wait_leader()
+        sim.cut("n1", "n3")
+        sim.cut("n2", "n3")
+        es = [sim.write(f"k{i}", i) for i in range(5)]
+        assert sim.run_until(lambda: sim.nodes["n2"].applied >= es[-1].index, ET)
+        sim.crash("n3")
+        sim.crash("n1")
+        sim.recover()
+        sim.restart("n3", start_election=True)
+        lead = sim.run_until(lambda: sim.leader() is not None, 20 * ET)
+        assert lead, (f"prevote={prevote}: no leader 20 election timeouts after n3 (stale log, "
+                      f"start_election) restarted: {sim.node_list}")
+        sim.heal_and_converge()
+
+
+def test_duplicated_reordered_replicate_never_loses_committed_entries():
+    """§5.3/§5.4: REPLICATE messages duplicated, reordered, and replayed long after (stale copies
+    from earlier in the term and earlier terms) never make a follower drop a committed entry."""
+    sim = make(3, seed=101, start_election="n1", dup=0.3, delay=(0.001, 0.08), name="dup_reorder")
+    sim.wait_leader()
+    for i in range(120):
+        sim.write(f"k{i % 9}", i)
+        sim.run_for(0.01)
+        if i % 3 == 0:
+            sim.replay_old(lambda m: m["type"] == "REPLICATE")
+        if i == 60:
+            sim.transfer()
+    sim.heal_and_converge()
+    assert sim.stats["replayed"] >= 30
+    # every REPLICATE ever seen (within the history window), delivered again in random order
+    n3 = sim.nodes["n3"]
+    before = (n3.applied, [(e.index, e.term) for e in n3.core.log])
+    old = [m for m in sim.history if m["type"] == "REPLICATE" and m["to"] == "n3"]
+    sim.rng.shuffle(old)
+    for m in old:
+        sim._transmit(m)
+    sim.run_for(ET)
+    assert n3.applied >= before[0]
+    assert [(e.index, e.term) for e in n3.core.log][:len(before[1])] == before[1]
+    sim.heal_and_converge()
+
+
+def test_election_timeout_must_exceed_heartbeat():
+    """STYLE example 2: the core refuses an election timeout not greater than the heartbeat."""
+    with pytest.raises(ValueError):
+        RaftCore("n1", ["n2"], heartbeat_interval=0.3, election_timeout=0.3, entry_factory=Entry)
+
+
+# ====================================================================================== harness self-test
+class _NoElectionRestriction(RaftCore):
+    """A deliberately broken core: votes for any candidate (violates §5.4.1)."""
+
+    def _log_up_to_date(self, last_index, last_term):   # noqa: ARG002
+        return True
+
+
+class _CommitsOldTermsByCounting(RaftCore):
+    """A deliberately broken core: commits any index stored on a majority (violates §5.4.2)."""
+
+    def _maybe_commit(self):
+        matches = sorted([self.persisted_index] + [pr.match_index for pr in self.progress.values()],
+                         reverse=True)
+        self.commit_index = max(self.commit_index, matches[self.quorum - 1])
+
+
+@pytest.mark.skipif(not hasattr(RaftCore, "_maybe_commit"), reason="core internals renamed")
+def test_harness_catches_figure8_violation():
+    """The Figure 8 test is not vacuous: a core that commits old-term entries by counting
+    replicas fails it."""
+    with pytest.raises(AssertionError, match="counting replicas|state machine safety"):
+        _figure8(_CommitsOldTermsByCounting)
+
+
+class _NoBootLease(RaftCore):
+    """A deliberately broken core: a restarted node grants votes at once (the B1 bug)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._boot_lease_until = float("-inf")
+
+
+@pytest.mark.skipif(not hasattr(RaftCore("n1", ["n2"], entry_factory=Entry), "_boot_lease_until"),
+                    reason="core internals renamed")
+def test_harness_catches_lease_overlap():
+    """The lease check is not vacuous: without the post-restart vote refusal, the follower
+    restart scenario produces a stale read / two leases."""
+    for k in range(0, 20, 2):
+        try:
+            _lease_restart_scenario(k, _NoBootLease)
+        except SafetyViolation as e:
+            assert "lease safety" in str(e) or "stale read" in str(e), str(e)
+            return
+    pytest.fail("no restart moment produced a lease overlap on a core without post-restart refusal")
+
+
+@pytest.mark.skipif(not hasattr(RaftCore, "_log_up_to_date"), reason="core internals renamed")
+def test_harness_catches_a_broken_core():
+    """The checker is not vacuous: a core without the election restriction is caught by some
+    randomized schedule (leader completeness or state-machine safety)."""
+    for seed in range(200):
+        try:
+            run_schedule(seed, core_cls=_NoElectionRestriction)
+        except SafetyViolation as e:
+            assert "leader completeness" in str(e) or "state machine safety" in str(e) or \
+                "log matching" in str(e) or "stale read" in str(e) or "committed" in str(e), str(e)
+            return
+    pytest.fail("200 schedules did not catch a core that ignores the election restriction")
+
+
+# ====================================================================================== randomized
+ACTION_WEIGHTS = {"write": 40, "cut": 6, "isolate": 4, "split": 4, "recover": 8, "crash": 6,
+                  "bounce": 4, "restart": 7, "snapshot": 5, "transfer": 4, "replay": 5, "link_down": 3}
+
+
+def run_schedule(seed: int, actions: int | None = None, verbose: bool = False,
+                 core_cls=RaftCore) -> FakeNetwork:
+    """One randomized schedule: a cluster of 3 or 5 with seed-chosen network faults, then
+    `actions` random operator/client actions separated by random gaps, then heal + liveness."""
+    rng = random.Random(seed * 7919 + 17)
+    n = 3 if rng.random() < 0.6 else 5
+    fast = rng.random() < 0.3
+    sim = FakeNetwork(
+        n, seed,
+        heartbeat=0.02 if fast else HB, election=0.1 if fast else ET,
+        loss=rng.choice([0.0, 0.0, 0.02, 0.1, 0.25]),
+        dup=rng.choice([0.0, 0.05, 0.2]),
+        delay=(0.0005, rng.choice([0.002, 0.01, 0.04])),
+        long_delay=rng.choice([0.0, 0.0, 0.01, 0.03]),
+        drift=rng.choice([0.0, 0.0, 0.05]),
+        prevote=rng.random() < 0.85,
+        start_election=rng.choice([None, None, "n1", "n2"]),
+        max_batch=rng.choice([512, 512, 3]),
+        max_inflight=rng.choice([64, 64, 2]),
+        snapshot_threshold=rng.choice([0, 0, 6, 25]),
+        batch=rng.choice([0.0, 0.0, 0.5, 0.9]),
+        core_cls=core_cls, verbose=verbose)
+    try:
+        _drive(sim, rng, actions if actions is not None else 40)
+    except SafetyViolation:
+        raise
+    except Exception as e:   # an exception raised inside the core still reports seed and trace
+        tb = "".join(traceback.format_exception(e)[-4:])
+        sim.fail(f"exception {type(e).__name__}: {e}\n{tb}")
+    return sim
+
+
+def _drive(sim: FakeNetwork, rng: random.Random, actions: int) -> None:
+    """The random actions of one schedule, then heal + liveness + final checks."""
+    et = sim.et
+    ids = sim.ids
+    key_space = [f"k{i}" for i in range(5)]
+    counter = 0
+    # each schedule has its own mix of actions (some are partition-heavy, some crash-heavy, ...)
+    names = list(ACTION_WEIGHTS)
+    weights = [w * rng.choice((0, 0.5, 1, 1, 2, 4)) for w in ACTION_WEIGHTS.values()]
+    weights[names.index("write")] += 5
+    weights[names.index("recover")] += 2
+    for step in range(actions):
+        sim.run_for(rng.expovariate(3.0 / et))
+        act = rng.choices(names, weights)[0]
+        if act == "write":
+            for _ in range(rng.randint(1, 3)):
+                counter += 1
+                if rng.random() < 0.2:
+                    sim.write(rng.choice(key_space), None, op="DEL")
+                else:
+                    # sometimes write to a random node (maybe a deposed leader that does not know yet)
+                    nid = rng.choice(ids) if rng.random() < 0.2 else None
+                    if nid is None or (sim.nodes[nid].up and sim.nodes[nid].core.role == LEADER):
+                        sim.write(rng.choice(key_space), counter, nid=nid)
+        elif act == "cut":
+            a, b = rng.sample(ids, 2)
+            sim.cut(a, b)
+        elif act == "isolate":
+            sim.isolate(rng.choice(ids))
+        elif act == "split":
+            side = set(rng.sample(ids, rng.randint(1, len(ids) // 2)))
+            for a in side:
+                for b in ids:
+                    if b not in side:
+                        sim.cut(a, b)
+        elif act == "recover":
+            sim.recover()
+        elif act == "crash":
+            nid = rng.choice(ids)
+            sim.crash(nid, rng.choice([None, None, "lose_ready", "after_persist", "early_send"]))
+        elif act == "bounce":
+            # crash and restart at once (a supervisor restarting the process)
+            nid = rng.choice(ids)
+            sim.crash(nid)
+            sim.run_for(rng.random() * 0.02)
+            sim.restart(nid)
+        elif act == "restart":
+            down = [x.id for x in sim.node_list if not x.up]
+            if down:
+                sim.restart(rng.choice(down), start_election=rng.random() < 0.1)
+        elif act == "snapshot":
+            sim.take_snapshot(rng.choice(ids))
+        elif act == "transfer":
+            sim.transfer(rng.choice([None] + ids))
+        elif act == "replay":
+            sim.replay_old()
+        elif act == "link_down":
+            a, b = rng.sample(ids, 2)
+            sim._link_down(a, b)
+        sim._global_check(everyone=True)
+        if step % 10 == 9:
+            sim.check_logs()
+    sim.heal_and_converge()
+
+
+
+SCHEDULES = int(os.environ.get("SIM_SCHEDULES", "1000"))
+CHUNK = 50
+SEED_BASE = int(os.environ.get("SIM_SEED_BASE", "0"))
+
+
+@pytest.mark.parametrize("first", range(SEED_BASE, SEED_BASE + SCHEDULES, CHUNK),
+                         ids=lambda f: f"seeds{f}-{min(f + CHUNK, SEED_BASE + SCHEDULES) - 1}")
+def test_random_schedules(first):
+    """Randomized schedules (loss, duplication, reordering, long delays, partitions, crashes at
+    several points of the host loop, restarts, snapshots, transfers, stale replays, clock drift):
+    all safety properties after every step, then liveness after healing.  Every seed is run; the
+    failure lists each failing seed with its replay command."""
+    failures = []
+    totals: Counter = Counter()
+    for seed in range(first, min(first + CHUNK, SEED_BASE + SCHEDULES)):
+        try:
+            sim = run_schedule(seed)
+        except SafetyViolation as e:
+            failures.append(str(e))
+            continue
+        totals.update(sim.stats)
+    assert not failures, f"{len(failures)} failing schedule(s); first:\n" + failures[0] + \
+        "\nall failing seeds: " + ", ".join(f.split(" ", 1)[0] for f in failures)
+    # the schedules must actually exercise the machinery
+    for what in ("crashes", "truncations", "snapshots_installed", "leaders", "replayed"):
+        assert totals[what] > 0, f"no schedule in this chunk had any {what}: {dict(totals)}"
+
+
+# ====================================================================================== CLI
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, help="replay one randomized schedule")
+    ap.add_argument("--actions", type=int, default=None)
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every event")
+    ap.add_argument("--schedules", type=int, help="run N randomized schedules and report")
+    args, rest = ap.parse_known_args(argv)
+    if args.seed is not None:
+        t = time.perf_counter()
+        try:
+            sim = run_schedule(args.seed, args.actions, verbose=args.verbose)
+        except SafetyViolation as e:
+            print(e)
+            return 1
+        print(f"seed={args.seed} ok: {sim.steps} steps, {sim.now:.2f}s simulated, "
+              f"{time.perf_counter() - t:.3f}s, leaders={dict(sorted(sim.leaders.items()))} "
+              f"stats={dict(sim.stats)}")
+        return 0
+    if args.schedules:
+        t = time.perf_counter()
+        bad = []
+        steps = 0
+        for s in range(SEED_BASE, SEED_BASE + args.schedules):
+            try:
+                steps += run_schedule(s, args.actions).steps
+            except SafetyViolation as e:
+                bad.append(s)
+                print(str(e).split("\n  nodes")[0])
+        print(f"{args.schedules} schedules, {steps} steps, {len(bad)} failing {bad[:50]}, "
+              f"{time.perf_counter() - t:.1f}s")
+        return 1 if bad else 0
+    return pytest.main([__file__, *rest])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
