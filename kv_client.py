@@ -43,6 +43,12 @@ import time
 import weakref
 from typing import Any, Iterable, NamedTuple
 
+# Error codes (DESIGN §3.1), shared with the server.  Definite: the operation did not happen.
+# Indefinite: it may have (NO_QUORUM is definite when the answer says so).
+from kv_protocol import (AUTH_FAILED, AUTH_REQUIRED, BAD_REQUEST, DEFINITE_CODES,
+                         INDEFINITE_CODES, NO_QUORUM, NOT_FOUND, NOT_PRIMARY, OK, TIMEOUT, TOO_LARGE,
+                         UNKNOWN_COMMAND)
+
 __all__ = ["DEFAULT_NODES", "OK", "NOT_PRIMARY", "NOT_FOUND", "BAD_REQUEST", "UNKNOWN_COMMAND", "TOO_LARGE",
            "NO_QUORUM", "AUTH_REQUIRED", "AUTH_FAILED", "TIMEOUT", "DEFINITE_CODES", "INDEFINITE_CODES",
            "ANY_NODE_COMMANDS", "KEY_MAX_BYTES", "KVConnectionError", "ConnectFailed", "ConnectionLost",
@@ -53,20 +59,6 @@ __all__ = ["DEFAULT_NODES", "OK", "NOT_PRIMARY", "NOT_FOUND", "BAD_REQUEST", "UN
 
 DEFAULT_NODES = ("127.0.0.1:6379", "127.0.0.1:6380", "127.0.0.1:6381")
 
-# Error codes (DESIGN §3.1).  Definite: the operation did not happen.  Indefinite: it may have.
-OK = "OK"
-NOT_PRIMARY = "NOT_PRIMARY"
-NOT_FOUND = "NOT_FOUND"
-BAD_REQUEST = "BAD_REQUEST"
-UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
-TOO_LARGE = "TOO_LARGE"
-NO_QUORUM = "NO_QUORUM"
-AUTH_REQUIRED = "AUTH_REQUIRED"
-AUTH_FAILED = "AUTH_FAILED"
-TIMEOUT = "TIMEOUT"
-DEFINITE_CODES = frozenset({NOT_PRIMARY, BAD_REQUEST, UNKNOWN_COMMAND, TOO_LARGE, AUTH_REQUIRED,
-                            AUTH_FAILED, NOT_FOUND})
-INDEFINITE_CODES = frozenset({TIMEOUT, NO_QUORUM})   # NO_QUORUM is definite when the answer says so
 # Commands every node answers OK (so an OK answer does not show who is primary).
 ANY_NODE_COMMANDS = frozenset({"PING", "ECHO", "STATUS", "INFO", "AUTH", "SELECT", "CONFIG", "CLIENT", "COMMAND"})
 
