@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING
 
 from kv_raft import CANDIDATE, LEADER, PRECANDIDATE, RaftCore
-from kv_storage import SnapshotMeta, write_snapshot_file
+from kv_storage import SnapshotMeta, StorageCorruption, verify_snapshot_file, write_snapshot_file
 from kv_transport import PeerLink, SnapshotSender
 
 if TYPE_CHECKING:
@@ -336,8 +336,14 @@ class ClusterManager(threading.Thread):
         os.fsync(f.fileno())
         f.close()
         self.sync_rx = None
+        try:
+            meta = verify_snapshot_file(rx["path"])
+        except StorageCorruption as e:
+            log.warning("%s discarded a damaged snapshot from %s: %s", self.node.node_id, msg["from"], e)
+            return
         step = {k: v for k, v in msg.items() if k not in ("data", "offset", "done", "size")}
-        step["path"] = rx["path"]
+        # the file may be newer than the SYNC that asked for it: the file's own meta is the truth
+        step.update(path=rx["path"], last_index=meta.last_index, last_term=meta.last_term)
         self.core.step(step, now)
 
     def _install_snapshot(self, snap: dict) -> None:

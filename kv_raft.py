@@ -74,7 +74,7 @@ class Progress:
     """A leader's view of one follower.  Invariant: match_index < next_index."""
 
     __slots__ = ("match_index", "next_index", "state", "paused_until", "inflight",
-                 "recent_active", "ack_ts", "snapshot_index")
+                 "last_heard", "ack_ts", "snapshot_index")
 
     def __init__(self, next_index: int):
         self.match_index = 0
@@ -82,7 +82,7 @@ class Progress:
         self.state = PROBE
         self.paused_until = -1.0
         self.inflight: deque = deque()      # (last index sent, send time), in send order
-        self.recent_active = False          # heard from it since the last CheckQuorum round
+        self.last_heard = float("-inf")     # leader's clock when it last answered in this term
         self.ack_ts = float("-inf")         # latest leader timestamp it echoed in this term
         self.snapshot_index = 0
 
@@ -166,7 +166,6 @@ class RaftCore:
         # leader-only state
         self.progress: dict[str, Progress] = {}
         self.heartbeat_deadline = now
-        self.check_quorum_deadline = now
         self.term_start_index = 0               # index of this leader's first entry (its NOOP)
         self.leader_since = float("-inf")
         self.transfer_target: str | None = None
@@ -269,7 +268,6 @@ class RaftCore:
         self.transfer_target = None
         self.progress = {p: Progress(self.last_index + 1) for p in self.peers}
         self.heartbeat_deadline = self.now   # announce at once
-        self.check_quorum_deadline = self.now + self.election_timeout
         noop = self._entry(self.last_index + 1, self.current_term, "NOOP", None, None, "json")
         self.term_start_index = noop.index
         self._append_local([noop])
@@ -280,14 +278,10 @@ class RaftCore:
     def tick(self, now: float) -> None:
         self.now = now
         if self.role == LEADER:
-            if self.check_quorum and now >= self.check_quorum_deadline:
-                active = 1 + sum(1 for pr in self.progress.values() if pr.recent_active)
-                if active < self.quorum:
-                    self.become_follower(self.current_term, None)
-                    return
-                for pr in self.progress.values():
-                    pr.recent_active = False
-                self.check_quorum_deadline = now + self.election_timeout
+            if self.check_quorum and now - self._quorum_heard() >= self.election_timeout:
+                # CheckQuorum: a majority has been silent for a whole election timeout
+                self.become_follower(self.current_term, None)
+                return
             if self.transfer_target is not None and now >= self.transfer_deadline:
                 # The target may still campaign on a late TIMEOUT_NOW, so resuming lease reads
                 # would be unsafe: step down and let the cluster elect again.
@@ -379,6 +373,14 @@ class RaftCore:
         return now < self.leader_since + self.election_timeout or \
             now < self._quorum_ack_ts() + self.election_timeout
 
+    def _quorum_heard(self) -> float:
+        """When a majority (counting ourselves) was last heard from; never before our election."""
+        need = self.quorum - 1          # besides ourselves
+        if need == 0:
+            return self.now             # a cluster of one always hears a majority
+        heard = sorted((pr.last_heard for pr in self.progress.values()), reverse=True)
+        return max(heard[need - 1], self.leader_since)
+
     def _quorum_ack_ts(self) -> float:
         acks = sorted((pr.ack_ts for pr in self.progress.values()), reverse=True)
         need = self.quorum - 1          # besides ourselves
@@ -411,6 +413,7 @@ class RaftCore:
         pr = self.progress.get(peer)
         if pr is not None and pr.state in (REPLICATE, SNAPSHOT):
             pr.become_probe()
+            pr.paused_until = self.now + self.heartbeat_interval   # retry paced, not per ready()
 
     def peer_connected(self, peer: str, now: float) -> None:
         """The host can now reach peer.  A node asked to start the first election (--primary)
@@ -426,6 +429,7 @@ class RaftCore:
         pr = self.progress.get(peer)
         if pr is not None and pr.state == SNAPSHOT and not ok:
             pr.become_probe()
+            pr.paused_until = self.now + self.heartbeat_interval   # retry paced, not per ready()
 
     def ready(self) -> Ready:
         """Hand out the accumulated work and start a new batch."""
@@ -488,7 +492,7 @@ class RaftCore:
             pr.state = SNAPSHOT
             pr.snapshot_index = self.snapshot_index
             pr.inflight.clear()
-            pr.paused_until = self.now + 20 * self.election_timeout
+            pr.paused_until = self.now + 3 * self.election_timeout
             self._send({"type": "SYNC", "to": p, "term": self.current_term,
                         "last_index": self.snapshot_index, "last_term": self.snapshot_term})
             return
@@ -560,7 +564,7 @@ class RaftCore:
             pr = self.progress[sender]
             if msg.get("stale"):
                 return
-            pr.recent_active = True
+            pr.last_heard = now
             ts = msg.get("ts")
             if ts is not None and ts > pr.ack_ts:
                 pr.ack_ts = ts

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import queue
+import select
 import socket
 import threading
 import time
@@ -164,7 +165,14 @@ class PeerLink(threading.Thread):
         q = self.q
         sock = self.sock
         while not self.stop_event.is_set():
-            msg = q.get()
+            try:
+                msg = q.get(timeout=0.05)
+            except queue.Empty:
+                # The peer never writes on this connection after WELCOME, so readable means it
+                # closed (e.g. the process died): notice now, not when an election message is lost.
+                if select.select([sock], [], [], 0)[0] and not sock.recv(1, socket.MSG_PEEK):
+                    raise ConnectionError(f"{self.peer_id} closed the connection")
+                continue
             if msg is None:
                 return
             batch = [encode_message(msg)]

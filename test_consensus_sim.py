@@ -79,7 +79,7 @@ Entry = ReplicationLog
 HB = 0.05          # defaults of kv_store_server.py
 ET = 0.3
 LEADER_MSGS = ("REPLICATE", "HEARTBEAT", "SYNC", "TIMEOUT_NOW")
-_TICK, _DELIVER = 0, 1
+_TICK, _DELIVER, _CALL = 0, 1, 2
 
 
 def content(e) -> tuple:
@@ -226,6 +226,7 @@ class FakeNetwork:
         self.filters: list[Callable[[dict], bool]] = []
         self.watchers: list[Callable[[dict], None]] = []   # see every delivered message
         self.history: deque = deque(maxlen=300)            # sent messages, for stale replays
+        self.sync_streams: dict[tuple[str, str], tuple] = {}  # (leader, peer) -> running stream
         self.trace: deque = deque(maxlen=trace_len)
         self.stats: Counter = Counter()
         # global records for the safety checks
@@ -288,8 +289,10 @@ class FakeNetwork:
             self.now = t
             if kind == _TICK:
                 self._on_tick(a, b)
-            else:
+            elif kind == _DELIVER:
                 self._on_deliver(a, b)
+            else:
+                a(*b)
             self.steps += 1
             self._global_check()
             if pred is not None and pred():
@@ -339,6 +342,11 @@ class FakeNetwork:
         node.crash_point = None
         self.stats["crashes"] += 1
         self.note("crash", nid)
+        for key in [k for k in self.sync_streams if k[0] == nid]:
+            del self.sync_streams[key]     # its snapshot senders die with it
+        for p in self.ids:    # its peers see their connections to it drop
+            if p != nid:
+                self._link_down(p, nid)
 
     def restart(self, nid: str, start_election: bool = False) -> None:
         node = self.nodes[nid]
@@ -418,25 +426,59 @@ class FakeNetwork:
                 m["last_index"], m["last_term"] = st.snap_index, st.snap_term
             m["state"] = dict(st.snap_state)
             self.stats["sync_sent"] += 1
+            # like kv_cluster: one snapshot stream per peer; a SYNC while one runs is ignored
+            key = (node.id, m["to"])
+            if key in self.sync_streams:
+                self.stats["sync_ignored"] += 1
+                return
+            self.seq += 1
+            self.sync_streams[key] = m["_stream"] = (node.incarnation, self.seq)
         self.history.append(m)
         self._transmit(m)
 
     def _transmit(self, m: dict) -> None:
         rng = self.rng
         if (m["from"], m["to"]) in self.cut_links:
-            return
+            return self._sync_failed(m)
         for f in self.filters:
             if f(m):
-                return
+                return self._sync_failed(m)
         if self.loss and rng.random() < self.loss:
-            return
+            # a lost snapshot stream is usually noticed by the host (connection reset), not always
+            return self._sync_failed(m, rng.random() < 0.8)
         dst = self.nodes[m["to"]]
-        for _ in range(2 if self.dup and rng.random() < self.dup else 1):
+        # a snapshot is a TCP stream: never duplicated (stale copies come from replay_old only)
+        dup = self.dup and m["type"] != "SYNC" and rng.random() < self.dup
+        for _ in range(2 if dup else 1):
             lo, hi = self.delay
             d = lo + (hi - lo) * rng.random()
             if self.long_delay and rng.random() < self.long_delay:
                 d += rng.random() * 3 * self.et
             self._push(self.now + d, _DELIVER, m, dst.incarnation)
+
+    def _sync_done(self, m: dict) -> bool:
+        """The snapshot stream of m ended; True if m was the live stream (not a stale copy)."""
+        key = (m["from"], m["to"])
+        if m["type"] != "SYNC" or self.sync_streams.get(key) != m.get("_stream"):
+            return False
+        del self.sync_streams[key]
+        return True
+
+    def _sync_failed(self, m: dict, noticed: bool = True) -> None:
+        """The host's snapshot sender gave up (link down): it tells the core, a little later and
+        through its inbox (kv_cluster: ("snapshot_failed", peer) -> core.report_snapshot)."""
+        if not self._sync_done(m) or not noticed:
+            return
+        src = self.nodes[m["from"]]
+        inc = m["_stream"][0]
+
+        def report():
+            if src.up and src.incarnation == inc and hasattr(src.core, "report_snapshot"):
+                src.core.report_snapshot(m["to"], False)
+                self.stats["sync_failed"] += 1
+                self.note("snapshot-failed", f"{src.id} -> {m['to']}")
+                self._process(src)
+        self._push(self.now + self.delay[1], _CALL, report, ())
 
     def replay_old(self, pred: Callable[[dict], bool] | None = None) -> bool:
         """Deliver again a message sent at some earlier time (an arbitrarily delayed duplicate)."""
@@ -451,7 +493,9 @@ class FakeNetwork:
     def _on_deliver(self, m: dict, inc: int) -> None:
         node = self.nodes[m["to"]]
         if not node.up or node.incarnation != inc or (m["from"], m["to"]) in self.cut_links:
+            self._sync_failed(m)
             return
+        self._sync_done(m)
         msg = dict(m)
         if "entries" in msg:
             msg["entries"] = [clone_entry(e) for e in m["entries"]]
@@ -917,7 +961,8 @@ def test_election_safety_fresh_cluster_elects_one_leader(n):
     assert ok, f"followers never learned the leader: {sim.node_list}"
     assert lead.core.current_term >= 1
     assert sum(1 for x in sim.node_list if x.core.role == LEADER) == 1
-    assert sim.run_until(lambda: sim.applied_everywhere(lead.core.term_start_index), 5 * ET)
+    noop = lead.core.last_index     # the new leader's first entry
+    assert sim.run_until(lambda: sim.applied_everywhere(noop), 5 * ET)
 
 
 def test_start_election_node_wins_first_election():
@@ -1308,7 +1353,9 @@ def test_snapshot_install_for_follower_behind_compaction():
 def test_follower_back_from_outage_behind_compaction_caught_up_promptly():
     """§7 + DESIGN §4 (catch-up): a follower that was down while the leader compacted its log is
     sent the snapshot soon after it comes back (within a few election timeouts), even though the
-    leader's first SYNC attempts went nowhere while it was down."""
+    leader's first SYNC attempts went nowhere while it was down.  The host reports the failed
+    transfers (report_snapshot(peer, False)) and the dropped link (report_unreachable), as
+    kv_cluster.ClusterManager does."""
     sim = make(3, seed=93, start_election="n1", name="outage_behind_compaction")
     lead = sim.wait_leader()
     sim.crash("n3")
@@ -1319,8 +1366,30 @@ def test_follower_back_from_outage_behind_compaction_caught_up_promptly():
     sim.restart("n3")
     t0 = sim.now
     ok = sim.run_until(lambda: sim.nodes["n3"].applied >= es[-1].index, 5 * ET)
-    assert ok, (f"n3 not caught up {sim.now - t0:.2f}s after restarting (SYNC sent while it was "
-                f"down is retried only after the 20 x election-timeout pause): {sim.node_list}")
+    assert ok, (f"n3 not caught up {sim.now - t0:.2f}s after restarting (a SYNC that failed "
+                f"while it was down must be retried once the host reports the failure): {sim.node_list}")
+    sim.heal_and_converge()
+
+
+def test_snapshot_retries_are_paced_while_follower_is_down():
+    """§7 + DESIGN §4: while a follower that needs a snapshot is unreachable, the leader retries
+    the SYNC at most about once per heartbeat interval after the host reports a failed transfer
+    (report_snapshot(peer, False)); it must not turn report -> retry -> fail into a busy loop
+    (in kv_cluster every retry starts a sender thread and logs a line)."""
+    sim = make(3, seed=97, start_election="n1", delay=(0.001, 0.005), name="snapshot_retries_paced")
+    lead = sim.wait_leader()
+    sim.crash("n3")
+    es = [sim.write(f"k{i}", i) for i in range(10)]
+    assert sim.run_until(lambda: sim.nodes["n2"].applied >= es[-1].index, ET)
+    assert sim.take_snapshot(lead.id)
+    before = sim.stats["sync_sent"]
+    down_for = 3.0
+    sim.run_for(down_for)
+    tries = sim.stats["sync_sent"] - before
+    assert tries <= down_for / HB + 5, (f"{tries} SYNC attempts in {down_for}s to a down follower "
+                                        f"(heartbeat {HB}s): retries are not paced")
+    sim.restart("n3")
+    assert sim.run_until(lambda: sim.nodes["n3"].applied >= es[-1].index, 3 * ET)
     sim.heal_and_converge()
 
 
