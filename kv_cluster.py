@@ -203,6 +203,8 @@ class ClusterManager(threading.Thread):
                 log.info("%s started an election at term %d", node.node_id, core.current_term)
             elif role == PRECANDIDATE:
                 log.debug("%s pre-vote for term %d", node.node_id, core.current_term + 1)
+            elif self.last_role == CANDIDATE:
+                log.info("%s lost the election at term %d", node.node_id, core.current_term)
             elif self.last_role == LEADER:
                 log.info("%s stepped down at term %d", node.node_id, core.current_term)
                 node.fail_all_waiters("NO_QUORUM", "Lost leadership before the write was committed; "

@@ -631,13 +631,14 @@ def test_line_shutdown_command(make_node):
 def rclient(request, node):
     kwargs = {} if request.param is None else {"protocol": request.param}
     r = redis.Redis(host=HOST, port=node.port, socket_timeout=IO_TIMEOUT, **kwargs)
+    r.key_tag = "p2" if request.param == 2 else "pd"   # own keys per variant (the node is shared)
     yield r
     r.close()
 
 
 def test_redis_py_commands(rclient, node):
     r = rclient
-    tag = "p2" if r.connection_pool.connection_kwargs.get("protocol") == 2 else "pd"
+    tag = r.key_tag
     assert r.ping() is True
     assert r.echo("hi there") == b"hi there"
     assert r.set(f"rp-{tag}", "value with spaces") is True
