@@ -107,8 +107,8 @@ def read_until_closed(sock: socket.socket, timeout: float = IO_TIMEOUT) -> tuple
         data += chunk
 
 
-class LineClient:
-    """A line-protocol connection: one request line -> one JSON line."""
+class _Conn:
+    """One raw connection to a node; subclasses say how an answer is read."""
 
     def __init__(self, port: int, timeout: float = IO_TIMEOUT):
         self.sock = connect(port, timeout)
@@ -116,18 +116,6 @@ class LineClient:
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
-
-    def read(self) -> dict:
-        line = self.rfile.readline()
-        if not line.endswith(b"\n"):
-            raise EOFError(f"connection closed (partial answer {line!r})")
-        return json.loads(line)
-
-    def cmd(self, text: str | bytes) -> dict:
-        if isinstance(text, str):
-            text = text.encode()
-        self.send(text + b"\n")
-        return self.read()
 
     def close(self) -> None:
         try:
@@ -140,6 +128,22 @@ class LineClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class LineClient(_Conn):
+    """A line-protocol connection: one request line -> one JSON line."""
+
+    def read(self) -> dict:
+        line = self.rfile.readline()
+        if not line.endswith(b"\n"):
+            raise EOFError(f"connection closed (partial answer {line!r})")
+        return json.loads(line)
+
+    def cmd(self, text: str | bytes) -> dict:
+        if isinstance(text, str):
+            text = text.encode()
+        self.send(text + b"\n")
+        return self.read()
 
 
 class RespError(str):
@@ -183,15 +187,8 @@ def resp_read(f):
     raise ValueError(f"unexpected RESP reply {line!r}")
 
 
-class RespClient:
+class RespClient(_Conn):
     """A raw RESP2 connection."""
-
-    def __init__(self, port: int, timeout: float = IO_TIMEOUT):
-        self.sock = connect(port, timeout)
-        self.rfile = self.sock.makefile("rb")
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
 
     def read(self):
         return resp_read(self.rfile)
@@ -199,18 +196,6 @@ class RespClient:
     def cmd(self, *args):
         self.send(resp_encode(*args))
         return self.read()
-
-    def close(self) -> None:
-        try:
-            self.rfile.close()
-        finally:
-            self.sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def line_status(port: int) -> dict:
