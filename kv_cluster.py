@@ -31,15 +31,29 @@ log = logging.getLogger("kvstore")
 
 
 class Waiter:
-    """A client thread waiting for its entry to be applied."""
-    __slots__ = ("index", "term", "event", "result", "error")
+    """A client thread waiting for its entry to be applied.
+
+    set() is called exactly once, by whoever removed the waiter from KVNode.waiters (that is what
+    makes it once).  A pre-acquired lock is the signal: releasing it costs far less than an
+    Event on the apply path, which wakes one waiter per applied write."""
+    __slots__ = ("index", "term", "result", "error", "done", "_lock")
 
     def __init__(self, index: int, term: int):
         self.index = index
         self.term = term
-        self.event = threading.Event()
         self.result = None
         self.error: tuple[str, str, bool] | None = None   # (code, message, definite)
+        self.done = False
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        """Publish result/error (assigned before this call) and wake the waiting thread."""
+        self.done = True
+        self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        return self._lock.acquire(timeout=timeout) or self.done
 
 
 class ClusterManager(threading.Thread):

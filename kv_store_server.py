@@ -283,7 +283,7 @@ class KVNode:
                                    "replaced the write: it was not applied", True)
                     done.append(w)
         for w in done:
-            w.event.set()
+            w.set()
         self.state_changed()
 
     def fail_waiters_from(self, index: int) -> None:
@@ -293,7 +293,7 @@ class KVNode:
         for w in ws:
             w.error = ("NOT_PRIMARY", "This node lost leadership and the write was discarded: "
                        "it was not applied", True)
-            w.event.set()
+            w.set()
 
     def fail_all_waiters(self, code: str, message: str, definite: bool) -> None:
         with self.lock:
@@ -301,7 +301,7 @@ class KVNode:
             self.waiters.clear()
         for w in ws:
             w.error = (code, message, definite)
-            w.event.set()
+            w.set()
 
     # -- commands
     def not_primary(self, message: str = "This node is not primary") -> CommandError:
@@ -338,10 +338,10 @@ class KVNode:
 
     def wait(self, w: Waiter):
         """Wait for a submitted write to be applied; returns its result or raises CommandError."""
-        if not w.event.wait(self.request_timeout):
+        if not w.wait(self.request_timeout):
             with self.lock:
                 self.waiters.pop(w.index, None)
-            if not w.event.is_set():   # (else it was resolved while we gave up: report that)
+            if not w.done:   # (else it was resolved while we gave up: report that)
                 raise CommandError("TIMEOUT", f"The write was not committed within {self.request_timeout}s; "
                                    "it may or may not be applied", definite=False)
         if w.error is not None:
