@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kvstore")
 
+INBOX_LIMIT = 10_000   # peer messages waiting for the cluster manager loop
+
 
 class Waiter:
     """A client thread waiting for its entry to be applied.
@@ -94,6 +96,10 @@ class ClusterManager(threading.Thread):
         self.inbox.put(None)
 
     def deliver(self, msg: dict) -> None:
+        """Called by peer connection threads.  Past INBOX_LIMIT waiting messages the caller stops
+        (and so stops reading its socket: TCP pushes back on the peer) until the loop catches up."""
+        while self.inbox.qsize() > INBOX_LIMIT and not self.stop_event.is_set():
+            time.sleep(0.001)
         self.inbox.put(msg)
 
     def _link_down(self, peer: str) -> None:
