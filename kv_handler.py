@@ -29,7 +29,6 @@ from kv_transport import decode_message, handshake_proof
 
 log = logging.getLogger("kvstore")
 
-INDEFINITE = frozenset({"TIMEOUT", "NO_QUORUM"})
 RESP_PREFIX = {"NOT_PRIMARY": "READONLY", "AUTH_REQUIRED": "NOAUTH", "AUTH_FAILED": "WRONGPASS",
                "TIMEOUT": "TIMEOUT", "NO_QUORUM": "NOQUORUM", "TOO_LARGE": "ERR", "BAD_REQUEST": "ERR",
                "UNKNOWN_COMMAND": "ERR", "NOT_FOUND": "ERR"}
@@ -45,7 +44,7 @@ class CommandError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-        self.definite = (code not in INDEFINITE) if definite is None else definite
+        self.definite = (code not in P.INDEFINITE_CODES) if definite is None else definite
         self.fields = fields
 
     def line(self) -> dict:
@@ -144,14 +143,11 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
     def _send_error_and_close(self, out: list, e: P.ProtocolError) -> None:
         _resolve(out)
         err = CommandError(e.code, e.message)
-        out.append(err.resp() if (self.session.resp or self.reader_proto_is_resp()) else P.encode_line(err.line()))
+        out.append(err.resp() if self.reader.proto == "resp" else P.encode_line(err.line()))
         try:
             self.sock.sendall(b"".join(out))
         except OSError:
             pass   # the client went away; the connection closes either way
-
-    def reader_proto_is_resp(self) -> bool:
-        return getattr(self.reader, "proto", None) == "resp"
 
     # ------------------------------------------------------------------ dispatch
     def execute(self, cmd) -> tuple[bytes, bool]:
@@ -205,12 +201,12 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
     def cmd_Ping(self, cmd):
         if self.session.resp:
             return P.resp_simple("PONG") if cmd.message is None else P.resp_bulk(cmd.message)
-        return P.encode_line({"status": "OK", "message": "PONG" if cmd.message is None else _text(cmd.message)})
+        return P.encode_line({"status": "OK", "message": "PONG" if cmd.message is None else cmd.message})
 
     def cmd_Echo(self, cmd):
         if self.session.resp:
             return P.resp_bulk(cmd.message)
-        return P.encode_line({"status": "OK", "message": _text(cmd.message)})
+        return P.encode_line({"status": "OK", "message": cmd.message})
 
     def cmd_Quit(self, cmd):
         return self.ok("Bye")
@@ -504,11 +500,5 @@ def _resolve(out: list) -> None:
     for i, item in enumerate(out):
         if callable(item):
             out[i] = item()
-
-
-def _text(v):
-    if isinstance(v, (bytes, bytearray)):
-        return bytes(v).decode("utf-8", "replace")
-    return v
 
 

@@ -74,7 +74,7 @@ class Progress:
     """A leader's view of one follower.  Invariant: match_index < next_index."""
 
     __slots__ = ("match_index", "next_index", "state", "paused_until", "inflight",
-                 "last_heard", "ack_ts", "snapshot_index")
+                 "last_heard", "ack_ts")
 
     def __init__(self, next_index: int):
         self.match_index = 0
@@ -84,7 +84,6 @@ class Progress:
         self.inflight: deque = deque()      # (last index sent, send time), in send order
         self.last_heard = float("-inf")     # leader's clock when it last answered in this term
         self.ack_ts = float("-inf")         # latest leader timestamp it echoed in this term
-        self.snapshot_index = 0
 
     def become_probe(self) -> None:
         self.state = PROBE
@@ -490,7 +489,6 @@ class RaftCore:
         if prev_term is None or pr.next_index <= self.snapshot_index:
             # the entries it needs were compacted away: send the snapshot (the host streams it)
             pr.state = SNAPSHOT
-            pr.snapshot_index = self.snapshot_index
             pr.inflight.clear()
             pr.paused_until = self.now + 3 * self.election_timeout
             self._send({"type": "SYNC", "to": p, "term": self.current_term,
