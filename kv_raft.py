@@ -3,18 +3,33 @@
 Layout (reading order):
     NotLeader      raised by propose() on a node that cannot accept writes now
     Ready          one batch of work for the host: persist, send, apply
+    ReadyHost      what a host provides to handle_ready()
     Progress       what a leader knows about one follower
     RaftCore       the state machine of one node: step(msg, now), tick(now), propose(...), ready()
+    handle_ready() carries out one Ready against a host, in the contract's order
 
-The host (ClusterManager in kv_store_server.py, or the FakeNetwork in test_consensus_sim.py) drives it:
+The host (ClusterManager in kv_cluster.py, or the FakeNetwork in test_consensus_sim.py) drives it:
 
     receive -> core.step(msg, now)        timers -> core.tick(now)       client -> core.propose(...)
     rd = core.ready()
-    1. persist rd.hard_state (term, vote)           -- before any message leaves
-    2. truncate the log from rd.truncate_from, append rd.entries, fsync; core.persisted(last index)
-    3. install rd.snapshot (follower receiving SYNC)
-    4. send rd.messages
-    5. apply rd.committed in order
+    handle_ready(core, rd, host)          the one implementation of the contract below
+
+The Ready contract, field by field (handle_ready carries it out in this order):
+    messages (early)  A leader whose Ready holds no hard_state sends its REPLICATE and HEARTBEAT
+                      messages first, before its own fsync (§10.2.1 of Ongaro's thesis): the
+                      leader counts itself towards a commit only after core.persisted(), so the
+                      followers' disk writes overlap with its own.
+    hard_state        (term, voted_for) to persist before any message leaves: a vote or a term
+                      may not be announced and then forgotten by a crash.
+    truncate_from     drop the durable log from this index on (a follower's conflicting tail);
+                      proposals waiting on those indexes fail (definite: they were never
+                      committed).
+    snapshot          a follower installs the snapshot the leader streamed (dict: last_index,
+                      last_term, reset, msg); with reset the whole log is replaced.
+    entries           append and make durable (fsync under --fsync always), then tell the core
+                      with core.persisted(last index): only then may it count itself.
+    messages (late)   everything else, after the hard state and entries are durable.
+    committed         apply to the state machine, in index order, exactly once.
 
 Names follow the Raft paper (primary = leader, secondary = follower): current_term, voted_for,
 commit_index, next_index/match_index (in Progress).  Extensions: PreVote and CheckQuorum (§9.6 of
@@ -26,10 +41,11 @@ random.Random, so a simulation can replay any schedule from its seed.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 LEADER = "leader"
 FOLLOWER = "follower"
@@ -170,6 +186,7 @@ class RaftCore:
         self.transfer_target: str | None = None
         self.transfer_deadline = 0.0
         self._timeout_now_sent = False
+        self._ack_quorum_ts = float("-inf")     # cache of _quorum_ack_ts(): reads check it lock-free
 
         # output
         self._ready = Ready()
@@ -266,6 +283,7 @@ class RaftCore:
         self._eager = False
         self.transfer_target = None
         self.progress = {p: Progress(self.last_index + 1) for p in self.peers}
+        self._ack_quorum_ts = self._quorum_ack_ts()
         self.heartbeat_deadline = self.now   # announce at once
         noop = self._entry(self.last_index + 1, self.current_term, "NOOP", None, None, "json")
         self.term_start_index = noop.index
@@ -362,7 +380,7 @@ class RaftCore:
             return False   # without CheckQuorum voters do not honour leases
         if self.commit_index < self.term_start_index:
             return False
-        return now < self._quorum_ack_ts() + self.election_timeout * LEASE_FRACTION
+        return now < self._ack_quorum_ts + self.election_timeout * LEASE_FRACTION
 
     def has_quorum(self, now: float) -> bool:
         """A leader that heard from a majority within one election timeout (or was elected less
@@ -370,7 +388,7 @@ class RaftCore:
         if self.role != LEADER:
             return False
         return now < self.leader_since + self.election_timeout or \
-            now < self._quorum_ack_ts() + self.election_timeout
+            now < self._ack_quorum_ts + self.election_timeout
 
     def _quorum_heard(self) -> float:
         """When a majority (counting ourselves) was last heard from; never before our election."""
@@ -413,6 +431,24 @@ class RaftCore:
         if pr is not None and pr.state in (REPLICATE, SNAPSHOT):
             pr.become_probe()
             pr.paused_until = self.now + self.heartbeat_interval   # retry paced, not per ready()
+
+    def report_peer_dead(self, peer: str, now: float) -> None:
+        """The host knows peer's process is gone: its port refused a new connection right after
+        the old one closed (kill -9, crash).  A dead process serves nothing, so a follower of
+        that peer need not wait out the election timeout, which only has to catch *silent*
+        failures (pause, partition): it forgets the leader and campaigns after a short random
+        delay, retrying quickly (split votes) until a leader is heard.  The caller must only
+        report a refusal, never a timeout: a paused or cut-off leader may still hold its lease.
+        (Assumption, stated in docs/CLUSTERING.md: between nodes, a refused connection means no
+        process listens; a firewall that rejects rather than drops would void it.)"""
+        self.now = now
+        if self.role != FOLLOWER or peer != self.leader_id:
+            return
+        self.leader_id = None
+        self.last_leader_contact = float("-inf")
+        self._eager = True
+        self.election_deadline = min(self.election_deadline,
+                                     now + self.rng.random() * 2 * self.heartbeat_interval)
 
     def peer_connected(self, peer: str, now: float) -> None:
         """The host can now reach peer.  A node asked to start the first election (--primary)
@@ -566,6 +602,7 @@ class RaftCore:
             ts = msg.get("ts")
             if ts is not None and ts > pr.ack_ts:
                 pr.ack_ts = ts
+                self._ack_quorum_ts = self._quorum_ack_ts()
             if mtype == "REPLICATE_RESP":
                 self._on_replicate_resp(sender, pr, msg)
             elif mtype == "HEARTBEAT_RESP":
@@ -760,3 +797,49 @@ class RaftCore:
                 and pr.match_index == self.last_index):
             self._timeout_now_sent = True
             self._send({"type": "TIMEOUT_NOW", "to": sender, "term": self.current_term})
+
+
+# ---------------------------------------------------------------------------------------------
+class ReadyHost(Protocol):
+    """The side effects handle_ready() asks of a host.  Each returns once its work is done;
+    append() returns once the entries are as durable as the fsync policy makes them."""
+
+    def send(self, messages: list, early: bool) -> None: ...
+    def save_hard_state(self, term: int, voted_for: str | None) -> None: ...
+    def truncate(self, from_index: int) -> None: ...
+    def install_snapshot(self, snapshot: dict) -> None: ...
+    def append(self, entries: list) -> None: ...
+    def apply(self, entries: list) -> None: ...
+
+
+_EARLY = ("REPLICATE", "HEARTBEAT")
+
+
+def handle_ready(core: RaftCore, rd: Ready, host: ReadyHost, lock=None) -> bool:
+    """Carry out one Ready in the order of the module docstring's contract.  `lock` (a context
+    manager, e.g. the node's raft lock) is held only around the call back into the core.
+    Returns True when the core may have more work at once (a leader's own fsync can commit)."""
+    was_leader = core.role == LEADER
+    messages = rd.messages
+    if was_leader and rd.hard_state is None and messages:
+        early = [m for m in messages if m["type"] in _EARLY]
+        if early:
+            messages = [m for m in messages if m["type"] not in _EARLY]
+            host.send(early, True)
+    if rd.hard_state is not None:
+        host.save_hard_state(*rd.hard_state)
+    if rd.truncate_from is not None:
+        host.truncate(rd.truncate_from)
+    if rd.snapshot is not None:
+        host.install_snapshot(rd.snapshot)
+    more = False
+    if rd.entries:
+        host.append(rd.entries)
+        with lock if lock is not None else contextlib.nullcontext():
+            core.persisted(rd.entries[-1].index)
+        more = was_leader
+    if messages:
+        host.send(messages, False)
+    if rd.committed:
+        host.apply(rd.committed)
+    return more

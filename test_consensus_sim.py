@@ -61,7 +61,7 @@ from typing import Any, Callable
 
 import pytest
 
-from kv_raft import LEADER, PRECANDIDATE, NotLeader, RaftCore
+from kv_raft import LEADER, PRECANDIDATE, NotLeader, RaftCore, handle_ready
 
 try:
     from kv_storage import ReplicationLog
@@ -171,6 +171,36 @@ def fmt_msg(m: dict) -> str:
     elif t in ("SYNC", "SYNC_RESP"):
         s += f" last={m.get('last_index')}/{m.get('last_term')} match={m.get('match_index')}"
     return s
+
+
+class _Crashed(Exception):
+    """A crash point fired inside handle_ready: the node is down, the rest of the Ready is lost."""
+
+
+class _SimHost:
+    """kv_raft.ReadyHost for one simulated node: each call goes to FakeNetwork's checked host."""
+    __slots__ = ("net", "node")
+
+    def __init__(self, net: "FakeNetwork", node: SimNode):
+        self.net, self.node = net, node
+
+    def send(self, messages, early):
+        self.net._host_send(self.node, messages, early)
+
+    def save_hard_state(self, term, voted_for):
+        self.net._host_hard_state(self.node, term, voted_for)
+
+    def truncate(self, from_index):
+        self.net._host_truncate(self.node, from_index)
+
+    def install_snapshot(self, snapshot):
+        self.net._install_snapshot(self.node, snapshot)
+
+    def append(self, entries):
+        self.net._host_append(self.node, entries)
+
+    def apply(self, entries):
+        self.net._host_apply(self.node, entries)
 
 
 class FakeNetwork:
@@ -344,9 +374,9 @@ class FakeNetwork:
         self.note("crash", nid)
         for key in [k for k in self.sync_streams if k[0] == nid]:
             del self.sync_streams[key]     # its snapshot senders die with it
-        for p in self.ids:    # its peers see their connections to it drop
+        for p in self.ids:    # its peers see their connections to it drop, and its port refuse
             if p != nid:
-                self._link_down(p, nid)
+                self._link_down(p, nid, dead=True)
 
     def restart(self, nid: str, start_election: bool = False) -> None:
         node = self.nodes[nid]
@@ -386,10 +416,14 @@ class FakeNetwork:
             node.core.peer_connected(b, self.local(node))
             self._process(node)
 
-    def _link_down(self, a: str, b: str) -> None:
+    def _link_down(self, a: str, b: str, dead: bool = False) -> None:
+        """The host's link-down event; dead: b's process is gone (its port refuses connections,
+        kv_transport's on_dead), which lets a follower of b campaign at once."""
         node = self.nodes[a]
         if node.up:
             node.core.report_unreachable(b)
+            if dead:
+                node.core.report_peer_dead(b, self.local(node))
             self._process(node)
 
     # ------------------------------------------------------------------ network
@@ -535,72 +569,83 @@ class FakeNetwork:
             self._check_node(node)
 
     def _handle_ready(self, node: SimNode, rd) -> None:
-        core = node.core
+        """Carry out one Ready through kv_raft.handle_ready, the same code ClusterManager runs,
+        with this node's simulated disk as the host (and its crash point, if one is armed)."""
+        if node.crash_point == "lose_ready":
+            self.crash(node.id)
+            return
+        try:
+            handle_ready(node.core, rd, _SimHost(self, node))
+        except _Crashed:
+            return
         st = node.store
-        cp = node.crash_point
-        if cp == "lose_ready":
-            self.crash(node.id)
-            return
-        if cp == "early_send" and core.role == LEADER and rd.hard_state is None:
-            early = [m for m in rd.messages if m["type"] in ("REPLICATE", "HEARTBEAT")]
-            if early:
-                for m in early:
-                    self._send(node, m)
-                self.note("crash-point", f"{node.id} sent {len(early)} messages before its fsync")
-                self.crash(node.id)
-                return
-        # 1. hard state, before anything that depends on it leaves the node
-        if rd.hard_state is not None:
-            term, vote = rd.hard_state
-            if term < st.term:
-                self.fail(f"{node.id} persists term {term} < stored term {st.term}")
-            if term == st.term and st.vote is not None and vote != st.vote:
-                self.fail(f"{node.id} changes its vote in term {term} from {st.vote} to {vote} (§5.2)")
-            st.term, st.vote = term, vote
-        # 2. drop a conflicting tail
-        if rd.truncate_from is not None:
-            tf = rd.truncate_from
-            if tf <= st.snap_index:
-                self.fail(f"{node.id} truncates from {tf}, inside its snapshot (<= {st.snap_index})")
-            for e in st.entries[max(0, tf - st.snap_index - 1):]:
-                if self.applied_log.get(e.index) == (e.term, content(e)):
-                    self.fail(f"{node.id} truncates committed entry {e.index}/{e.term}")
-            del st.entries[max(0, tf - st.snap_index - 1):]
-            node.truncations += 1
-            self.stats["truncations"] += 1
-        # 3. a snapshot received from the leader
-        if rd.snapshot is not None:
-            self._install_snapshot(node, rd.snapshot)
-        # 4. new entries: append, fsync, tell the core
-        if rd.entries:
-            prev_term = st.term_at(rd.entries[0].index - 1)
-            if rd.entries[0].index != st.last_index() + 1 or prev_term is None:
-                self.fail(f"{node.id} appends from {rd.entries[0].index} but its durable log ends at "
-                          f"{st.last_index()}")
-            lm = self.lm
-            for e in rd.entries:
-                if e.index != st.last_index() + 1:
-                    self.fail(f"{node.id}: Ready.entries not contiguous at {e.index}")
-                rec = (content(e), prev_term)
-                old = lm.setdefault((e.index, e.term), rec)
-                if old != rec:
-                    self.fail(f"log matching (§5.3): entry {e.index}/{e.term} on {node.id} is {rec}, "
-                              f"elsewhere {old}")
-                st.entries.append(e)
-                prev_term = e.term
-            core.persisted(rd.entries[-1].index)
-        if cp == "after_persist":
-            self.note("crash-point", f"{node.id} persisted, then died before sending")
-            self.crash(node.id)
-            return
-        # 5. messages
-        for m in rd.messages:
-            self._send(node, m)
-        # 6. apply
-        for e in rd.committed:
-            self._apply(node, e)
         if self.snapshot_threshold and node.applied - st.snap_index >= self.snapshot_threshold:
             self.take_snapshot(node.id)
+
+    # -- the host side of the Ready contract, checked as it is carried out
+    def _host_send(self, node: SimNode, msgs: list, early: bool) -> None:
+        cp = node.crash_point
+        if early and cp == "early_send":
+            for m in msgs:
+                self._send(node, m)
+            self.note("crash-point", f"{node.id} sent {len(msgs)} messages before its fsync")
+            self.crash(node.id)
+            raise _Crashed
+        if not early and cp == "after_persist":
+            self._crash_after_persist(node)
+        for m in msgs:
+            self._send(node, m)
+
+    def _crash_after_persist(self, node: SimNode) -> None:
+        self.note("crash-point", f"{node.id} persisted, then died before sending")
+        self.crash(node.id)
+        raise _Crashed
+
+    def _host_hard_state(self, node: SimNode, term: int, vote) -> None:
+        """Before anything that depends on it leaves the node."""
+        st = node.store
+        if term < st.term:
+            self.fail(f"{node.id} persists term {term} < stored term {st.term}")
+        if term == st.term and st.vote is not None and vote != st.vote:
+            self.fail(f"{node.id} changes its vote in term {term} from {st.vote} to {vote} (§5.2)")
+        st.term, st.vote = term, vote
+
+    def _host_truncate(self, node: SimNode, tf: int) -> None:
+        """Drop a conflicting tail."""
+        st = node.store
+        if tf <= st.snap_index:
+            self.fail(f"{node.id} truncates from {tf}, inside its snapshot (<= {st.snap_index})")
+        for e in st.entries[max(0, tf - st.snap_index - 1):]:
+            if self.applied_log.get(e.index) == (e.term, content(e)):
+                self.fail(f"{node.id} truncates committed entry {e.index}/{e.term}")
+        del st.entries[max(0, tf - st.snap_index - 1):]
+        node.truncations += 1
+        self.stats["truncations"] += 1
+
+    def _host_append(self, node: SimNode, entries: list) -> None:
+        """New entries: append and 'fsync' (the core is told by handle_ready)."""
+        st = node.store
+        prev_term = st.term_at(entries[0].index - 1)
+        if entries[0].index != st.last_index() + 1 or prev_term is None:
+            self.fail(f"{node.id} appends from {entries[0].index} but its durable log ends at "
+                      f"{st.last_index()}")
+        lm = self.lm
+        for e in entries:
+            if e.index != st.last_index() + 1:
+                self.fail(f"{node.id}: Ready.entries not contiguous at {e.index}")
+            rec = (content(e), prev_term)
+            old = lm.setdefault((e.index, e.term), rec)
+            if old != rec:
+                self.fail(f"log matching (§5.3): entry {e.index}/{e.term} on {node.id} is {rec}, "
+                          f"elsewhere {old}")
+            st.entries.append(e)
+            prev_term = e.term
+
+    def _host_apply(self, node: SimNode, entries: list) -> None:
+        if node.crash_point == "after_persist":
+            self._crash_after_persist(node)
+        for e in entries:
+            self._apply(node, e)
 
     def _apply(self, node: SimNode, e) -> None:
         if e.index != node.applied + 1:
@@ -963,6 +1008,44 @@ def test_election_safety_fresh_cluster_elects_one_leader(n):
     assert sum(1 for x in sim.node_list if x.core.role == LEADER) == 1
     noop = lead.core.last_index     # the new leader's first entry
     assert sim.run_until(lambda: sim.applied_everywhere(noop), 5 * ET)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_dead_leader_is_replaced_within_a_fraction_of_the_election_timeout(seed):
+    """Failure detection, crash kind: when the leader's process dies its peers' connections
+    drop and its port refuses (report_peer_dead), so a follower campaigns at once instead of
+    waiting out the election timeout, which only has to catch silent failures: the first
+    campaign starts within two heartbeat intervals of simulated time, split votes are retried
+    on the short timer, and nothing committed is lost (the harness checks every step)."""
+    # init: a leader with committed writes
+    sim = make(3, seed=200 + seed, name="dead_leader_fast", loss=0.0)
+    lead = sim.wait_leader(timeout=10 * ET)
+    es = [sim.write(f"k{i}", i) for i in range(5)]
+    assert sim.run_until(lambda: sim.applied_everywhere(es[-1].index), ET)
+    # step: kill it
+    sim.crash(lead.id)
+    t0 = sim.now
+    others = [n for n in sim.node_list if n is not lead]
+    started = sim.run_until(lambda: any(n.core.role != "follower" for n in others), 2 * ET)
+    # check
+    assert started and sim.now - t0 <= 2 * HB, \
+        f"first campaign {sim.now - t0:.3f}s after the crash (sim time): {sim.node_list}"
+    assert sim.run_until(lambda: sim.leader() is not None, 2 * ET), f"no new leader: {sim.node_list}"
+    sim.restart(lead.id)
+    sim.heal_and_converge()
+
+
+def test_silent_leader_is_not_replaced_before_the_election_timeout():
+    """Failure detection, silent kind: a leader cut off (no refusal, only silence) keeps its
+    followers' votes for a whole election timeout: that is what makes its lease safe."""
+    sim = make(3, seed=231, name="silent_leader", loss=0.0)
+    lead = sim.wait_leader(timeout=10 * ET)
+    sim.run_for(ET)
+    t0 = sim.now
+    sim.isolate(lead.id)
+    assert sim.run_until(lambda: any(n.core.role == LEADER for n in sim.node_list if n is not lead), 5 * ET)
+    assert sim.now - t0 >= ET, f"a follower was elected {sim.now - t0:.3f}s after the leader went silent"
+    sim.heal_and_converge()
 
 
 def test_start_election_node_wins_first_election():
