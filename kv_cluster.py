@@ -1,41 +1,53 @@
 """The consensus driver of a KV Store node: the seed's ClusterManager thread, made Raft.
 
 Layout:
+    CommandError    (from kv_protocol) what a failed proposal or read raises
     Waiter          a client thread waiting for its entry to be applied
+    Proposals       every client write waiting for its entry: add, resolve, fail; under raft_lock
     ClusterManager  the one thread that drives kv_raft.RaftCore for a node:
-                    inbox -> step/tick -> ready() -> persist (one fsync a batch) -> send -> apply
+                    inbox -> step/tick -> ready() -> handle_ready (persist, send, apply)
 
-It works on a KVNode (kv_store_server.py) through its attributes: node_id, peers, lock, core,
-store, storage, cluster_secret, snapshot_threshold, apply_committed(), fail_waiters_from(),
-fail_all_waiters(), state_changed(), fatal().  kv_store_server re-exports both names.
+ClusterManager is built from narrow parts and knows nothing of the server around it:
+    core            kv_raft.RaftCore (rules)
+    storage         kv_storage.LogStorage (WAL, snapshots, term/vote)
+    state machine   an object with apply(entry) -> result, restore(items, last_applied, digest),
+                    items(), digest_hex(), last_applied, len() and a `lock` (KeyValueStore)
+    raft_lock       the lock that guards the core and the Proposals
+    peers           {node id: (host, port)} of the other members
+    callbacks       on_fatal(why) when the node must stop (a disk that cannot persist)
+
+Clients of a node call propose()/wait() for writes, read_ok()/read_barrier() for reads, and
+transfer(), take_snapshot(), deliver() (peer messages), status_fields().
 """
 
 from __future__ import annotations
 
-import base64
+import gc
 import logging
 import os
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING
 
-from kv_raft import CANDIDATE, LEADER, PRECANDIDATE, RaftCore
-from kv_storage import SnapshotMeta, StorageCorruption, verify_snapshot_file, write_snapshot_file
-from kv_transport import PeerLink, SnapshotSender
-
-if TYPE_CHECKING:
-    from kv_store_server import KVNode
+from kv_protocol import CommandError
+from kv_raft import CANDIDATE, LEADER, PRECANDIDATE, NotLeader, RaftCore, handle_ready
+from kv_storage import SnapshotMeta, write_snapshot_file
+from kv_transport import PeerLink, SnapshotSender, SyncReceiver
 
 log = logging.getLogger("kvstore")
 
-INBOX_LIMIT = 10_000   # peer messages waiting for the cluster manager loop
+INBOX_LIMIT = 10_000     # peer messages waiting for the cluster manager loop
+GC_FREEZE_EVERY = 2.0    # seconds between moving surviving objects out of the collector's sight
+_LOST_LEADERSHIP = ("NOT_PRIMARY", "This node lost leadership and the new primary replaced the write: "
+                    "it was not applied", True)
+_DISCARDED = ("NOT_PRIMARY", "This node lost leadership and the write was discarded: it was not applied",
+              True)
 
 
 class Waiter:
     """A client thread waiting for its entry to be applied.
 
-    set() is called exactly once, by whoever removed the waiter from KVNode.waiters (that is what
+    set() is called exactly once, by whoever removed the waiter from Proposals (that is what
     makes it once).  A pre-acquired lock is the signal: releasing it costs far less than an
     Event on the apply path, which wakes one waiter per applied write."""
     __slots__ = ("index", "term", "result", "error", "done", "_lock")
@@ -58,44 +70,233 @@ class Waiter:
         return self._lock.acquire(timeout=timeout) or self.done
 
 
+class Proposals:
+    """The writes this node proposed as primary that are not yet answered.
+
+    Invariants: `waiters` maps a log index to the one Waiter for the entry proposed there; a
+    waiter leaves the map exactly once, through resolve(), fail_from(), fail_all() or
+    abandon(), and is set() by that caller.  Every access holds `lock` (the node's raft_lock),
+    so a proposal is registered in the same critical section that appends its entry: the apply
+    path can never see an entry before its waiter.
+    """
+
+    __slots__ = ("lock", "waiters")
+
+    def __init__(self, lock):
+        self.lock = lock
+        self.waiters: dict[int, Waiter] = {}
+
+    def add(self, entry) -> Waiter:
+        """Caller holds lock."""
+        w = Waiter(entry.index, entry.term)
+        self.waiters[entry.index] = w
+        return w
+
+    def resolve(self, entries: list, results: list) -> None:
+        """Entries were applied with these results: answer their waiters (one lock round)."""
+        waiters = self.waiters
+        if not waiters:
+            return
+        with self.lock:
+            done = [(waiters.pop(e.index), e, r) for e, r in zip(entries, results) if e.index in waiters]
+        for w, e, r in done:
+            if w.term == e.term:
+                w.result = r
+            else:   # another leader's entry took the index
+                w.error = _LOST_LEADERSHIP
+            w.set()
+
+    def fail_from(self, index: int) -> None:
+        """The log was truncated from index: those writes were never committed (definite)."""
+        with self.lock:
+            gone = [self.waiters.pop(i) for i in [i for i in self.waiters if i >= index]]
+        for w in gone:
+            w.error = _DISCARDED
+            w.set()
+
+    def fail_all(self, code: str, message: str, definite: bool) -> None:
+        with self.lock:
+            gone = list(self.waiters.values())
+            self.waiters.clear()
+        for w in gone:
+            w.error = (code, message, definite)
+            w.set()
+
+    def abandon(self, w: Waiter) -> bool:
+        """The client gave up waiting; True if the waiter was still unresolved."""
+        with self.lock:
+            return self.waiters.pop(w.index, None) is not None
+
+    def __len__(self) -> int:
+        return len(self.waiters)
+
+
 class ClusterManager(threading.Thread):
     """Drives the Raft core for one node.  The only thread that persists, sends and applies.
 
-    Loop: take messages from the inbox -> core.step / core.tick -> core.ready() -> persist hard
-    state and entries (one fsync for the whole batch) -> core.persisted() -> send -> apply
-    committed entries to the store and wake their waiters.  A leader sends REPLICATE before its own
-    fsync (allowed: it counts itself only once persisted), everything else after.
-    Hooks: wake() after a proposal; deliver(msg) from peer connections; links[peer].
+    Loop: take messages from the inbox -> core.step / core.tick (under raft_lock) ->
+    core.ready() -> kv_raft.handle_ready with this object as the host: persist hard state and
+    entries (one fsync for the whole batch), send, apply committed entries and answer their
+    waiters.  Peer messages are processed before proposals are woken for, so heartbeats never
+    queue behind a batch of client writes.
     """
 
-    def __init__(self, node: "KVNode"):
-        super().__init__(name=f"cluster-manager-{node.node_id}", daemon=True)
-        self.node = node
-        self.core: RaftCore = node.core
+    def __init__(self, node_id: str, core: RaftCore, storage, state_machine, peers: dict,
+                 *, raft_lock, secret: str | None = None, snapshot_threshold: int = 0,
+                 request_timeout: float = 5.0, on_fatal=None):
+        super().__init__(name=f"cluster-manager-{node_id}", daemon=True)
+        self.node_id = node_id
+        self.core = core
+        self.storage = storage
+        self.sm = state_machine
+        self.peer_addrs: dict[str, tuple[str, int]] = dict(peers)
+        self.raft_lock = raft_lock
+        self.proposals = Proposals(raft_lock)
+        self.request_timeout = request_timeout
+        self.on_fatal = on_fatal or (lambda why: os._exit(3))
+        # Automatic snapshots: each node's threshold is offset by up to 25% (derived from its
+        # id, so stable across restarts) so the members do not all pause at the same index.
+        self.snapshot_threshold = snapshot_threshold
+        if snapshot_threshold > 0 and peers:
+            spread = int.from_bytes(node_id.encode()[-4:].rjust(4, b"\0"), "big") % 1000
+            self.snapshot_threshold = snapshot_threshold + snapshot_threshold * spread // 4000
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._woken = False
         self.stop_event = threading.Event()
-        self.links: dict[str, PeerLink] = {}
-        for pid, info in node.peers.items():
-            self.links[pid] = PeerLink(node.node_id, pid, (info.host, info.port), node.cluster_secret,
-                                       on_down=self._link_down, on_up=self._link_up,
-                                       stop_event=self.stop_event)
+        self.changed = threading.Condition(threading.Lock())   # role/commit changes, for waiters
+        self.links: dict[str, PeerLink] = {
+            pid: PeerLink(node_id, pid, addr, secret, on_down=self._link_down, on_up=self._link_up,
+                          on_dead=self._link_dead, stop_event=self.stop_event)
+            for pid, addr in self.peer_addrs.items()}
         self.snapshot_senders: dict[str, SnapshotSender] = {}
-        self.sync_rx: dict | None = None          # an incoming snapshot being received
+        self.sync_rx = SyncReceiver(storage.snapshot_path + ".recv")
         self.snapshot_child: int | None = None    # pid of a forked snapshot writer
-        self.snapshot_lock = threading.Lock()
-        self.snapshot_done = threading.Event()
-        self.snapshot_done.set()
+        self._snapshot_wanted = False
         self.last_role = None
-        self.last_term = self.core.current_term
+        self.last_term = core.current_term
         self.last_leader = None
         self.waiting_logged_at = 0.0
         self.started_at = time.monotonic()
+        self._gc_frozen_at = 0.0
 
-    # -- hooks for other threads
+    # ------------------------------------------------------------------ client side
+    def not_primary(self, message: str = "This node is not primary") -> CommandError:
+        """NOT_PRIMARY with the known primary's id and address (a client goes straight there)."""
+        leader = self.core.leader_id
+        addr = self.peer_addrs.get(leader) if leader != self.node_id else None
+        if addr is None:
+            leader = None
+        else:
+            addr = f"{addr[0]}:{addr[1]}"
+            message += f"; primary is {leader} at {addr}"
+        return CommandError("NOT_PRIMARY", message, primary=leader, primary_addr=addr)
+
+    def propose(self, op: str, key, value, kind: str) -> Waiter:
+        """Append one write as primary without waiting (pipelined clients propose a batch, then
+        wait); raises CommandError (definite) when it cannot be accepted."""
+        core = self.core
+        with self.raft_lock:
+            if core.role != LEADER:
+                raise self.not_primary()
+            now = time.monotonic()
+            if not core.has_quorum(now):
+                raise CommandError("NO_QUORUM", "The primary cannot reach a majority of the cluster; "
+                                   "the write was not accepted", definite=True)
+            try:
+                entry = core.propose(op, key, value, kind, now)
+            except NotLeader as e:
+                raise self.not_primary() from e
+            w = self.proposals.add(entry)
+            if self._woken:
+                return w
+            self._woken = True
+        self.inbox.put(None)
+        return w
+
+    def wait(self, w: Waiter):
+        """Wait for a proposed write to be applied; returns its result or raises CommandError."""
+        if not w.wait(self.request_timeout):
+            if self.proposals.abandon(w):
+                raise CommandError("TIMEOUT", f"The write was not committed within {self.request_timeout}s; "
+                                   "it may or may not be applied", definite=False)
+            w.wait(1.0)   # resolved while we gave up: report that outcome
+        if w.error is not None:
+            code, message, definite = w.error
+            if code == "NOT_PRIMARY":
+                raise self.not_primary(message)
+            raise CommandError(code, message, definite=definite)
+        return w.result
+
+    def read_ok(self) -> bool:
+        """True when a read served now from the local state machine is linearizable.  Lock-free:
+        the core's lease fields are single attribute reads, and the lease itself (not the local
+        role) is what guarantees no other primary exists until it ends."""
+        core = self.core
+        return core.role == LEADER and core.read_ok(time.monotonic()) \
+            and self.sm.last_applied >= core.term_start_index
+
+    def read_barrier(self) -> None:
+        """Return when a read from the local state is linearizable; raise CommandError otherwise
+        (NOT_PRIMARY at once on a secondary; NO_QUORUM after one election timeout)."""
+        if self.read_ok():
+            return
+        core = self.core
+        deadline = time.monotonic() + core.election_timeout
+        while True:
+            if core.role != LEADER:
+                raise self.not_primary()
+            if self.read_ok():
+                return
+            if time.monotonic() >= deadline:
+                raise CommandError("NO_QUORUM", "The primary cannot confirm its leadership with a "
+                                   "majority; the read was not served", definite=True)
+            with self.changed:
+                self.changed.wait(timeout=0.01)
+
+    def transfer(self, target: str | None, timeout: float) -> str | None:
+        """Planned leadership transfer; returns the new primary's id, or None if we were not
+        primary or it did not happen in time."""
+        with self.raft_lock:
+            if self.core.role != LEADER:
+                return None
+            self.core.transfer_leadership(target, time.monotonic())
+        self.wake()
+        deadline = time.monotonic() + timeout
+        core = self.core
+        with self.changed:   # done once another node leads and we heard from it
+            while time.monotonic() < deadline:
+                leader = core.leader_id
+                if core.role != LEADER and leader is not None and leader != self.node_id:
+                    return leader
+                self.changed.wait(timeout=0.05)
+        return None
+
+    def status_fields(self) -> dict:
+        """The Raft part of STATUS, read consistently under raft_lock."""
+        with self.raft_lock:
+            core = self.core
+            peers = {}
+            for pid, (host, port) in self.peer_addrs.items():
+                pr = core.progress.get(pid) if core.role == LEADER else None
+                peers[pid] = {"addr": f"{host}:{port}", "reachable": self.links[pid].connected,
+                              "match_index": pr.match_index if pr else None,
+                              "lag": max(0, core.last_index - pr.match_index) if pr else None}
+            leader = core.leader_id
+            if leader == self.node_id:
+                leader_addr = None   # the caller knows its own address
+            else:
+                a = self.peer_addrs.get(leader)
+                leader_addr = f"{a[0]}:{a[1]}" if a else None
+            return {"role": {LEADER: "primary", CANDIDATE: "candidate"}.get(core.role, "secondary"),
+                    "election_term": core.current_term, "primary": leader, "primary_addr": leader_addr,
+                    "commit_index": core.commit_index, "last_log_index": core.last_index,
+                    "snapshot_index": core.snapshot_index, "voted_for": core.voted_for, "peers": peers}
+
+    # ------------------------------------------------------------------ hooks for other threads
     def wake(self) -> None:
         self.inbox.put(None)
 
-    def deliver(self, msg: dict) -> None:
+    def deliver(self, msg) -> None:
         """Called by peer connection threads.  Past INBOX_LIMIT waiting messages the caller stops
         (and so stops reading its socket: TCP pushes back on the peer) until the loop catches up."""
         while self.inbox.qsize() > INBOX_LIMIT and not self.stop_event.is_set():
@@ -108,223 +309,274 @@ class ClusterManager(threading.Thread):
     def _link_up(self, peer: str) -> None:
         self.inbox.put(("up", peer))
 
+    def _link_dead(self, peer: str) -> None:
+        self.inbox.put(("dead", peer))
+
     def stop(self) -> None:
         self.stop_event.set()
         self.wake()
         for link in self.links.values():
             link.close()
 
-    # -- the loop
+    # ------------------------------------------------------------------ the loop
     def run(self) -> None:
         for link in self.links.values():
             link.start()
         tick = min(0.01, self.core.heartbeat_interval / 4)
-        node = self.node
+        get = self.inbox.get
+        get_nowait = self.inbox.get_nowait
         while not self.stop_event.is_set():
             items = []
             try:
-                items.append(self.inbox.get(timeout=tick))
+                items.append(get(timeout=tick))
                 while True:
-                    items.append(self.inbox.get_nowait())
+                    items.append(get_nowait())
             except queue.Empty:
                 pass
             try:
                 self._iterate(items)
+                self._maybe_snapshot()
             except OSError as e:
                 # the disk failed under us: a node that cannot persist must not answer anything
-                node.fatal(f"storage failure: {e}")
+                self._fatal(f"storage failure: {e}")
                 return
             except Exception as e:   # a bug: die loudly rather than serve without consensus
-                log.exception("%s consensus loop crashed", node.node_id)
-                node.fatal(f"consensus loop crashed: {e!r}")
+                log.exception("%s consensus loop crashed", self.node_id)
+                self._fatal(f"consensus loop crashed: {e!r}")
                 return
-        log.debug("%s cluster manager stopped", node.node_id)
+            now = time.monotonic()
+            if now - self._gc_frozen_at >= GC_FREEZE_EVERY:
+                self._gc_frozen_at = now
+                gc_freeze()
+        log.debug("%s cluster manager stopped", self.node_id)
+
+    def _fatal(self, why: str) -> None:
+        self.proposals.fail_all("TIMEOUT", f"node failed: {why}", definite=False)
+        self.on_fatal(why)
 
     def _iterate(self, items: list) -> None:
-        node = self.node
         core = self.core
-        again = True
-        while again:
-            again = False
+        lock = self.raft_lock
+        more = True
+        while more:
             now = time.monotonic()
-            with node.lock:
+            with lock:
+                self._woken = False
                 for it in items:
                     if it is None:
                         continue
-                    if isinstance(it, tuple):
+                    if type(it) is tuple:
                         self._on_link_event(*it)
                     elif it["type"] == "SYNC" and "data" in it:
-                        self._on_sync_chunk(it, now)
+                        step = self.sync_rx.chunk(it, core.current_term)
+                        if step is not None:
+                            core.step(step, now)
                     else:
                         core.step(it, now)
                 items = ()
                 core.tick(now)
                 rd = core.ready()
-                is_leader = core.role == LEADER
             self._log_changes()
             if rd.empty():
                 break
-            early = []
-            late = rd.messages
-            if is_leader and rd.hard_state is None:
-                early = [m for m in rd.messages if m["type"] in ("REPLICATE", "HEARTBEAT")]
-                late = [m for m in rd.messages if m["type"] not in ("REPLICATE", "HEARTBEAT")]
-            self._send(early)
-            st = node.storage
-            if rd.hard_state is not None:
-                st.save_hard_state(*rd.hard_state)
-            if rd.truncate_from is not None:
-                st.truncate_suffix(rd.truncate_from)
-                node.fail_waiters_from(rd.truncate_from)
-            if rd.snapshot is not None:
-                self._install_snapshot(rd.snapshot)
-            if rd.entries:
-                st.append(rd.entries)
-                st.sync()
-                with node.lock:
-                    core.persisted(rd.entries[-1].index)
-                    again = is_leader   # our own ack may commit something
-            self._send(late)
-            if rd.committed:
-                node.apply_committed(rd.committed)
-                self._maybe_snapshot()
+            more = handle_ready(core, rd, self, lock)
 
-    def _send(self, msgs: list) -> None:
+    # -- kv_raft.ReadyHost
+    def send(self, msgs: list, early: bool) -> None:
+        links = self.links
         for m in msgs:
             if m["type"] == "SYNC":
                 self._start_snapshot_sender(m)
                 continue
-            link = self.links.get(m["to"])
+            link = links.get(m["to"])
             if link is not None:
                 link.send(m)
 
-    def _on_link_event(self, kind: str, peer: str) -> None:
-        """Caller holds node.lock."""
-        if kind == "down":
-            self.core.report_unreachable(peer)
-            log.info("%s lost contact with peer %s", self.node.node_id, peer)
-        elif kind == "snapshot_failed":
-            self.core.report_snapshot(peer, False)
+    def save_hard_state(self, term: int, voted_for) -> None:
+        self.storage.save_hard_state(term, voted_for)
+
+    def truncate(self, from_index: int) -> None:
+        self.storage.truncate_suffix(from_index)
+        self.proposals.fail_from(from_index)
+
+    def append(self, entries: list) -> None:
+        self.storage.append(entries)
+        self.storage.sync()
+
+    def apply(self, entries: list) -> None:
+        sm = self.sm
+        apply = sm.apply
+        with sm.lock:
+            results = [apply(e) for e in entries]
+        self.proposals.resolve(entries, results)
+        with self.changed:
+            self.changed.notify_all()
+
+    def install_snapshot(self, snap: dict) -> None:
+        storage = self.storage
+        path = snap["msg"]["path"]
+        meta, items = storage.read_snapshot(path)
+        items = list(items)     # verifies the checksum before anything is replaced
+        if not storage.install_snapshot(path, meta):
+            raise RuntimeError(f"snapshot at {meta.last_index} from {snap['msg']['from']} is older "
+                               "than the installed one, but the core accepted it")
+        if snap["reset"]:
+            storage.reset_log(meta.last_index + 1)
         else:
-            log.info("%s connected to peer %s", self.node.node_id, peer)
-            self.core.peer_connected(peer, time.monotonic())
+            storage.compact(meta.last_index)
+        with self.sm.lock:
+            self.sm.restore(items, meta.last_index, meta.digest)
+        del items
+        gc_freeze()
+        log.info("%s snapshot installed at index %d term %d (%d keys) from %s", self.node_id,
+                 meta.last_index, meta.last_term, meta.count, snap["msg"]["from"])
+
+    # ------------------------------------------------------------------ events and logging
+    def _on_link_event(self, kind: str, peer: str) -> None:
+        """Caller holds raft_lock."""
+        core = self.core
+        if kind == "down":
+            core.report_unreachable(peer)
+            log.info("%s lost contact with peer %s", self.node_id, peer)
+        elif kind == "dead":
+            was_leader = core.leader_id == peer
+            core.report_peer_dead(peer, time.monotonic())
+            if was_leader:
+                log.info("%s primary %s is gone (its port refuses connections): campaigning now",
+                         self.node_id, peer)
+        elif kind == "snapshot_failed":
+            core.report_snapshot(peer, False)
+        else:
+            log.info("%s connected to peer %s", self.node_id, peer)
+            core.peer_connected(peer, time.monotonic())
 
     def _log_changes(self) -> None:
         core = self.core
-        node = self.node
+        nid = self.node_id
+        changed = False
         if core.current_term != self.last_term:
-            log.info("%s term changed %d -> %d", node.node_id, self.last_term, core.current_term)
+            log.info("%s term changed %d -> %d", nid, self.last_term, core.current_term)
             self.last_term = core.current_term
+            changed = True
         role = core.role
         if role != self.last_role:
             if role == LEADER:
-                log.info("%s became primary at term %d", node.node_id, core.current_term)
+                log.info("%s became primary at term %d", nid, core.current_term)
             elif role == CANDIDATE:
-                log.info("%s started an election at term %d", node.node_id, core.current_term)
+                log.info("%s started an election at term %d", nid, core.current_term)
             elif role == PRECANDIDATE:
-                log.debug("%s pre-vote for term %d", node.node_id, core.current_term + 1)
+                log.debug("%s pre-vote for term %d", nid, core.current_term + 1)
             elif self.last_role == CANDIDATE:
-                log.info("%s lost the election at term %d", node.node_id, core.current_term)
+                log.info("%s lost the election at term %d", nid, core.current_term)
             elif self.last_role == LEADER:
-                log.info("%s stepped down at term %d", node.node_id, core.current_term)
-                node.fail_all_waiters("NO_QUORUM", "Lost leadership before the write was committed; "
-                                      "it may or may not be applied", definite=False)
+                log.info("%s stepped down at term %d", nid, core.current_term)
+                self.proposals.fail_all("NO_QUORUM", "Lost leadership before the write was committed; "
+                                        "it may or may not be applied", definite=False)
             self.last_role = role
+            changed = True
         if core.leader_id != self.last_leader:
-            if core.leader_id and core.leader_id != node.node_id:
-                log.info("%s became secondary of %s at term %d", node.node_id, core.leader_id,
-                         core.current_term)
+            if core.leader_id and core.leader_id != nid:
+                log.info("%s became secondary of %s at term %d", nid, core.leader_id, core.current_term)
             self.last_leader = core.leader_id
+            changed = True
         if core.leader_id is None and core.peers:
             now = time.monotonic()
             if now - self.waiting_logged_at > 5.0 and now - self.started_at > 1.0:
                 up = [p for p, lk in self.links.items() if lk.connected]
-                log.info("%s waiting for its peers: no primary yet (reachable: %s of %s)", node.node_id,
+                log.info("%s waiting for its peers: no primary yet (reachable: %s of %s)", nid,
                          ", ".join(up) or "none", ", ".join(self.links))
                 self.waiting_logged_at = now
-        node.state_changed()
+        if changed:
+            with self.changed:
+                self.changed.notify_all()
 
-    # -- snapshots
-    def _maybe_snapshot(self) -> None:
-        node = self.node
-        if (self.snapshot_child is None and node.snapshot_threshold > 0
-                and node.store.last_applied - self.core.snapshot_index >= node.snapshot_threshold):
-            self.take_snapshot()
-
+    # ------------------------------------------------------------------ snapshots
     def take_snapshot(self, wait: bool = False) -> int:
-        """Write the store as of last_applied to a snapshot file in a forked child (the parent
-        keeps serving), then install it and compact the log.  With wait=True, return once a
-        snapshot covering everything applied at call time is installed.  Returns its index."""
-        node = self.node
-        want = node.store.last_applied
-        for _ in range(2):
-            with self.snapshot_lock:
-                if self.snapshot_child is None and want > self.core.snapshot_index:
-                    self._fork_snapshot()
-                done = self.snapshot_done
-            if not wait:
-                break
-            done.wait(timeout=300)
-            if self.core.snapshot_index >= want:
-                break
+        """Ask for a snapshot of the state machine as of now; with wait=True, return once one
+        covering everything applied at call time is installed (bounded: 300 s).  Returns the
+        installed snapshot's index."""
+        want = self.sm.last_applied
+        if want > self.core.snapshot_index:
+            self._snapshot_wanted = True
+            self.wake()
+            if wait:
+                deadline = time.monotonic() + 300
+                while self.core.snapshot_index < want and time.monotonic() < deadline \
+                        and not self.stop_event.is_set():
+                    with self.changed:
+                        self.changed.wait(timeout=0.05)
         return self.core.snapshot_index
 
+    def _maybe_snapshot(self) -> None:
+        """Manager thread only.  Fork a snapshot writer when one was asked for or the log grew
+        past the threshold; one at a time (a request made meanwhile waits for the next)."""
+        if self.snapshot_child is not None:
+            return
+        sm = self.sm
+        due = self.snapshot_threshold > 0 and \
+            sm.last_applied - self.core.snapshot_index >= self.snapshot_threshold
+        if (due or self._snapshot_wanted) and sm.last_applied > self.core.snapshot_index:
+            self._snapshot_wanted = False
+            self._fork_snapshot()
+
     def _fork_snapshot(self) -> None:
-        """Caller holds snapshot_lock.  Lock order: node.lock, then store.lock."""
-        node = self.node
-        with node.lock, node.store.lock:
-            index = node.store.last_applied
-            term = self.core.term_at(index)
-            meta = SnapshotMeta(index, term, len(node.store), node.store.digest_hex())
-            tmp = node.storage.snapshot_path + f".tmp-{index}"
-            pid = os.fork()
-            if pid == 0:   # child: only this thread exists; close inherited sockets, write, leave
-                code = 1
-                try:
-                    os.closerange(3, 1 << 16)
-                    write_snapshot_file(tmp, meta, node.store.items())
-                    code = 0
-                finally:
-                    os._exit(code)
+        """Write the state machine as of last_applied to a snapshot file in a forked child (the
+        node keeps serving), then install it and compact the log.  Runs on the manager thread
+        between two applies (the only thread that writes the state machine), so the child sees
+        a consistent state without any lock held and no client is paused."""
+        sm = self.sm
+        index = sm.last_applied
+        term = self.core.term_at(index)
+        if term is None:
+            return   # already covered by an installed snapshot
+        meta = SnapshotMeta(index, term, len(sm), sm.digest_hex())
+        tmp = self.storage.snapshot_path + f".tmp-{index}"
+        pid = os.fork()
+        if pid == 0:   # child: only this thread exists; close inherited sockets, write, leave
+            code = 1
+            try:
+                os.closerange(3, 1 << 16)
+                write_snapshot_file(tmp, meta, sm.items())
+                code = 0
+            finally:
+                os._exit(code)
         self.snapshot_child = pid
-        self.snapshot_done = threading.Event()
-        log.info("%s snapshot started at index %d (%d keys, writer pid %d)", node.node_id, index, meta.count, pid)
-        threading.Thread(target=self._reap_snapshot, args=(pid, tmp, meta, self.snapshot_done),
+        log.info("%s snapshot started at index %d (%d keys, writer pid %d)", self.node_id, index, meta.count, pid)
+        threading.Thread(target=self._reap_snapshot, args=(pid, tmp, meta),
                          daemon=True, name="snapshot-reaper").start()
 
-    def _reap_snapshot(self, pid: int, tmp: str, meta: SnapshotMeta, done: threading.Event) -> None:
-        node = self.node
+    def _reap_snapshot(self, pid: int, tmp: str, meta: SnapshotMeta) -> None:
         try:
             _, status = os.waitpid(pid, 0)
             code = os.waitstatus_to_exitcode(status)
             if code != 0:
-                log.error("%s snapshot writer failed (exit %d); keeping the log", node.node_id, code)
+                log.error("%s snapshot writer failed (exit %d); keeping the log", self.node_id, code)
                 return
-            if not node.storage.install_snapshot(tmp, meta):
+            if not self.storage.install_snapshot(tmp, meta):
                 return   # a newer snapshot (from the primary) got there first
-            with node.lock:
+            with self.raft_lock:
                 self.core.compacted(meta.last_index, meta.last_term)
-            node.storage.compact(meta.last_index)
-            log.info("%s snapshot taken at index %d term %d (%d keys)", node.node_id, meta.last_index,
+            self.storage.compact(meta.last_index)
+            log.info("%s snapshot taken at index %d term %d (%d keys)", self.node_id, meta.last_index,
                      meta.last_term, meta.count)
-        except OSError as e:
-            log.error("%s snapshot at index %d failed: %s", node.node_id, meta.last_index, e)
+        except (OSError, ValueError) as e:
+            log.error("%s snapshot at index %d failed: %s", self.node_id, meta.last_index, e)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-            with self.snapshot_lock:
-                self.snapshot_child = None
-            done.set()
+            self.snapshot_child = None
+            with self.changed:
+                self.changed.notify_all()
+            self.wake()   # a snapshot asked for meanwhile starts now
 
     def _start_snapshot_sender(self, m: dict) -> None:
         peer = m["to"]
         if peer in self.snapshot_senders or peer not in self.links:
             return
-        path = self.node.storage.snapshot_path
-        header = {"type": "SYNC", "from": self.node.node_id, "to": peer, "term": m["term"],
+        header = {"type": "SYNC", "from": self.node_id, "to": peer, "term": m["term"],
                   "last_index": m["last_index"], "last_term": m["last_term"]}
-        log.info("%s sending snapshot at index %d to %s", self.node.node_id, m["last_index"], peer)
-        sender = SnapshotSender(self.links[peer], path, header, self.stop_event,
+        log.info("%s sending snapshot at index %d to %s", self.node_id, m["last_index"], peer)
+        sender = SnapshotSender(self.links[peer], self.storage.snapshot_path, header, self.stop_event,
                                 on_finish=self._snapshot_sent)
         self.snapshot_senders[peer] = sender
         sender.start()
@@ -334,53 +586,18 @@ class ClusterManager(threading.Thread):
         if not ok:
             self.inbox.put(("snapshot_failed", peer))
 
-    def _on_sync_chunk(self, msg: dict, now: float) -> None:
-        """A chunk of a snapshot from the leader.  Caller holds node.lock.  The final chunk is
-        verified and then handed to the core as a SYNC step."""
-        if msg["term"] < self.core.current_term:
-            return
-        rx = self.sync_rx
-        key = (msg["from"], msg["term"], msg["last_index"])
-        if msg["offset"] == 0:
-            if rx is not None:
-                rx["file"].close()
-            path = self.node.storage.snapshot_path + ".recv"
-            rx = self.sync_rx = {"key": key, "file": open(path, "wb"), "path": path, "offset": 0}
-        elif rx is None or rx["key"] != key or rx["offset"] != msg["offset"]:
-            return   # out of order (a new transfer will start over)
-        data = base64.b64decode(msg["data"])
-        rx["file"].write(data)
-        rx["offset"] += len(data)
-        if not msg["done"]:
-            return
-        f = rx["file"]
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
-        self.sync_rx = None
-        try:
-            meta = verify_snapshot_file(rx["path"])
-        except StorageCorruption as e:
-            log.warning("%s discarded a damaged snapshot from %s: %s", self.node.node_id, msg["from"], e)
-            return
-        step = {k: v for k, v in msg.items() if k not in ("data", "offset", "done", "size")}
-        # the file may be newer than the SYNC that asked for it: the file's own meta is the truth
-        step.update(path=rx["path"], last_index=meta.last_index, last_term=meta.last_term)
-        self.core.step(step, now)
 
-    def _install_snapshot(self, snap: dict) -> None:
-        node = self.node
-        path = snap["msg"]["path"]
-        meta, items = node.storage.read_snapshot(path)
-        items = list(items)     # verifies the checksum before anything is replaced
-        if not node.storage.install_snapshot(path, meta):
-            raise RuntimeError(f"snapshot at {meta.last_index} from {snap['msg']['from']} is older "
-                               "than the installed one, but the core accepted it")
-        if snap["reset"]:
-            node.storage.reset_log(meta.last_index + 1)
-        else:
-            node.storage.compact(meta.last_index)
-        with node.store.lock:
-            node.store.restore(items, meta.last_index)
-        log.info("%s snapshot installed at index %d term %d (%d keys) from %s", node.node_id,
-                 meta.last_index, meta.last_term, meta.count, snap["msg"]["from"])
+def gc_freeze() -> None:
+    """Move every object alive now out of the cyclic collector's sight (gc.freeze).
+
+    A node's heap is mostly its store: millions of long-lived tuples and strings that never
+    form garbage cycles but that every full collection would traverse (100-650 ms at 1.4M
+    objects, longer than a heartbeat interval).  Freezing them after load and every few
+    seconds keeps each collection to what was allocated since.  Frozen objects are still freed
+    by reference counting; only a garbage *cycle* that was alive at a freeze stays allocated,
+    and the node's own objects (entries, store items, replies) form none."""
+    gc.collect(1)
+    gc.freeze()
+
+
+__all__ = ["ClusterManager", "Proposals", "Waiter", "gc_freeze", "CommandError"]

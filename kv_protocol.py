@@ -17,6 +17,8 @@ Layout (reading order):
     parse_frame     Frame -> command, by frame.proto
     encoders        encode_line, line_ok, line_error;  resp_simple, resp_error, resp_int, resp_bulk,
                     resp_array, resp_map, resp_null, RespRaw, resp_hello_reply
+    replies         CommandError (a failed request), Reply (a command's answer before encoding),
+                    Simple; encode_reply_line and encode_reply_resp: the one encoder per protocol
     values          value_to_resp_bytes, value_to_line_json, text_to_bytes, bytes_to_text
     glob            glob_match, compile_glob (Redis KEYS semantics, linear time, no regex blow-up)
 
@@ -87,6 +89,8 @@ __all__ = [
     "RESP_NULL_ARRAY", "value_to_resp_bytes", "value_to_line_json", "line_json_to_bytes",
     "text_to_bytes", "bytes_to_text",
     "glob_match", "compile_glob",
+    "CommandError", "Reply", "Simple", "REPLY_OK", "encode_reply_line", "encode_reply_resp",
+    "encode_resp_value",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -1419,3 +1423,117 @@ def compile_glob(pattern: str) -> Callable[[str], bool]:
 def glob_match(pattern: str, key: str) -> bool:
     """True if `key` matches the Redis glob `pattern` (see compile_glob)."""
     return compile_glob(pattern)(key)
+
+
+# --------------------------------------------------------------------------------------------
+# Replies: what a command returns, and the one encoder per protocol
+# --------------------------------------------------------------------------------------------
+# The RESP error word for each code (a Redis client recognises READONLY, NOAUTH, WRONGPASS ...).
+RESP_PREFIX = MappingProxyType({
+    NOT_PRIMARY: "READONLY", AUTH_REQUIRED: "NOAUTH", AUTH_FAILED: "WRONGPASS", TIMEOUT: "TIMEOUT",
+    NO_QUORUM: "NOQUORUM", TOO_LARGE: "ERR", BAD_REQUEST: "ERR", UNKNOWN_COMMAND: "ERR",
+    NOT_FOUND: "ERR"})
+
+
+class CommandError(Exception):
+    """A request failed: a stable `code`, a human `message`, and `definite` - True when the
+    operation certainly did not happen (NOT_PRIMARY, BAD_REQUEST, ...), False when it may have
+    (TIMEOUT, NO_QUORUM after append).  `fields` go into the line protocol's error object
+    (e.g. primary, primary_addr).  `resp_message`, when given, is the exact RESP error line."""
+
+    def __init__(self, code: str, message: str, definite: bool | None = None, *,
+                 resp_message: str | None = None, **fields):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.definite = (code not in INDEFINITE_CODES) if definite is None else definite
+        self.resp_message = resp_message
+        self.fields = fields
+
+    def line(self) -> dict:
+        d = {"status": "ERROR", "code": self.code, "message": self.message, "definite": self.definite}
+        d.update(self.fields)
+        return d
+
+    def resp(self) -> bytes:
+        if self.resp_message is not None:
+            return resp_error(self.resp_message)
+        prefix = RESP_PREFIX.get(self.code, "ERR")
+        msg = self.message
+        if self.code == NOT_PRIMARY:
+            msg = "You can't write against a read only replica. " + msg
+        if prefix == "ERR":
+            return resp_error(msg)   # adds "ERR " unless msg already starts with an error word
+        return resp_error(f"{prefix} {msg}")
+
+
+class Simple(str):
+    """A RESP simple string (+OK): a str that encode_resp_value must not send as a bulk."""
+    __slots__ = ()
+
+
+class Reply:
+    """A command's answer, before it is encoded for one protocol.
+
+    resp   the RESP value: Simple -> +simple, bytes/str -> bulk, int/bool -> integer,
+           None -> null, list/tuple -> array, dict -> map, RespRaw -> inserted as is,
+           CommandError -> an error (inside an array too)
+    line   the line protocol's fields besides "status": "OK": a dict, None for just the
+           status, or a zero-argument callable returning the dict (computed only for a line
+           client, so a RESP answer never pays for it)
+    """
+    __slots__ = ("resp", "line")
+
+    def __init__(self, resp: Any = None, line: Any = None):
+        self.resp = resp
+        self.line = line
+
+
+REPLY_OK = Reply(Simple("OK"))
+
+
+def encode_resp_value(v: Any, proto: int = 2) -> bytes:
+    """One RESP value (see Reply.resp) as bytes."""
+    t = type(v)
+    if t is Simple:
+        return RESP_OK if v == "OK" else resp_simple(v)
+    if t is bytes or t is str:
+        return resp_bulk(v)
+    if t is int:
+        return b":%d\r\n" % v
+    if v is None:
+        return RESP3_NULL if proto == 3 else RESP_NULL
+    if isinstance(v, CommandError):
+        return v.resp()
+    if t is bool:
+        return RESP_ONE if v else RESP_ZERO
+    if t is list or t is tuple:
+        return b"*%d\r\n" % len(v) + b"".join(encode_resp_value(x, proto) for x in v)
+    if t is dict:
+        out = [(b"%%%d\r\n" if proto == 3 else b"*%d\r\n") % (len(v) * (1 if proto == 3 else 2))]
+        for k, x in v.items():
+            out.append(encode_resp_value(k, proto))
+            out.append(encode_resp_value(x, proto))
+        return b"".join(out)
+    if isinstance(v, RespRaw):
+        return bytes(v)
+    raise TypeError(f"cannot encode {t.__name__} as RESP")
+
+
+def encode_reply_resp(r: Reply, proto: int = 2) -> bytes:
+    """The RESP encoder: a Reply or a CommandError as the bytes of one RESP answer."""
+    if type(r) is CommandError:
+        return r.resp()
+    return encode_resp_value(r.resp, proto)
+
+
+def encode_reply_line(r: Reply) -> bytes:
+    """The line-protocol encoder: a Reply or a CommandError as one JSON line."""
+    if type(r) is CommandError:
+        return encode_line(r.line())
+    fields = r.line
+    if fields is None:
+        return LINE_OK
+    if callable(fields):
+        fields = fields()
+    return encode_line({"status": "OK", **fields})

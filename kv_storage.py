@@ -179,6 +179,10 @@ class ReplicationLog:
     Wire form (list, JSON-serialisable, also the WAL payload):
         [index, term, op, key, value]                   kind "json"
         [index, term, op, key, base64(value), "bytes"]  kind "bytes"
+
+    payload() is that list encoded once (compact ASCII JSON, one line) and cached: the WAL
+    record and the REPLICATE message carry the same bytes, and a follower keeps the bytes it
+    received (from_payload) for its own WAL instead of encoding the entry again.
     """
     index: int
     term: int
@@ -186,6 +190,20 @@ class ReplicationLog:
     key: str | None = None
     value: Any = None
     kind: str = "json"
+    _payload: bytes | None = field(default=None, repr=False, compare=False)
+
+    def payload(self) -> bytes:
+        p = self._payload
+        if p is None:
+            p = self._payload = _dumps(self.to_wire()).encode()
+        return p
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> "ReplicationLog":
+        """Decode one payload() (raises ValueError on a malformed one) and keep its bytes."""
+        e = cls.from_wire(_loads(payload))
+        e._payload = bytes(payload)
+        return e
 
     def to_wire(self) -> list:
         if self.kind == "json":
@@ -222,7 +240,7 @@ class ReplicationLog:
 
 def encode_record(entry: ReplicationLog) -> bytes:
     """One WAL record: 4-byte big-endian payload length, 4-byte CRC32 of payload, payload."""
-    payload = _dumps(entry.to_wire()).encode()
+    payload = entry.payload()
     return _HEADER.pack(len(payload), _crc32(payload)) + payload
 
 

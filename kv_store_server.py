@@ -9,22 +9,46 @@ Layout (reading order):
     ReplicationLog          a log entry (index, term, op, key, value), defined in kv_storage
     KeyValueStore           the dict, its incremental digest, apply(entry), snapshot/restore
     ClusterManager          (kv_cluster.py) the thread that drives the Raft core (kv_raft.RaftCore):
-                            receive -> step -> persist -> send -> apply; peer links, snapshots
-    KVNode                  one node: store + storage + core + manager; executes commands
+                            receive -> step -> handle_ready (persist, send, apply); proposals,
+                            peer links, snapshots
+    KVNode                  one node: recovery, then the facade the connection handlers use
     TCPServer               socketserver.ThreadingTCPServer; one handler thread per connection
     main()                  command line
 
 Write path (no client answer comes before its last step):
-    client SET -> KVNode.write -> core.propose (append in memory) -> ClusterManager persists the
-    batch with one fsync (group commit) and sends REPLICATE -> followers persist and answer ->
-    a majority holds it durable -> commit -> apply to KeyValueStore -> answer the client.
-Read path: a GET is served from the primary's store only while core.read_ok() holds (a lease
-shorter than the election timeout, renewed by a majority's acknowledgements) and the store has
-applied everything up to the start of the primary's term.
+    client SET -> KVNode.submit -> ClusterManager.propose (core.propose appends in memory and
+    registers a waiter, under raft_lock) -> the manager thread sends REPLICATE (the entry's bytes
+    encoded once, for the WAL and every follower) and appends + fsyncs its own copy (group
+    commit: one fsync a batch) -> followers persist and answer -> a majority holds it durable ->
+    commit -> apply to KeyValueStore -> the waiter is released -> answer the client.
+Read path: a GET is served from the primary's store only while its lease holds (a majority
+acknowledged it within 0.8 x the election timeout: no other primary can be elected before that
+ends) and the store has applied everything up to the start of the primary's term.  The check
+is lock-free: a few attribute reads.
 
-Modules: kv_protocol (framing, parsing, encoding), kv_storage (WAL, snapshots, term/vote),
-kv_raft (consensus rules), kv_cluster (ClusterManager), kv_transport (peer links, snapshot
-streaming), kv_handler (per-connection command execution).
+Threads and locks
+    main thread         serve_forever(): accepts connections
+    handler threads     one per connection (kv_handler.ConnectionHandler), clients and peers:
+                        client threads propose and wait; peer threads decode messages and put
+                        them in the manager's inbox
+    cluster-manager     the only thread that steps the core, persists, sends and applies
+    peer-<id>           one per peer (kv_transport.PeerLink): connects and writes messages
+    sync-<id>           streams a snapshot to a follower while one is needed
+    snapshot-reaper     waits for a forked snapshot writer, then installs its file
+    wal-flusher         kv_storage's once-a-second fsync under --fsync everysec
+  raft_lock (RLock)     the Raft core and the Proposals (waiters by index).  Held briefly: to
+                        propose, to step/tick/ready, to note persisted indexes and status.
+  store.lock            pairs (last_applied, digest, data) for apply/restore and consistent reads
+                        of all three; single-key reads need no lock (one dict operation).
+  storage locks         kv_storage.LogStorage's own (append, group-commit fsync).
+  changed (Condition)   wakes threads waiting for a role, commit or snapshot change.
+  clients_lock          the connection count behind --max-clients.
+  Lock order: raft_lock, then store.lock, then the storage's locks.  No lock is held while
+  waiting for a commit, for the network or for an fsync of the WAL.
+
+Modules: kv_protocol (framing, parsing, replies and their encoders), kv_storage (WAL,
+snapshots, term/vote), kv_raft (consensus rules), kv_cluster (ClusterManager), kv_transport
+(peer links, snapshot streaming), kv_handler (commands and the connection handler).
 """
 
 from __future__ import annotations
@@ -45,10 +69,11 @@ import time
 from dataclasses import dataclass
 
 import kv_protocol as P
-from kv_raft import CANDIDATE, LEADER, NotLeader, RaftCore
+from kv_raft import CANDIDATE, LEADER, RaftCore
 from kv_storage import LogStorage, ReplicationLog, StorageCorruption
-from kv_cluster import ClusterManager, Waiter
-from kv_handler import CommandError, ConnectionHandler
+from kv_cluster import ClusterManager, Waiter, gc_freeze
+from kv_handler import ConnectionHandler
+from kv_protocol import CommandError
 
 __all__ = ["NodeRole", "NodeInfo", "ReplicationLog", "KeyValueStore", "ClusterManager", "KVNode",
            "TCPServer", "main"]
@@ -134,22 +159,29 @@ class KeyValueStore:
         """(kind, value) or None when the key is missing (a stored JSON null is ("json", None))."""
         return self.data.get(key)
 
-    def restore(self, items, last_applied: int) -> None:
-        """Replace the whole state with (key, kind, value) items."""
+    def restore(self, items, last_applied: int, digest: str | None = None) -> None:
+        """Replace the whole state with (key, kind, value) items.  `digest` (hex) is the digest
+        the snapshot recorded for exactly these items: given, it is trusted (the snapshot's CRC
+        already vouches for the bytes) and no item is hashed again; None recomputes it."""
         data = {}
-        digest = 0
-        h = self.item_hash
         gc_was_on = gc.isenabled()
         gc.disable()   # millions of new tuples would trigger needless full collections
         try:
-            for key, kind, value in items:
-                data[key] = (kind, value)
-                digest = (digest + h(key, kind, value)) & _MASK64
+            if digest is not None:
+                for key, kind, value in items:
+                    data[key] = (kind, value)
+                total = int(digest, 16)
+            else:
+                total = 0
+                h = self.item_hash
+                for key, kind, value in items:
+                    data[key] = (kind, value)
+                    total = (total + h(key, kind, value)) & _MASK64
         finally:
             if gc_was_on:
                 gc.enable()
         self.data = data
-        self.digest = digest
+        self.digest = total
         self.last_applied = last_applied
 
     def items(self):
@@ -166,28 +198,28 @@ class KeyValueStore:
 # ---------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------
 class KVNode:
-    """One node: store, storage, consensus core, cluster manager, and command execution.
+    """One node: recovers its state, builds the ClusterManager, and is the facade connection
+    handlers use.  Handlers never reach past it.
 
-    Callers (connection handlers) use write(), read_ok(), status(), info(), shutdown().
+    Callers use:
+      writes     submit(op, key, value, kind) -> waiter, wait(waiter), write(...) (both)
+      reads      get(key), exists(keys), keys(pattern), size(), read(fn): linearizable, served
+                 only while the primary's lease holds (CommandError otherwise)
+      node       role, status(), snapshot(), flush(), transfer(target), shutdown(),
+                 not_primary(), member_addr(id), peer_ids, config (the parsed flags), port
+      peers      deliver(msg)
     Invariant: a write is answered OK only after its entry was applied at the index and term it
     was proposed with (so it is committed on a majority).
     """
 
     def __init__(self, args: argparse.Namespace, members: dict[str, NodeInfo]):
-        self.args = args
+        self.config = args
         self.node_id = args.node_id
         self.info = members[self.node_id]
-        self.peers = {k: v for k, v in members.items() if k != self.node_id}
+        self.port = self.info.port
         self.members = members
-        self.requirepass = args.requirepass
-        self.cluster_secret = args.cluster_secret
-        self.request_timeout = args.request_timeout
-        self.snapshot_threshold = args.snapshot_threshold
-        self.max_clients = args.max_clients
-        self.max_request_bytes = args.max_request_bytes
-        self.lock = threading.RLock()
-        self.cond = threading.Condition(threading.Lock())
-        self.waiters: dict[int, Waiter] = {}
+        self.peer_ids = frozenset(k for k in members if k != self.node_id)
+        self.raft_lock = threading.RLock()
         self.store = KeyValueStore()
         self.started = time.time()
         self.clients = 0
@@ -206,16 +238,23 @@ class KVNode:
         snap_index = snap_term = 0
         if rec.snapshot_meta is not None:
             meta, items = self.storage.read_snapshot()
-            self.store.restore(items, meta.last_index)
+            self.store.restore(items, meta.last_index, meta.digest)
             snap_index, snap_term = meta.last_index, meta.last_term
-        self.core = RaftCore(self.node_id, list(self.peers), heartbeat_interval=args.heartbeat_interval,
+        self.core = RaftCore(self.node_id, sorted(self.peer_ids), heartbeat_interval=args.heartbeat_interval,
                              election_timeout=args.election_timeout, now=time.monotonic(),
                              term=rec.term, voted_for=rec.voted_for, entries=rec.entries,
                              snapshot_index=snap_index, snapshot_term=snap_term,
-                             start_election=args.primary or not self.peers)
+                             start_election=args.primary or not self.peer_ids)
+        del rec
+        gc_freeze()   # the recovered store is long-lived: keep it out of every collection
         log.info("%s recovered in %.2fs: term %d, snapshot at %d (%d keys), %d log entries after it",
-                 self.node_id, time.monotonic() - t0, rec.term, snap_index, len(self.store), len(rec.entries))
-        self.manager = ClusterManager(self)
+                 self.node_id, time.monotonic() - t0, self.core.current_term, snap_index, len(self.store),
+                 self.core.last_index - snap_index)
+        peers = {pid: (members[pid].host, members[pid].port) for pid in self.peer_ids}
+        self.manager = ClusterManager(self.node_id, self.core, self.storage, self.store, peers,
+                                      raft_lock=self.raft_lock, secret=args.cluster_secret,
+                                      snapshot_threshold=args.snapshot_threshold,
+                                      request_timeout=args.request_timeout, on_fatal=self.fatal)
 
     # -- lifecycle
     def start(self) -> None:
@@ -223,7 +262,6 @@ class KVNode:
 
     def fatal(self, why: str) -> None:
         log.critical("%s fatal: %s", self.node_id, why)
-        self.fail_all_waiters("TIMEOUT", f"node failed: {why}", definite=False)
         os._exit(3)
 
     def shutdown(self, transfer: bool = True) -> None:
@@ -231,8 +269,8 @@ class KVNode:
         if self.stopping.is_set():
             return
         self.stopping.set()
-        if transfer and self.peers:
-            target = self.transfer(None, timeout=2 * self.core.election_timeout)
+        if transfer and self.peer_ids:
+            target = self.manager.transfer(None, timeout=2 * self.core.election_timeout)
             if target:
                 log.info("%s handed leadership to %s before shutting down", self.node_id, target)
         self.manager.stop()
@@ -245,158 +283,89 @@ class KVNode:
         if self.server is not None:
             threading.Thread(target=self.server.shutdown, daemon=True).start()
 
-    def transfer(self, target: str | None, timeout: float) -> str | None:
-        """Planned leadership transfer; returns the new primary's id, or None if we were not
-        primary or it did not happen in time."""
-        with self.lock:
-            if self.core.role != LEADER:
-                return None
-            self.core.transfer_leadership(target, time.monotonic())
-        self.manager.wake()
-        deadline = time.monotonic() + timeout
-        with self.cond:   # done once another node leads and we heard from it
-            while time.monotonic() < deadline:
-                leader = self.core.leader_id
-                if self.core.role != LEADER and leader is not None and leader != self.node_id:
-                    return leader
-                self.cond.wait(timeout=0.05)
-        return None
+    # -- the facade: node
+    @property
+    def role(self) -> str:
+        r = self.core.role
+        return "primary" if r == LEADER else "candidate" if r == CANDIDATE else "secondary"
 
-    # -- waiters
-    def state_changed(self) -> None:
-        with self.cond:
-            self.cond.notify_all()
+    def member_addr(self, node_id: str | None) -> str | None:
+        m = self.members.get(node_id)
+        return m.addr if m is not None else None
 
-    def apply_committed(self, entries: list) -> None:
-        store = self.store
-        waiters = self.waiters
-        done = []
-        with store.lock:
-            for e in entries:
-                result = store.apply(e)
-                w = waiters.pop(e.index, None) if waiters else None
-                if w is not None:
-                    if w.term == e.term:
-                        w.result = result
-                    else:
-                        w.error = ("NOT_PRIMARY", "This node lost leadership and the new primary "
-                                   "replaced the write: it was not applied", True)
-                    done.append(w)
-        for w in done:
-            w.set()
-        self.state_changed()
-
-    def fail_waiters_from(self, index: int) -> None:
-        with self.lock:
-            gone = [i for i in self.waiters if i >= index]
-            ws = [self.waiters.pop(i) for i in gone]
-        for w in ws:
-            w.error = ("NOT_PRIMARY", "This node lost leadership and the write was discarded: "
-                       "it was not applied", True)
-            w.set()
-
-    def fail_all_waiters(self, code: str, message: str, definite: bool) -> None:
-        with self.lock:
-            ws = list(self.waiters.values())
-            self.waiters.clear()
-        for w in ws:
-            w.error = (code, message, definite)
-            w.set()
-
-    # -- commands
     def not_primary(self, message: str = "This node is not primary") -> CommandError:
-        leader = self.core.leader_id
-        if leader == self.node_id:
-            leader = None
-        addr = self.members[leader].addr if leader in self.members else None
-        if addr:
-            message += f"; primary is {leader} at {addr}"
-        return CommandError("NOT_PRIMARY", message, primary=leader, primary_addr=addr)
+        return self.manager.not_primary(message)
 
-    def write(self, op: str, key: str, value, kind: str):
-        """Replicate one write; returns the apply result or raises CommandError."""
-        return self.wait(self.submit(op, key, value, kind))
+    def transfer(self, target: str | None) -> str | None:
+        """Planned leadership transfer; the new primary's id, or None if it did not happen."""
+        return self.manager.transfer(target, timeout=3 * self.core.election_timeout)
 
-    def submit(self, op: str, key: str, value, kind: str) -> Waiter:
+    def snapshot(self) -> int:
+        """Take a snapshot now and wait for it; returns its index."""
+        return self.manager.take_snapshot(wait=True)
+
+    def flush(self) -> None:
+        self.storage.sync(force=True)
+
+    def deliver(self, msg: dict) -> None:
+        self.manager.deliver(msg)
+
+    # -- the facade: writes
+    def submit(self, op: str, key, value, kind: str) -> Waiter:
         """Propose one write without waiting (pipelined clients submit a batch, then wait)."""
-        with self.lock:
-            core = self.core
-            if core.role != LEADER:
-                raise self.not_primary()
-            now = time.monotonic()
-            if not core.has_quorum(now):
-                raise CommandError("NO_QUORUM", "The primary cannot reach a majority of the cluster; "
-                                   "the write was not accepted", definite=True)
-            try:
-                entry = core.propose(op, key, value, kind, now)
-            except NotLeader as e:
-                raise self.not_primary() from e
-            w = Waiter(entry.index, entry.term)
-            self.waiters[entry.index] = w
-        self.manager.wake()
-        return w
+        return self.manager.propose(op, key, value, kind)
 
     def wait(self, w: Waiter):
-        """Wait for a submitted write to be applied; returns its result or raises CommandError."""
-        if not w.wait(self.request_timeout):
-            with self.lock:
-                self.waiters.pop(w.index, None)
-            if not w.done:   # (else it was resolved while we gave up: report that)
-                raise CommandError("TIMEOUT", f"The write was not committed within {self.request_timeout}s; "
-                                   "it may or may not be applied", definite=False)
-        if w.error is not None:
-            code, message, definite = w.error
-            if code == "NOT_PRIMARY":
-                raise self.not_primary(message)
-            raise CommandError(code, message, definite=definite)
-        return w.result
+        """The apply result of a submitted write, or CommandError."""
+        return self.manager.wait(w)
 
-    def read_barrier(self) -> None:
-        """Return when a read from the local store is linearizable; raise otherwise."""
-        core = self.core
-        deadline = None
-        while True:
-            with self.lock:
-                if core.role != LEADER:
-                    raise self.not_primary()
-                now = time.monotonic()
-                if core.read_ok(now) and self.store.last_applied >= core.term_start_index:
-                    return
-            if deadline is None:
-                deadline = now + core.election_timeout
-            elif now >= deadline:
-                raise CommandError("NO_QUORUM", "The primary cannot confirm its leadership with a "
-                                   "majority; the read was not served", definite=True)
-            with self.cond:
-                self.cond.wait(timeout=0.01)
+    def write(self, op: str, key, value, kind: str):
+        """Replicate one write; returns the apply result or raises CommandError."""
+        m = self.manager
+        return m.wait(m.propose(op, key, value, kind))
+
+    # -- the facade: linearizable reads
+    def _barrier(self) -> None:
+        if self.stopping.is_set():
+            raise self.not_primary("This node is shutting down")
+        if not self.manager.read_ok():
+            self.manager.read_barrier()
+
+    def get(self, key: str):
+        """(kind, value), or None when the key is missing."""
+        self._barrier()
+        return self.store.data.get(key)
+
+    def exists(self, keys) -> int:
+        self._barrier()
+        data = self.store.data
+        return sum(1 for k in keys if k in data)
+
+    def keys(self, pattern: str = "*") -> list:
+        self._barrier()
+        keys = [k for k in list(self.store.data) if pattern == "*" or P.glob_match(pattern, k)]
+        keys.sort()
+        return keys
+
+    def size(self) -> int:
+        self._barrier()
+        return len(self.store)
+
+    def read(self, fn):
+        """fn(store) under a linearizable read barrier (for reads the methods above lack)."""
+        self._barrier()
+        return fn(self.store)
 
     def status(self) -> dict:
-        with self.lock:
-            core = self.core
-            role = {LEADER: "primary", CANDIDATE: "candidate"}.get(core.role, "secondary")
-            leader = core.leader_id
-            peers = {}
-            for pid, info in self.peers.items():
-                pr = core.progress.get(pid) if core.role == LEADER else None
-                link = self.manager.links[pid]
-                d = {"addr": info.addr, "reachable": link.connected}
-                if pr is not None:
-                    d["match_index"] = pr.match_index
-                    d["lag"] = max(0, core.last_index - pr.match_index)
-                else:
-                    d["match_index"] = None
-                    d["lag"] = None
-                peers[pid] = d
-            with self.store.lock:
-                applied, digest, nkeys = self.store.last_applied, self.store.digest_hex(), len(self.store)
-            return {
-                "status": "OK", "node_id": self.node_id, "role": role, "election_term": core.current_term,
-                "primary": leader, "primary_addr": self.members[leader].addr if leader in self.members else None,
-                "commit_index": core.commit_index, "last_applied": applied, "last_log_index": core.last_index,
-                "snapshot_index": core.snapshot_index, "keys": nkeys, "digest": digest, "peers": peers,
-                "pid": os.getpid(), "uptime": round(time.time() - self.started, 3), "fsync": self.args.fsync,
-                "address": self.info.addr, "voted_for": core.voted_for, "clients": self.clients,
-            }
+        d = self.manager.status_fields()
+        with self.store.lock:
+            applied, digest, nkeys = self.store.last_applied, self.store.digest_hex(), len(self.store)
+        if d["primary"] == self.node_id:
+            d["primary_addr"] = self.info.addr
+        d.update(last_applied=applied, keys=nkeys, digest=digest, pid=os.getpid(),
+                 uptime=round(time.time() - self.started, 3), fsync=self.config.fsync,
+                 address=self.info.addr, clients=self.clients)
+        return {"status": "OK", "node_id": self.node_id, "role": d.pop("role"), **d}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,12 +381,12 @@ class TCPServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, node: KVNode):
         self.node = node
-        super().__init__((node.args.host, node.info.port), ConnectionHandler)
+        super().__init__((node.config.host, node.port), ConnectionHandler)
 
     def process_request(self, request, client_address):
         node = self.node
         with node.clients_lock:
-            if node.clients >= node.max_clients:
+            if node.clients >= node.config.max_clients:
                 over = True
             else:
                 node.clients += 1
@@ -564,7 +533,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     node.start()
-    mode = "standalone" if not node.peers else f"cluster of {len(members)}"
+    mode = "standalone" if not node.peer_ids else f"cluster of {len(members)}"
     log.info("%s listening on %s:%d (%s, fsync %s, data dir %s)", node.node_id, args.host, args.port,
              mode, args.fsync, args.data_dir)
     server.serve_forever(poll_interval=0.1)

@@ -2,10 +2,11 @@
 
 Layout:
     handshake_proof()   HMAC proof a peer sends to show it knows --cluster-secret
-    encode_message()    Raft message dict -> one JSON line (entries in wire form)
-    decode_message()    one JSON dict from the wire -> Raft message dict (entries as ReplicationLog)
+    encode_message()    Raft message dict -> bytes: one JSON line, then a REPLICATE's entries
+    decode_message()    one JSON dict from the wire -> Raft message dict
     PeerLink            one thread per peer: connects, shakes hands, sends queued messages in batches
     SnapshotSender      streams snapshot.dat to one follower as SYNC chunk messages
+    SyncReceiver        the follower's side: writes the chunks, verifies the file, yields the step
 
 Wire format (same port as clients, line protocol): every internal message is one JSON object per
 line with "type", "from", "to" and "term".  A connection becomes a peer connection with
@@ -14,11 +15,21 @@ line with "type", "from", "to" and "term".  A connection becomes a peer connecti
     -> {"type": "PROOF", "proof": hmac_sha256(secret, nonce|from|to)}
     <- {"type": "WELCOME"}            (or an error line, and the connection is closed)
 after which the sender only writes; answers travel on the receiver's own outbound link.
+
+A REPLICATE carries its entries after its own line: {"type": "REPLICATE", ..., "n": K} is
+followed by K lines, each one entry's payload exactly as the WAL stores it
+(ReplicationLog.payload()).  The leader encodes an entry once for its WAL and every follower;
+a follower keeps the bytes it read for its own WAL.
+
+Failure detection: a link that was up and breaks, and whose reconnect is then *refused*,
+reports on_dead(peer): no process listens on the peer's port (kill -9, crash).  A timeout or an
+unreachable host reports nothing beyond on_down: silence is left to the election timeout.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import hmac
 import json
@@ -30,7 +41,7 @@ import socket
 import threading
 import time
 
-from kv_storage import ReplicationLog
+from kv_storage import ReplicationLog, StorageCorruption, verify_snapshot_file
 
 log = logging.getLogger("kvstore")
 
@@ -47,25 +58,44 @@ def handshake_proof(secret: str | None, nonce: str, sender: str, receiver: str) 
     return hmac.new(key, f"{nonce}|{sender}|{receiver}".encode(), hashlib.sha256).hexdigest()
 
 
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def encode_message(msg: dict) -> bytes:
-    entries = msg.get("entries")
-    if entries:
-        msg = dict(msg)
-        msg["entries"] = [e.to_wire() for e in entries]
-    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+    """One internal message as bytes; a REPLICATE's entries follow as one payload line each."""
+    if msg["type"] != "REPLICATE":
+        return _encode_json(msg).encode() + b"\n"
+    entries = msg["entries"]
+    head = {k: v for k, v in msg.items() if k != "entries"}
+    head["n"] = len(entries)
+    parts = [_encode_json(head).encode()]
+    parts.extend(e.payload() for e in entries)
+    parts.append(b"")
+    return b"\n".join(parts)
+
+
+MAX_ENTRY_LINES = 1 << 16    # entries one REPLICATE may announce
 
 
 def decode_message(msg: dict) -> dict:
-    """Validate the shape of an internal message and turn wire entries into ReplicationLog.
-    Raises ValueError with a readable reason."""
+    """Validate the shape of an internal message.  A REPLICATE's "n" (the count of entry lines
+    that follow it) is checked; the caller reads those lines with decode_entry().  Raises
+    ValueError with a readable reason."""
     t = msg.get("type")
     if t not in INTERNAL_TYPES:
         raise ValueError(f"unknown internal message type {t!r}")
     if not isinstance(msg.get("from"), str) or not isinstance(msg.get("term"), int):
         raise ValueError("internal message needs string 'from' and integer 'term'")
     if t == "REPLICATE":
-        msg["entries"] = [ReplicationLog.from_wire(w) for w in msg.get("entries") or ()]
+        n = msg.get("n")
+        if type(n) is not int or not 0 <= n <= MAX_ENTRY_LINES:
+            raise ValueError(f"REPLICATE needs an entry count 'n' in 0..{MAX_ENTRY_LINES}, got {n!r:.40}")
     return msg
+
+
+def decode_entry(line: bytes) -> ReplicationLog:
+    """One entry line of a REPLICATE; raises ValueError on a malformed one."""
+    return ReplicationLog.from_payload(line)
 
 
 class PeerLink(threading.Thread):
@@ -73,11 +103,13 @@ class PeerLink(threading.Thread):
 
     Callers use send(msg) (never blocks) and `connected`.  Messages queued while the link is down
     are dropped (Raft re-sends what matters); on_down(peer) is called so the core can fall back to
-    probing.  Invariant: at most MAX_QUEUED messages wait; a peer that cannot keep up is reset.
+    probing, and on_dead(peer) when the first reconnect after a break is refused (the peer's
+    process is gone).  Invariant: at most MAX_QUEUED messages wait; a peer that cannot keep up
+    is reset.
     """
 
     def __init__(self, node_id: str, peer_id: str, addr: tuple[str, int], secret: str | None,
-                 on_down, on_up, stop_event: threading.Event):
+                 on_down, on_up, stop_event: threading.Event, on_dead=None):
         super().__init__(name=f"peer-{peer_id}", daemon=True)
         self.node_id = node_id
         self.peer_id = peer_id
@@ -85,6 +117,7 @@ class PeerLink(threading.Thread):
         self.secret = secret
         self.on_down = on_down
         self.on_up = on_up
+        self.on_dead = on_dead
         self.stop_event = stop_event
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.connected = False
@@ -127,6 +160,7 @@ class PeerLink(threading.Thread):
         return s
 
     def run(self) -> None:
+        just_broke = False
         while not self.stop_event.is_set():
             try:
                 self.sock = self._connect()
@@ -134,8 +168,13 @@ class PeerLink(threading.Thread):
                 self._failures += 1
                 if self._failures == 1:
                     log.debug("%s cannot reach %s at %s:%s: %s", self.node_id, self.peer_id, *self.addr, e)
+                if just_broke and self.on_dead is not None and \
+                        isinstance(e, OSError) and e.errno == errno.ECONNREFUSED:
+                    self.on_dead(self.peer_id)
+                just_broke = False
                 self.stop_event.wait(min(0.02 * self._failures, 0.1))
                 continue
+            just_broke = False
             self._failures = 0
             self.connected = True
             self.on_up(self.peer_id)
@@ -153,6 +192,7 @@ class PeerLink(threading.Thread):
                 self._drain()
                 if not self.stop_event.is_set():
                     self.on_down(self.peer_id)
+                    just_broke = True
 
     def _drain(self) -> None:
         while True:
@@ -230,3 +270,46 @@ class SnapshotSender(threading.Thread):
             log.warning("%s could not stream snapshot to %s: %s", self.header["from"], self.link.peer_id, e)
         finally:
             self.on_finish(self.link.peer_id, ok)
+
+
+class SyncReceiver:
+    """A follower's half of a snapshot transfer: SYNC chunks in order into `path`, then a
+    verified file.  Manager thread only.  A chunk out of order, from another transfer or of an
+    older term is ignored (the leader starts over)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._key = None
+        self._file = None
+        self._offset = 0
+
+    def chunk(self, msg: dict, current_term: int) -> dict | None:
+        """Take one SYNC chunk; returns the SYNC step for the core once the whole file arrived
+        and verified (its own meta is the truth: it may be newer than the SYNC that asked)."""
+        if msg["term"] < current_term:
+            return None
+        key = (msg["from"], msg["term"], msg["last_index"])
+        if msg["offset"] == 0:
+            if self._file is not None:
+                self._file.close()
+            self._file = open(self.path, "wb")
+            self._key, self._offset = key, 0
+        elif self._file is None or self._key != key or self._offset != msg["offset"]:
+            return None
+        data = base64.b64decode(msg["data"])
+        self._file.write(data)
+        self._offset += len(data)
+        if not msg["done"]:
+            return None
+        f, self._file = self._file, None
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        try:
+            meta = verify_snapshot_file(self.path)
+        except StorageCorruption as e:
+            log.warning("discarded a damaged snapshot from %s: %s", msg["from"], e)
+            return None
+        step = {k: v for k, v in msg.items() if k not in ("data", "offset", "done", "size")}
+        step.update(path=self.path, last_index=meta.last_index, last_term=meta.last_term)
+        return step
