@@ -47,19 +47,31 @@ _DISCARDED = ("NOT_PRIMARY", "This node lost leadership and the write was discar
 class Waiter:
     """A client thread waiting for its entry to be applied.
 
-    set() is called exactly once, by whoever removed the waiter from Proposals (that is what
-    makes it once).  A pre-acquired lock is the signal: releasing it costs far less than an
-    Event on the apply path, which wakes one waiter per applied write."""
-    __slots__ = ("index", "term", "result", "error", "done", "_lock")
+    Whoever removes the waiter from Proposals (that is what makes it once) publishes the
+    outcome and completes it: complete() calls on_done(waiter) when the proposer gave one (the
+    client's answer is sent from there, by the thread that resolved the batch, and on_done
+    calls set() once the answer is out), else set() wakes the thread blocked in wait().  A
+    pre-acquired lock is the signal: releasing it costs far less than an Event.
+    `deadline` (monotonic) is when the manager answers TIMEOUT if it is still unresolved."""
+    __slots__ = ("index", "term", "result", "error", "done", "deadline", "on_done", "_lock")
 
-    def __init__(self, index: int, term: int):
+    def __init__(self, index: int, term: int, deadline: float = float("inf"), on_done=None):
         self.index = index
         self.term = term
         self.result = None
         self.error: tuple[str, str, bool] | None = None   # (code, message, definite)
         self.done = False
+        self.deadline = deadline
+        self.on_done = on_done
         self._lock = threading.Lock()
         self._lock.acquire()
+
+    def complete(self) -> None:
+        """Result/error are assigned: hand the outcome on (on_done, or wake the waiter)."""
+        if self.on_done is not None:
+            self.on_done(self)
+        else:
+            self.set()
 
     def set(self) -> None:
         """Publish result/error (assigned before this call) and wake the waiting thread."""
@@ -86,14 +98,15 @@ class Proposals:
         self.lock = lock
         self.waiters: dict[int, Waiter] = {}
 
-    def add(self, entry) -> Waiter:
+    def add(self, entry, deadline: float, on_done=None) -> Waiter:
         """Caller holds lock."""
-        w = Waiter(entry.index, entry.term)
+        w = Waiter(entry.index, entry.term, deadline, on_done)
         self.waiters[entry.index] = w
         return w
 
     def resolve(self, entries: list, results: list) -> None:
-        """Entries were applied with these results: answer their waiters (one lock round)."""
+        """Entries were applied with these results: answer their waiters (one lock round for
+        the batch; the answers go out from this thread)."""
         waiters = self.waiters
         if not waiters:
             return
@@ -104,7 +117,7 @@ class Proposals:
                 w.result = r
             else:   # another leader's entry took the index
                 w.error = _LOST_LEADERSHIP
-            w.set()
+            w.complete()
 
     def fail_from(self, index: int) -> None:
         """The log was truncated from index: those writes were never committed (definite)."""
@@ -112,7 +125,7 @@ class Proposals:
             gone = [self.waiters.pop(i) for i in [i for i in self.waiters if i >= index]]
         for w in gone:
             w.error = _DISCARDED
-            w.set()
+            w.complete()
 
     def fail_all(self, code: str, message: str, definite: bool) -> None:
         with self.lock:
@@ -120,7 +133,25 @@ class Proposals:
             self.waiters.clear()
         for w in gone:
             w.error = (code, message, definite)
-            w.set()
+            w.complete()
+
+    def expire(self, now: float, timeout: float) -> None:
+        """Answer TIMEOUT (indefinite: the entry may still commit) to waiters past their
+        deadline.  Waiters are kept in proposal order, so only the oldest need looking at."""
+        waiters = self.waiters
+        if not waiters:
+            return
+        with self.lock:
+            late = []
+            for i, w in waiters.items():
+                if w.deadline > now:
+                    break
+                late.append(i)
+            gone = [waiters.pop(i) for i in late]
+        for w in gone:
+            w.error = ("TIMEOUT", f"The write was not committed within {timeout}s; it may or may not "
+                       "be applied", False)
+            w.complete()
 
     def abandon(self, w: Waiter) -> bool:
         """The client gave up waiting; True if the waiter was still unresolved."""
@@ -191,9 +222,12 @@ class ClusterManager(threading.Thread):
             message += f"; primary is {leader} at {addr}"
         return CommandError("NOT_PRIMARY", message, primary=leader, primary_addr=addr)
 
-    def propose(self, op: str, key, value, kind: str) -> Waiter:
-        """Append one write as primary without waiting (pipelined clients propose a batch, then
-        wait); raises CommandError (definite) when it cannot be accepted."""
+    def propose(self, op: str, key, value, kind: str, on_done=None) -> Waiter:
+        """Append one write as primary without waiting; raises CommandError (definite) when it
+        cannot be accepted.  Without on_done, the caller collects the outcome with wait()
+        (pipelined clients propose a batch, then wait).  With on_done, the thread that resolves
+        the write calls on_done(waiter), which must answer the client (outcome() gives the
+        result or raises), must not block, and must call waiter.set() once the answer is out."""
         core = self.core
         with self.raft_lock:
             if core.role != LEADER:
@@ -206,7 +240,7 @@ class ClusterManager(threading.Thread):
                 entry = core.propose(op, key, value, kind, now)
             except NotLeader as e:
                 raise self.not_primary() from e
-            w = self.proposals.add(entry)
+            w = self.proposals.add(entry, now + self.request_timeout, on_done)
             if self._woken:
                 return w
             self._woken = True
@@ -214,12 +248,17 @@ class ClusterManager(threading.Thread):
         return w
 
     def wait(self, w: Waiter):
-        """Wait for a proposed write to be applied; returns its result or raises CommandError."""
-        if not w.wait(self.request_timeout):
+        """Wait for a proposed write to be applied; returns its result or raises CommandError.
+        (The manager answers TIMEOUT at the waiter's deadline; the wait here is a backstop.)"""
+        if not w.wait(self.request_timeout + 1.0):
             if self.proposals.abandon(w):
                 raise CommandError("TIMEOUT", f"The write was not committed within {self.request_timeout}s; "
                                    "it may or may not be applied", definite=False)
             w.wait(1.0)   # resolved while we gave up: report that outcome
+        return self.outcome(w)
+
+    def outcome(self, w: Waiter):
+        """The result of a resolved waiter, or its error as CommandError."""
         if w.error is not None:
             code, message, definite = w.error
             if code == "NOT_PRIMARY":
@@ -345,6 +384,7 @@ class ClusterManager(threading.Thread):
                 self._fatal(f"consensus loop crashed: {e!r}")
                 return
             now = time.monotonic()
+            self.proposals.expire(now, self.request_timeout)
             if now - self._gc_frozen_at >= GC_FREEZE_EVERY:
                 self._gc_frozen_at = now
                 gc_freeze()

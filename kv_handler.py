@@ -62,8 +62,10 @@ class Command:
     """How to run one command class.
     run(conn, cmd) -> Reply         answer it (may raise CommandError)
     auth                            needs an authenticated session when --requirepass is set
-    propose(conn, cmd) -> finish    for writes a pipeline may batch: propose now, return a
-                                    zero-argument callable that waits and returns the Reply
+    propose(conn, cmd, on_done)     for single writes: propose without waiting and return
+      -> (waiter, to_reply)         (waiter, to_reply), to_reply(result) -> Reply.  on_done is
+                                    passed on to KVNode.submit: None when the handler will wait
+                                    itself (pipelines), else the callback that answers directly
     """
     run: Callable
     auth: bool = True
@@ -195,10 +197,12 @@ def _set_reply(cmd, written) -> Reply:
     return Reply(None, lambda: {"message": f"Key '{cmd.key}' not set (condition not met)", "written": False})
 
 
-def propose_set(c, cmd):
-    node = c.node
-    w = node.submit(_set_op(cmd), cmd.key, cmd.value, cmd.kind)
-    return lambda: _set_reply(cmd, node.wait(w))
+def propose_set(c, cmd, on_done):
+    op = _set_op(cmd)
+
+    def to_reply(written):
+        return _set_reply(cmd, written)
+    return c.node.submit(op, cmd.key, cmd.value, cmd.kind, on_done and on_done(to_reply)), to_reply
 
 
 @command(P.Set, propose=propose_set)
@@ -233,10 +237,10 @@ def _delete_reply(c, cmd, removed: int) -> Reply:
     return Reply(removed, {"message": f"Key '{cmd.keys[0]}' deleted"})
 
 
-def propose_delete(c, cmd):
-    node = c.node
-    w = node.submit("DEL", cmd.keys[0], None, "json")
-    return lambda: _delete_reply(c, cmd, int(bool(node.wait(w))))
+def propose_delete(c, cmd, on_done):
+    def to_reply(existed):
+        return _delete_reply(c, cmd, int(bool(existed)))
+    return c.node.submit("DEL", cmd.keys[0], None, "json", on_done and on_done(to_reply)), to_reply
 
 
 @command(P.Delete, propose=propose_delete)
@@ -365,7 +369,14 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
     Reads frames, looks each command up in COMMANDS, runs it and encodes its Reply with the
     session's encoder.  Replies of a pipeline are sent together once no further request is
     buffered; pipelined writes are proposed at once and answered in order when the batch is
-    flushed, so they share one commit."""
+    flushed, so they share one commit.
+
+    A lone write (nothing else buffered or waiting to be sent) is proposed with a callback and
+    this thread goes straight back to reading: the cluster manager, which resolves a whole
+    batch of commits at once, sends the answer from its own thread (answer_directly).  That
+    saves a sleep and a wake-up of this thread per write.  `inflight` is that write until its
+    answer is out; every later answer of the connection waits for it, so answers stay in
+    request order, and the connection is not closed under it."""
 
     def setup(self):
         self.node = self.server.node
@@ -375,6 +386,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         self.reader = P.FrameReader(self.sock, self.node.config.max_request_bytes)
         self.conn_id = id(self) & 0xFFFFFFF
         self.closing = False
+        self.inflight = None
 
     def encode(self, reply) -> bytes:
         sess = self.session
@@ -394,6 +406,8 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                     return
                 if frame is None:
                     break
+                if self.inflight is not None:
+                    self._await_inflight()
                 if frame.proto == "resp":
                     sess.resp = True
                     cmd = P.parse_resp(frame.args)
@@ -409,8 +423,14 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                         return
                     out.append(self.encode(CommandError("UNKNOWN_COMMAND",
                                                         f"Command {type(cmd).__name__} is not supported")))
-                elif spec.propose is not None and reader.has_buffered_frame() and len(out) < MAX_DEFERRED \
-                        and (type(cmd) is not P.Delete or len(cmd.keys) == 1):
+                elif spec.propose is not None and (type(cmd) is not P.Delete or len(cmd.keys) == 1) \
+                        and (not out or len(out) < MAX_DEFERRED and reader.has_buffered_frame()):
+                    if not out and not reader.has_buffered_frame():
+                        # a lone write: the manager thread answers it (answer_directly)
+                        err = self._propose_direct(spec, cmd)
+                        if err is not None:
+                            self.sock.sendall(err)
+                        continue
                     # a pipeline: propose now, answer when the batch is flushed (group commit)
                     item = self._propose(spec, cmd)
                     deferred = deferred or callable(item)
@@ -429,6 +449,9 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         except OSError as e:
             log.debug("%s connection %s ended: %s", self.node.node_id, self.client_address, e)
             return
+        finally:
+            if self.inflight is not None:
+                self._release_inflight()
         if out:
             self._resolve(out)
             try:
@@ -451,16 +474,89 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         try:
             if spec.auth and not self.session.authed:
                 raise _AUTH_REQUIRED
-            finish = spec.propose(self, cmd)
+            w, to_reply = spec.propose(self, cmd, None)
         except CommandError as e:
             return self.encode(e)
+        node = self.node
 
         def done() -> bytes:
             try:
-                return self.encode(finish())
+                return self.encode(to_reply(node.wait(w)))
             except CommandError as e:
                 return self.encode(e)
         return done
+
+    # -- lone writes answered by the cluster manager's thread
+    def _propose_direct(self, spec: Command, cmd) -> bytes | None:
+        """Propose a lone write whose answer the resolving thread sends; an encoded error if it
+        could not be proposed."""
+        try:
+            if spec.auth and not self.session.authed:
+                raise _AUTH_REQUIRED
+            self.inflight, _ = spec.propose(self, cmd, self.answer_directly)
+        except CommandError as e:
+            return self.encode(e)
+        return None
+
+    def answer_directly(self, to_reply):
+        """The on_done callback for one write: encode its outcome and send it without blocking
+        (a reply that does not fit the socket buffer is finished by a helper thread), then mark
+        the waiter done.  Runs on the cluster manager's thread: it must neither raise nor block."""
+        node = self.node
+        sock = self.sock
+
+        def on_done(w) -> None:
+            try:
+                try:
+                    reply = to_reply(node.outcome(w))
+                except CommandError as e:
+                    reply = e
+                data = self.encode(reply)
+            except Exception:   # a bug in a command's reply: answer it, never kill the manager
+                log.exception("%s could not encode the answer for %s", node.node_id, self.client_address)
+                data = self.encode(CommandError("TIMEOUT", "internal error while answering; the write "
+                                                "may or may not be applied", definite=False))
+            try:
+                n = sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                n = 0
+            except OSError as e:   # the client is gone; its handler notices on its next read
+                log.debug("%s answer to %s not sent: %s", node.node_id, self.client_address, e)
+                w.set()
+                return
+            if n < len(data):
+                threading.Thread(target=self._send_rest, args=(data[n:], w), daemon=True,
+                                 name="send-rest").start()
+                return
+            w.set()
+        return on_done
+
+    def _send_rest(self, data: bytes, w) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as e:
+            log.debug("%s answer to %s not sent: %s", self.node.node_id, self.client_address, e)
+        finally:
+            w.set()
+
+    def _await_inflight(self) -> None:
+        """Before any other answer: wait until the lone write's answer is out."""
+        w = self.inflight
+        self.inflight = None
+        if w.done or w.wait(self.node.config.request_timeout + 2.0):
+            return
+        if self.node.abandon(w):   # never resolved (cannot happen while the manager runs)
+            self.sock.sendall(self.encode(CommandError(
+                "TIMEOUT", "The write was not answered in time; it may or may not be applied", definite=False)))
+        else:
+            w.wait(5.0)
+
+    def _release_inflight(self) -> None:
+        """The connection is ending: make sure no thread sends on its socket after it closes."""
+        w = self.inflight
+        self.inflight = None
+        if not w.done and not self.node.abandon(w):
+            w.wait(5.0)   # being answered right now: the send does not block
 
     def _resolve(self, out: list) -> None:
         """Replace the callables of pipelined writes with their encoded replies, in order."""

@@ -202,7 +202,8 @@ class KVNode:
     handlers use.  Handlers never reach past it.
 
     Callers use:
-      writes     submit(op, key, value, kind) -> waiter, wait(waiter), write(...) (both)
+      writes     submit(op, key, value, kind, on_done=None) -> waiter, wait(waiter),
+                 outcome(waiter), abandon(waiter), write(...) (submit and wait)
       reads      get(key), exists(keys), keys(pattern), size(), read(fn): linearizable, served
                  only while the primary's lease holds (CommandError otherwise)
       node       role, status(), snapshot(), flush(), transfer(target), shutdown(),
@@ -311,13 +312,22 @@ class KVNode:
         self.manager.deliver(msg)
 
     # -- the facade: writes
-    def submit(self, op: str, key, value, kind: str) -> Waiter:
-        """Propose one write without waiting (pipelined clients submit a batch, then wait)."""
-        return self.manager.propose(op, key, value, kind)
+    def submit(self, op: str, key, value, kind: str, on_done=None) -> Waiter:
+        """Propose one write without waiting: collect it with wait(), or give on_done (see
+        ClusterManager.propose) to have the committing thread answer it."""
+        return self.manager.propose(op, key, value, kind, on_done)
 
     def wait(self, w: Waiter):
         """The apply result of a submitted write, or CommandError."""
         return self.manager.wait(w)
+
+    def outcome(self, w: Waiter):
+        """The result of a resolved write, or its error as CommandError."""
+        return self.manager.outcome(w)
+
+    def abandon(self, w: Waiter) -> bool:
+        """Stop tracking an unresolved write (True), or False if it is being resolved."""
+        return self.manager.proposals.abandon(w)
 
     def write(self, op: str, key, value, kind: str):
         """Replicate one write; returns the apply result or raises CommandError."""
