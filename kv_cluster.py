@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections import deque
 import os
 import queue
 import threading
@@ -209,6 +210,12 @@ class ClusterManager(threading.Thread):
         self.waiting_logged_at = 0.0
         self.started_at = time.monotonic()
         self._gc_frozen_at = 0.0
+        # failure-detection health: gaps between heartbeats sent (primary) or between contacts
+        # received from the primary (secondary), in seconds; the latest 2,000 of each
+        self.hb_sent_gaps: deque = deque(maxlen=2000)
+        self.hb_recv_gaps: deque = deque(maxlen=2000)
+        self._hb_sent_at = 0.0
+        self._contact_at = 0.0
 
     # ------------------------------------------------------------------ client side
     def not_primary(self, message: str = "This node is not primary") -> CommandError:
@@ -329,7 +336,12 @@ class ClusterManager(threading.Thread):
             return {"role": {LEADER: "primary", CANDIDATE: "candidate"}.get(core.role, "secondary"),
                     "election_term": core.current_term, "primary": leader, "primary_addr": leader_addr,
                     "commit_index": core.commit_index, "last_log_index": core.last_index,
-                    "snapshot_index": core.snapshot_index, "voted_for": core.voted_for, "peers": peers}
+                    "snapshot_index": core.snapshot_index, "voted_for": core.voted_for, "peers": peers,
+                    "snapshot_in_progress": self.snapshot_child is not None,
+                    "heartbeat": {"sent_gap_ms": _gap_stats(self.hb_sent_gaps),
+                                  "received_gap_ms": _gap_stats(self.hb_recv_gaps),
+                                  "interval_ms": round(core.heartbeat_interval * 1000, 1),
+                                  "election_timeout_ms": round(core.election_timeout * 1000, 1)}}
 
     # ------------------------------------------------------------------ hooks for other threads
     def wake(self) -> None:
@@ -412,6 +424,10 @@ class ClusterManager(threading.Thread):
                         if step is not None:
                             core.step(step, now)
                     else:
+                        if it["type"] in _CONTACT and it["from"] == core.leader_id:
+                            if self._contact_at:
+                                self.hb_recv_gaps.append(now - self._contact_at)
+                            self._contact_at = now
                         core.step(it, now)
                 items = ()
                 core.tick(now)
@@ -424,13 +440,21 @@ class ClusterManager(threading.Thread):
     # -- kv_raft.ReadyHost
     def send(self, msgs: list, early: bool) -> None:
         links = self.links
+        heartbeat = False
         for m in msgs:
-            if m["type"] == "SYNC":
+            t = m["type"]
+            if t == "SYNC":
                 self._start_snapshot_sender(m)
                 continue
+            heartbeat = heartbeat or t == "HEARTBEAT"
             link = links.get(m["to"])
             if link is not None:
                 link.send(m)
+        if heartbeat:
+            now = time.monotonic()
+            if self._hb_sent_at:
+                self.hb_sent_gaps.append(now - self._hb_sent_at)
+            self._hb_sent_at = now
 
     def save_hard_state(self, term: int, voted_for) -> None:
         self.storage.save_hard_state(term, voted_for)
@@ -513,11 +537,13 @@ class ClusterManager(threading.Thread):
                 self.proposals.fail_all("NO_QUORUM", "Lost leadership before the write was committed; "
                                         "it may or may not be applied", definite=False)
             self.last_role = role
+            self._hb_sent_at = 0.0
             changed = True
         if core.leader_id != self.last_leader:
             if core.leader_id and core.leader_id != nid:
                 log.info("%s became secondary of %s at term %d", nid, core.leader_id, core.current_term)
             self.last_leader = core.leader_id
+            self._contact_at = 0.0
             changed = True
         if core.leader_id is None and core.peers:
             now = time.monotonic()
@@ -625,6 +651,19 @@ class ClusterManager(threading.Thread):
         self.snapshot_senders.pop(peer, None)
         if not ok:
             self.inbox.put(("snapshot_failed", peer))
+
+
+_CONTACT = frozenset({"HEARTBEAT", "REPLICATE", "SYNC"})
+
+
+def _gap_stats(gaps) -> dict:
+    """p50/p99/max in ms of the recorded gaps (the latest 2,000), and how many."""
+    xs = sorted(gaps)
+    if not xs:
+        return {"count": 0}
+    n = len(xs)
+    return {"count": n, "p50": round(xs[n // 2] * 1000, 1), "p99": round(xs[min(n - 1, n * 99 // 100)] * 1000, 1),
+            "max": round(xs[-1] * 1000, 1)}
 
 
 def gc_freeze() -> None:

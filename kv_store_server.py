@@ -486,8 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="where the node keeps its log and snapshots (default ./data/<node-id>)")
     p.add_argument("--fsync", choices=["always", "everysec", "no"], default="always", help="WAL fsync policy (default always)")
     p.add_argument("--heartbeat-interval", type=float, default=0.05, help="seconds between heartbeats (default 0.05)")
-    p.add_argument("--election-timeout", type=float, default=0.3,
-                   help="minimum election timeout in seconds; randomized in [T, 2T) (default 0.3)")
+    p.add_argument("--election-timeout", type=float, default=0.8,
+                   help="minimum election timeout in seconds, for silent failures (pause, partition); randomized in [T, 2T) (default 0.8). A crashed primary is noticed at once, whatever this is")
     p.add_argument("--request-timeout", type=float, default=5.0, help="longest a write waits for commit (default 5)")
     p.add_argument("--snapshot-threshold", type=int, default=100_000, help="log entries between automatic snapshots (default 100000; 0 = never)")
     p.add_argument("--max-clients", type=int, default=10_000, help="simultaneous connections (default 10000)")

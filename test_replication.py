@@ -26,7 +26,7 @@ Rules this file keeps: replication is proven on the secondaries through STATUS d
 last_applied, never by reading them; every wait polls until a deadline (no fixed sleeps: the
 only bounded observation windows are the checks that something does NOT change); two nodes
 seen primary in the same term fail the test at once.  Server defaults are used for timing
-(heartbeat 0.05 s, election timeout 0.3 s, request timeout 5 s); nothing is shortened.
+(heartbeat 0.05 s, election timeout 0.8 s, request timeout 5 s); nothing is shortened.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ KV_CLUSTER = os.environ.get("KV_CLUSTER", "").strip()
 EXTERNAL = bool(KV_CLUSTER)
 
 REQUEST_TIMEOUT = 5.0      # the server's default --request-timeout (a write waits at most this long)
-ELECTION_TIMEOUT = 0.3     # the server's default --election-timeout
+ELECTION_TIMEOUT = 0.8     # the server's default --election-timeout
 START_TIMEOUT = 30.0       # a fresh cluster: every node up and one primary
 ELECTION_WAIT = 15.0       # a new primary after a failure
 CONVERGE_WAIT = 30.0       # every node at the same last_applied and digest
