@@ -113,7 +113,7 @@ def kv_part(args) -> dict:
                 cluster.kill(i)
             t0 = time.monotonic()
             for i in ids:
-                cluster.start_node(i, primary=(i == "node1"))
+                cluster.start_node(i, primary=(i == "node1"), wait=False)
             secs = wait_serving(addr, last)
             restarts.append(round(time.monotonic() - t0, 3))
             print(f"KV rep {rep + 1}: kill -9 of all 3 nodes, restart to serving {restarts[-1]:.2f}s "
