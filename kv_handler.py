@@ -41,6 +41,7 @@ from kv_transport import decode_entry, decode_message, handshake_proof
 log = logging.getLogger("kvstore")
 
 MAX_DEFERRED = 1024   # pipelined writes in flight per connection before replies are flushed
+_REPLY_NULL = Reply(None)
 _AUTH_REQUIRED = CommandError("AUTH_REQUIRED", "Authentication required: send AUTH <password> first")
 
 
@@ -221,14 +222,14 @@ def _get_line(item):
 @command(P.Get)
 def cmd_get(c, cmd):
     item = c.node.get(cmd.key)
+    if c.session.resp:   # the hot path: no line-protocol fields to prepare
+        if item is None:
+            return _REPLY_NULL
+        kind, value = item
+        return Reply(value if kind == "bytes" else P.value_to_resp_bytes(value, kind))
     if item is None:
-        if c.session.resp:
-            return Reply(None)
         raise CommandError("NOT_FOUND", f"Key '{cmd.key}' not found")
-    kind, value = item
-    if kind == "bytes":
-        return Reply(value, lambda: _get_line(item))
-    return Reply(P.value_to_resp_bytes(value, kind), lambda: _get_line(item))
+    return Reply(None, _get_line(item))
 
 
 def _delete_reply(c, cmd, removed: int) -> Reply:

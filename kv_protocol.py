@@ -363,6 +363,37 @@ class FrameReader:
         end = len(buf)
         limit = self.max_request_bytes
         if self._r_args is None:
+            pos = self._pos
+            if pos < end and buf[pos] == 0x2A:
+                # Fast path: a whole small, well-formed frame is buffered (the common case).
+                # Anything else - partial, large, malformed - falls through to the general parser
+                # below, which keeps every error message and limit.
+                h = buf.find(b"\r\n", pos + 1, pos + 5)
+                if h > 0:
+                    s = buf[pos + 1:h]
+                    if s.isdigit():
+                        left = int(s)
+                        off = h + 2
+                        args = []
+                        while left:
+                            if off >= end or buf[off] != 0x24:
+                                break
+                            h = buf.find(b"\r\n", off + 1, off + 8)
+                            if h < 0:
+                                break
+                            s = buf[off + 1:h]
+                            if not s.isdigit():
+                                break
+                            off = h + 2 + int(s)
+                            if off + 2 > end or buf[off] != 0x0D or buf[off + 1] != 0x0A:
+                                break
+                            args.append(bytes(buf[h + 2:off]))
+                            off += 2
+                            left -= 1
+                        else:
+                            if args and off - pos <= limit:
+                                self._pos = self._scan = off
+                                return Frame("resp", None, args)
             while True:                                    # at a frame boundary
                 pos = self._pos
                 if pos >= end:
@@ -1524,7 +1555,10 @@ def encode_reply_resp(r: Reply, proto: int = 2) -> bytes:
     """The RESP encoder: a Reply or a CommandError as the bytes of one RESP answer."""
     if type(r) is CommandError:
         return r.resp()
-    return encode_resp_value(r.resp, proto)
+    v = r.resp
+    if type(v) is bytes and len(v) < _SMALL_COPY:   # the GET answer: the hot path, inline
+        return b"$%d\r\n%b\r\n" % (len(v), v)
+    return encode_resp_value(v, proto)
 
 
 def encode_reply_line(r: Reply) -> bytes:

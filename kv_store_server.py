@@ -343,7 +343,8 @@ class KVNode:
 
     def get(self, key: str):
         """(kind, value), or None when the key is missing."""
-        self._barrier()
+        if self.stopping.is_set() or not self.manager.read_ok():
+            self._barrier()
         return self.store.data.get(key)
 
     def exists(self, keys) -> int:
