@@ -439,17 +439,20 @@ class ClusterManager(threading.Thread):
 
     # -- kv_raft.ReadyHost
     def send(self, msgs: list, early: bool) -> None:
-        links = self.links
         heartbeat = False
+        by_peer: dict = {}
         for m in msgs:
             t = m["type"]
             if t == "SYNC":
                 self._start_snapshot_sender(m)
                 continue
             heartbeat = heartbeat or t == "HEARTBEAT"
-            link = links.get(m["to"])
+            by_peer.setdefault(m["to"], []).append(m)
+        links = self.links
+        for peer, ms in by_peer.items():   # one write per peer for the whole batch
+            link = links.get(peer)
             if link is not None:
-                link.send(m)
+                link.send_many(ms)
         if heartbeat:
             now = time.monotonic()
             if self._hb_sent_at:

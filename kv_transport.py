@@ -35,9 +35,9 @@ import hmac
 import json
 import logging
 import os
-import queue
 import select
 import socket
+import struct
 import threading
 import time
 
@@ -50,7 +50,8 @@ INTERNAL_TYPES = frozenset({
     "SYNC", "SYNC_RESP", "TIMEOUT_NOW",
 })
 SNAPSHOT_CHUNK = 512 * 1024
-MAX_QUEUED = 20_000          # messages waiting for one peer; past this the link is reset
+MAX_BACKLOG = 64 * 1024 * 1024   # bytes waiting for one peer; past this the link is reset
+SEND_TIMEOUT = 5.0               # seconds a blocked write to a peer may take before the link resets
 
 
 def handshake_proof(secret: str | None, nonce: str, sender: str, receiver: str) -> str:
@@ -101,11 +102,15 @@ def decode_entry(line: bytes) -> ReplicationLog:
 class PeerLink(threading.Thread):
     """Owns the one outbound connection to a peer.
 
-    Callers use send(msg) (never blocks) and `connected`.  Messages queued while the link is down
-    are dropped (Raft re-sends what matters); on_down(peer) is called so the core can fall back to
-    probing, and on_dead(peer) when the first reconnect after a break is refused (the peer's
-    process is gone).  Invariant: at most MAX_QUEUED messages wait; a peer that cannot keep up
-    is reset.
+    Callers use send(msg) / send_many(msgs) (never block) and `connected`.  The caller's thread
+    (the cluster manager's, on the hot path) writes the encoded batch straight to the socket with
+    a non-blocking send; only what the socket does not take at once goes to a backlog that this
+    thread flushes, and while a backlog exists later batches queue behind it, so the byte stream
+    keeps its order.  This thread also connects, shakes hands, and notices a peer that closed
+    the connection.  Messages sent while the link is down are dropped (Raft re-sends what
+    matters); on_down(peer) is called so the core can fall back to probing, and on_dead(peer)
+    when the first reconnect after a break is refused (the peer's process is gone).
+    Invariant: at most MAX_BACKLOG bytes wait; a peer that cannot keep up is reset.
     """
 
     def __init__(self, node_id: str, peer_id: str, addr: tuple[str, int], secret: str | None,
@@ -119,20 +124,56 @@ class PeerLink(threading.Thread):
         self.on_up = on_up
         self.on_dead = on_dead
         self.stop_event = stop_event
-        self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.connected = False
         self.sock: socket.socket | None = None
         self._failures = 0
+        self._cv = threading.Condition(threading.Lock())   # guards everything below
+        self._backlog: list[bytes] = []
+        self._backlog_bytes = 0
+        self._flushing = False      # this thread is writing a taken backlog outside the lock
+        self._broken: str | None = None
 
     def send(self, msg: dict) -> None:
-        if self.connected or msg["type"] == "SYNC":
-            self.q.put(msg)
+        self.send_many((msg,))
 
-    def qsize(self) -> int:
-        return self.q.qsize()
+    def send_many(self, msgs) -> None:
+        """Encode msgs and write them as one chunk, never blocking the caller."""
+        if not self.connected:
+            return
+        data = b"".join([encode_message(m) for m in msgs])
+        with self._cv:
+            sock = self.sock
+            if sock is None or self._broken is not None:
+                return
+            if self._backlog or self._flushing:
+                self._queue(data)
+                return
+            try:
+                n = sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                n = 0
+            except OSError as e:
+                self._broken = f"send failed: {e}"
+                self._cv.notify()
+                return
+            if n < len(data):
+                self._queue(data[n:] if n else data)
+
+    def _queue(self, data: bytes) -> None:
+        """Caller holds _cv."""
+        self._backlog.append(data)
+        self._backlog_bytes += len(data)
+        if self._backlog_bytes > MAX_BACKLOG:
+            self._broken = f"{self.peer_id} is not keeping up ({self._backlog_bytes} bytes waiting)"
+        self._cv.notify()
+
+    def backlog_bytes(self) -> int:
+        return self._backlog_bytes
 
     def close(self) -> None:
-        self.q.put(None)
+        with self._cv:
+            self._broken = "closing"
+            self._cv.notify()
         s = self.sock
         if s is not None:
             try:
@@ -156,14 +197,19 @@ class PeerLink(threading.Thread):
                 raise ConnectionError(f"handshake refused: {ok.get('message', ok)}")
         finally:
             f.close()
-        s.settimeout(5.0)
+        # Blocking from here on (a timeout would add a poll() before every send); a write that
+        # cannot complete within SEND_TIMEOUT fails instead of hanging (SO_SNDTIMEO).
+        s.settimeout(None)
+        sec = int(SEND_TIMEOUT)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                     struct.pack("ll", sec, int((SEND_TIMEOUT - sec) * 1e6)))
         return s
 
     def run(self) -> None:
         just_broke = False
         while not self.stop_event.is_set():
             try:
-                self.sock = self._connect()
+                sock = self._connect()
             except (OSError, ValueError) as e:
                 self._failures += 1
                 if self._failures == 1:
@@ -176,61 +222,60 @@ class PeerLink(threading.Thread):
                 continue
             just_broke = False
             self._failures = 0
+            with self._cv:
+                self.sock = sock
+                self._broken = None
             self.connected = True
             self.on_up(self.peer_id)
             try:
-                self._pump()
+                self._pump(sock)
             except OSError as e:
                 log.debug("%s link to %s broke: %s", self.node_id, self.peer_id, e)
             finally:
                 self.connected = False
+                with self._cv:
+                    self.sock = None
+                    self._backlog.clear()
+                    self._backlog_bytes = 0
+                    self._flushing = False
                 try:
-                    self.sock.close()
+                    sock.close()
                 except OSError:
                     pass   # closing a broken socket
-                self.sock = None
-                self._drain()
                 if not self.stop_event.is_set():
                     self.on_down(self.peer_id)
                     just_broke = True
 
-    def _drain(self) -> None:
-        while True:
-            try:
-                self.q.get_nowait()
-            except queue.Empty:
-                return
-
-    def _pump(self) -> None:
-        q = self.q
-        sock = self.sock
+    def _pump(self, sock: socket.socket) -> None:
+        """Flush the backlog as it appears; between batches, notice a peer that closed."""
+        cv = self._cv
         while not self.stop_event.is_set():
-            try:
-                msg = q.get(timeout=0.05)
-            except queue.Empty:
+            with cv:
+                if not self._backlog and self._broken is None:
+                    cv.wait(0.05)
+                if self._broken is not None:
+                    if self._broken == "closing":
+                        return
+                    raise ConnectionError(self._broken)
+                if not self._backlog:
+                    idle = True
+                else:
+                    idle = False
+                    data = b"".join(self._backlog)
+                    self._backlog.clear()
+                    self._backlog_bytes = 0
+                    self._flushing = True
+            if idle:
                 # The peer never writes on this connection after WELCOME, so readable means it
                 # closed (e.g. the process died): notice now, not when an election message is lost.
                 if select.select([sock], [], [], 0)[0] and not sock.recv(1, socket.MSG_PEEK):
                     raise ConnectionError(f"{self.peer_id} closed the connection")
                 continue
-            if msg is None:
-                return
-            batch = [encode_message(msg)]
-            size = len(batch[0])
-            while size < 1 << 20:
-                try:
-                    msg = q.get_nowait()
-                except queue.Empty:
-                    break
-                if msg is None:
-                    sock.sendall(b"".join(batch))
-                    return
-                b = encode_message(msg)
-                batch.append(b)
-                size += len(b)
-            sock.sendall(b"".join(batch))
-            if q.qsize() > MAX_QUEUED:
-                raise ConnectionError(f"{self.peer_id} is not keeping up ({q.qsize()} queued)")
+            try:
+                sock.sendall(data)
+            finally:
+                with cv:
+                    self._flushing = False
 
 
 class SnapshotSender(threading.Thread):
@@ -253,7 +298,7 @@ class SnapshotSender(threading.Thread):
                 size = os.fstat(f.fileno()).st_size
                 offset = 0
                 while not self.stop_event.is_set():
-                    while self.link.qsize() > 64 and not self.stop_event.is_set():
+                    while self.link.backlog_bytes() > 4 * SNAPSHOT_CHUNK and not self.stop_event.is_set():
                         time.sleep(0.005)   # back-pressure: let the link drain before the next chunk
                     if not self.link.connected:
                         return
