@@ -15,6 +15,8 @@ ClusterManager is built from narrow parts and knows nothing of the server around
     raft_lock       the lock that guards the core and the Proposals
     peers           {node id: (host, port)} of the other members
     callbacks       on_fatal(why) when the node must stop (a disk that cannot persist)
+    link_factory    what makes a peer link (kv_transport.PeerLink; a test gives a fake transport
+                    with the same constructor, send_many/send, connected, start, close)
 
 Clients of a node call propose()/wait() for writes, read_ok()/read_barrier() for reads, and
 transfer(), take_snapshot(), deliver() (peer messages), status_fields().
@@ -175,7 +177,7 @@ class ClusterManager(threading.Thread):
 
     def __init__(self, node_id: str, core: RaftCore, storage, state_machine, peers: dict,
                  *, raft_lock, secret: str | None = None, snapshot_threshold: int = 0,
-                 request_timeout: float = 5.0, on_fatal=None):
+                 request_timeout: float = 5.0, on_fatal=None, link_factory=None):
         super().__init__(name=f"cluster-manager-{node_id}", daemon=True)
         self.node_id = node_id
         self.core = core
@@ -196,9 +198,10 @@ class ClusterManager(threading.Thread):
         self._woken = False
         self.stop_event = threading.Event()
         self.changed = threading.Condition(threading.Lock())   # role/commit changes, for waiters
+        make_link = link_factory or PeerLink    # a test passes an in-process fake transport
         self.links: dict[str, PeerLink] = {
-            pid: PeerLink(node_id, pid, addr, secret, on_down=self._link_down, on_up=self._link_up,
-                          on_dead=self._link_dead, stop_event=self.stop_event)
+            pid: make_link(node_id, pid, addr, secret, on_down=self._link_down, on_up=self._link_up,
+                           on_dead=self._link_dead, stop_event=self.stop_event)
             for pid, addr in self.peer_addrs.items()}
         self.snapshot_senders: dict[str, SnapshotSender] = {}
         self.sync_rx = SyncReceiver(storage.snapshot_path + ".recv")

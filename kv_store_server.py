@@ -213,7 +213,7 @@ class KVNode:
     was proposed with (so it is committed on a majority).
     """
 
-    def __init__(self, args: argparse.Namespace, members: dict[str, NodeInfo]):
+    def __init__(self, args: argparse.Namespace, members: dict[str, NodeInfo], link_factory=None):
         self.config = args
         self.node_id = args.node_id
         self.info = members[self.node_id]
@@ -255,7 +255,8 @@ class KVNode:
         self.manager = ClusterManager(self.node_id, self.core, self.storage, self.store, peers,
                                       raft_lock=self.raft_lock, secret=args.cluster_secret,
                                       snapshot_threshold=args.snapshot_threshold,
-                                      request_timeout=args.request_timeout, on_fatal=self.fatal)
+                                      request_timeout=args.request_timeout, on_fatal=lambda why: self.fatal(why),
+                                      link_factory=link_factory)
 
     # -- lifecycle
     def start(self) -> None:

@@ -1,0 +1,254 @@
+"""KVNode and ClusterManager built in one process, on a fake transport.
+
+The nodes here are the real thing - KVNode (recovery, facade), ClusterManager (the loop, the
+Proposals, handle_ready), RaftCore, LogStorage on real files with fsync, KeyValueStore - with
+only the peer links replaced: FakeNet's links carry every message through the real wire
+encoding (kv_transport.encode_message, then decode_message/decode_entry as the receiving
+handler does) into the peer's deliver().  That exercises the node's middle without sockets,
+and lets a test kill a node's "process", cut links and watch the Proposals answer.
+
+    net = FakeNet(tmp_path, ["n1", "n2", "n3"]); net.start()
+    p = net.wait_primary(); net.nodes[p].write("SET", "k", 1, "json")
+    net.crash(p)            # its links drop and its port "refuses": peers see it dead
+    net.cut(a, b)           # silence both ways (no refusal)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+import kv_store_server as S
+from kv_protocol import CommandError
+from kv_transport import decode_entry, decode_message, encode_message
+
+
+def wait_until(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+class FakeNet:
+    """In-process nodes whose peer links are FakeLinks.  Verbs: start, crash, cut, heal,
+    wait_primary, digests."""
+
+    def __init__(self, tmp_path, ids, election_timeout: float = 0.3):
+        self.ids = list(ids)
+        self.tmp = tmp_path
+        self.et = election_timeout
+        self.nodes: dict[str, S.KVNode] = {}
+        self.links: list[FakeLink] = []
+        self.dead: set[str] = set()
+        self.cuts: set[frozenset] = set()
+        self.fatal_errors: list[str] = []
+
+    def _args(self, nid: str, first: bool):
+        peers = ",".join(f"{p}=127.0.0.1:{7000 + i}" for i, p in enumerate(self.ids) if p != nid)
+        argv = ["--node-id", nid, "--port", str(7000 + self.ids.index(nid)), "--peers", peers,
+                "--data-dir", str(self.tmp / nid), "--election-timeout", str(self.et),
+                "--heartbeat-interval", "0.03", "--request-timeout", "2"]
+        return S.build_parser().parse_args(argv + (["--primary"] if first else []))
+
+    def boot(self, nid: str, first: bool = False) -> S.KVNode:
+        args = self._args(nid, first)
+        (self.tmp / nid).mkdir(exist_ok=True)
+        members = S.parse_members(args)
+        args.port = members[nid].port
+        node = S.KVNode(args, members, link_factory=lambda *a, **kw: FakeLink(self, *a, **kw))
+        node.fatal = self._fatal   # in-process: a fatal error fails the test, not the interpreter
+        self.nodes[nid] = node
+        self.dead.discard(nid)
+        node.start()
+        return node
+
+    def _fatal(self, why: str) -> None:
+        self.fatal_errors.append(why)
+
+    def start(self) -> "FakeNet":
+        for i, nid in enumerate(self.ids):
+            self.boot(nid, first=(i == 0))
+        return self
+
+    def crash(self, nid: str) -> None:
+        """The node's process is gone: its loop stops, peers' links to it break and refuse."""
+        self.dead.add(nid)
+        node = self.nodes[nid]
+        node.manager.stop()
+        node.manager.join(5)
+        assert not node.manager.is_alive(), f"{nid}'s cluster manager did not stop"
+        node.storage.close()
+        for link in self.links:
+            if link.peer_id == nid and link.connected and link.owner not in self.dead:
+                link.down(dead=True)
+
+    def cut(self, a: str, b: str) -> None:
+        self.cuts.add(frozenset((a, b)))
+
+    def heal(self) -> None:
+        self.cuts.clear()
+
+    def reachable(self, a: str, b: str) -> bool:
+        return a in self.nodes and b in self.nodes and a not in self.dead and b not in self.dead \
+            and frozenset((a, b)) not in self.cuts
+
+    def primary(self, among=None):
+        ps = [n for n in (among or self.ids) if n not in self.dead and self.nodes[n].role == "primary"]
+        return ps[0] if len(ps) == 1 else None
+
+    def wait_primary(self, timeout: float = 10.0, among=None) -> str:
+        return wait_until(lambda: self.primary(among), timeout, "a single primary")
+
+    def digests(self, ids=None) -> dict:
+        return {n: (self.nodes[n].status()["last_applied"], self.nodes[n].status()["digest"])
+                for n in (ids or self.ids) if n not in self.dead}
+
+    def stop(self) -> None:
+        assert not self.fatal_errors, self.fatal_errors
+        for nid, node in self.nodes.items():
+            if nid not in self.dead:
+                node.manager.stop()
+                node.manager.join(5)
+                node.storage.close()
+
+
+class FakeLink:
+    """kv_transport.PeerLink's interface over FakeNet: each batch goes through the real wire
+    encoding and into the peer's deliver(), unless the link is cut or an end is dead."""
+
+    def __init__(self, net: FakeNet, node_id, peer_id, addr, secret, *, on_down, on_up, on_dead, stop_event):
+        self.net, self.owner, self.peer_id = net, node_id, peer_id
+        self.on_down, self.on_up, self.on_dead = on_down, on_up, on_dead
+        self.stop_event = stop_event
+        self.connected = False
+        net.links.append(self)
+
+    def start(self) -> None:
+        threading.Thread(target=self._connect_loop, daemon=True).start()
+
+    def _connect_loop(self) -> None:
+        while not self.stop_event.is_set():
+            if not self.connected and self.net.reachable(self.owner, self.peer_id):
+                self.connected = True
+                self.on_up(self.peer_id)
+            self.stop_event.wait(0.02)
+
+    def down(self, dead: bool) -> None:
+        self.connected = False
+        self.on_down(self.peer_id)
+        if dead:
+            self.on_dead(self.peer_id)
+
+    def send(self, msg) -> None:
+        self.send_many([msg])
+
+    def send_many(self, msgs) -> None:
+        if not self.connected or not self.net.reachable(self.owner, self.peer_id):
+            return
+        target = self.net.nodes[self.peer_id]
+        for m in msgs:
+            lines = encode_message(m).split(b"\n")
+            msg = decode_message(json.loads(lines[0]))
+            if msg["type"] == "REPLICATE":
+                msg["entries"] = [decode_entry(line) for line in lines[1:1 + msg["n"]]]
+            target.deliver(msg)
+
+    def backlog_bytes(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.connected = False
+
+
+@pytest.fixture
+def net(tmp_path):
+    n = FakeNet(tmp_path, ["n1", "n2", "n3"]).start()
+    yield n
+    n.stop()
+
+
+def test_writes_replicate_to_every_state_machine(net):
+    """A write answered OK is applied on every node: equal last_applied and digest."""
+    p = net.wait_primary()
+    node = net.nodes[p]
+    for i in range(50):
+        assert node.write("SET", f"k{i}", i, "json") is True
+    assert node.write("DEL", "k0", None, "json") is True
+    assert node.get("k1") == ("json", 1) and node.get("k0") is None
+    want = node.status()["last_applied"]
+    wait_until(lambda: len(set(net.digests().values())) == 1 and
+               all(a >= want for a, _ in net.digests().values()), 5, "every node at the same state")
+
+
+def test_secondary_refuses_with_a_hint_and_reads_need_the_lease(net):
+    p = net.wait_primary()
+    other = next(n for n in net.ids if n != p)
+    with pytest.raises(CommandError) as e:
+        net.nodes[other].write("SET", "x", 1, "json")
+    assert e.value.code == "NOT_PRIMARY" and e.value.definite and e.value.fields["primary"] == p
+    with pytest.raises(CommandError) as e:
+        net.nodes[other].get("x")
+    assert e.value.code == "NOT_PRIMARY"
+
+
+def test_a_dead_primary_is_replaced_and_nothing_acknowledged_is_lost(net):
+    p = net.wait_primary()
+    acked = [f"k{i}" for i in range(30) if net.nodes[p].write("SET", f"k{i}", i, "json")]
+    net.crash(p)
+    q = net.wait_primary(timeout=5, among=[n for n in net.ids if n != p])
+    node = net.nodes[q]
+    for k in acked:
+        assert node.get(k) == ("json", int(k[1:]))
+    assert node.write("SET", "after", 1, "json") is True
+
+
+def test_direct_answers_are_delivered_once_and_a_cut_primary_answers_indefinitely(net):
+    """Proposals with on_done: the committing thread calls it exactly once with the outcome.
+    A primary cut off from both peers cannot commit: its pending write is answered with an
+    indefinite error (NO_QUORUM on step-down, or TIMEOUT), never OK."""
+    p = net.wait_primary()
+    node = net.nodes[p]
+    calls = []
+    done = threading.Event()
+
+    def on_done(w):
+        try:
+            calls.append(("ok", node.outcome(w)))
+        except CommandError as e:
+            calls.append((e.code, e.definite))
+        w.set()
+        done.set()
+    node.submit("SET", "d", 1, "json", on_done)
+    assert done.wait(5) and calls == [("ok", True)]
+    for o in net.ids:
+        if o != p:
+            net.cut(p, o)
+    calls.clear()
+    done.clear()
+    try:
+        node.submit("SET", "lost?", 1, "json", on_done)
+    except CommandError as e:   # it may already have stepped down
+        assert e.code in ("NO_QUORUM", "NOT_PRIMARY") and e.definite
+        return
+    assert done.wait(10), "the pending write was never answered"
+    assert len(calls) == 1 and calls[0][0] in ("NO_QUORUM", "TIMEOUT") and calls[0][1] is False, calls
+
+
+def test_restart_recovers_from_disk(net, tmp_path):
+    p = net.wait_primary()
+    for i in range(20):
+        net.nodes[p].write("SET", f"r{i}", i, "json")
+    want = net.nodes[p].status()["digest"]
+    wait_until(lambda: {d for _, d in net.digests().values()} == {want}, 5, "replication")
+    victim = next(n for n in net.ids if n != p)
+    net.crash(victim)
+    node = net.boot(victim)
+    wait_until(lambda: node.status()["digest"] == want, 5, f"{victim} to recover its state from disk")
