@@ -403,6 +403,8 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                 try:
                     frame = reader.read_frame()
                 except P.ProtocolError as e:
+                    if self.inflight is not None:
+                        self._await_inflight()
                     self._send_error_and_close(out, e)
                     return
                 if frame is None:

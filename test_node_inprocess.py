@@ -252,3 +252,49 @@ def test_restart_recovers_from_disk(net, tmp_path):
     net.crash(victim)
     node = net.boot(victim)
     wait_until(lambda: node.status()["digest"] == want, 5, f"{victim} to recover its state from disk")
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A standalone KVNode with its TCPServer in this process, on a port the OS picks."""
+    args = S.build_parser().parse_args(["--standalone", "--data-dir", str(tmp_path / "sa"), "--port", "0"])
+    (tmp_path / "sa").mkdir()
+    members = S.parse_members(args)
+    node = S.KVNode(args, members)
+    node.start()
+    server = S.TCPServer(node)
+    node.server = server
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    t.start()
+    wait_until(lambda: node.role == "primary", 5, "the standalone node to lead")
+    yield node, server.server_address
+    server.shutdown()
+    server.server_close()
+    node.manager.stop()
+    node.manager.join(5)
+    node.storage.close()
+
+
+def _read_replies(sock, n: int) -> list[bytes]:
+    buf = b""
+    while buf.count(b"\r\n") < n:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed early"
+        buf += chunk
+    return buf.split(b"\r\n")[:n]
+
+
+def test_answers_keep_request_order_when_a_write_is_answered_by_the_manager(served):
+    """A lone SET is answered by the committing thread (answer_directly); a GET sent right
+    behind it, before its answer, must still be answered after it, with the new value.
+    Sent as two writes, the pair sometimes arrives together (the pipelined path) and
+    sometimes apart (the direct path): both must keep the order."""
+    node, addr = served
+    import socket
+    with socket.create_connection(addr, timeout=5) as s:
+        for i in range(300):
+            v = b"v%d" % i
+            s.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%b\r\n" % (len(v), v))
+            s.sendall(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
+            got = _read_replies(s, 3)
+            assert got == [b"+OK", b"$%d" % len(v), v], (i, got)
