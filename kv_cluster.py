@@ -205,6 +205,7 @@ class ClusterManager(threading.Thread):
             for pid, addr in self.peer_addrs.items()}
         self.snapshot_senders: dict[str, SnapshotSender] = {}
         self.sync_rx = SyncReceiver(storage.snapshot_path + ".recv")
+        self.syncer = Syncer(storage, self._persisted_async, self._fatal, self.stop_event)
         self.snapshot_child: int | None = None    # pid of a forked snapshot writer
         self._snapshot_wanted = False
         self.last_role = None
@@ -369,6 +370,7 @@ class ClusterManager(threading.Thread):
     def stop(self) -> None:
         self.stop_event.set()
         self.wake()
+        self.syncer.wake()
         for link in self.links.values():
             link.close()
 
@@ -376,6 +378,7 @@ class ClusterManager(threading.Thread):
     def run(self) -> None:
         for link in self.links.values():
             link.start()
+        self.syncer.start()
         tick = min(0.01, self.core.heartbeat_interval / 4)
         get = self.inbox.get
         get_nowait = self.inbox.get_nowait
@@ -404,6 +407,14 @@ class ClusterManager(threading.Thread):
                 self._gc_frozen_at = now
                 gc_freeze()
         log.debug("%s cluster manager stopped", self.node_id)
+
+    def _persisted_async(self, term: int, index: int) -> None:
+        """The syncer made the leader's entries up to index durable (called on its thread)."""
+        core = self.core
+        with self.raft_lock:
+            if core.role == LEADER and core.current_term == term:   # same term: same log prefix
+                core.persisted(index)
+        self.wake()
 
     def _fatal(self, why: str) -> None:
         self.proposals.fail_all("TIMEOUT", f"node failed: {why}", definite=False)
@@ -469,9 +480,18 @@ class ClusterManager(threading.Thread):
         self.storage.truncate_suffix(from_index)
         self.proposals.fail_from(from_index)
 
-    def append(self, entries: list) -> None:
+    def append(self, entries: list) -> bool:
+        """A follower's entries are durable when this returns (its answer acknowledges them).
+        A leader's are written and handed to the syncer thread, which fsyncs (group commit)
+        while this thread goes on answering peers and clients, then reports core.persisted():
+        the leader counts itself only then, and a majority of followers may commit first."""
         self.storage.append(entries)
-        self.storage.sync()
+        core = self.core
+        if core.role != LEADER:
+            self.storage.sync()
+            return True
+        self.syncer.request(core.current_term, entries[-1].index)
+        return False
 
     def apply(self, entries: list) -> None:
         sm = self.sm
@@ -657,6 +677,50 @@ class ClusterManager(threading.Thread):
         self.snapshot_senders.pop(peer, None)
         if not ok:
             self.inbox.put(("snapshot_failed", peer))
+
+
+class Syncer(threading.Thread):
+    """Makes a leader's appended entries durable off the cluster manager's thread.
+
+    request(term, index) asks for everything appended so far to be fsynced (LogStorage.sync,
+    group commit); once it is, on_durable(term, index) is called with the latest request
+    covered.  Requests made during an fsync are served by the next one, so a burst costs one
+    fsync after the one in progress.  A disk error calls on_fatal: a node that cannot persist
+    must stop."""
+
+    def __init__(self, storage, on_durable, on_fatal, stop_event: threading.Event):
+        super().__init__(name="syncer", daemon=True)
+        self.storage = storage
+        self.on_durable = on_durable
+        self.on_fatal = on_fatal
+        self.stop_event = stop_event
+        self._cv = threading.Condition(threading.Lock())
+        self._want: tuple[int, int] | None = None
+
+    def request(self, term: int, index: int) -> None:
+        with self._cv:
+            self._want = (term, index)
+            self._cv.notify()
+
+    def wake(self) -> None:
+        with self._cv:
+            self._cv.notify()
+
+    def run(self) -> None:
+        cv = self._cv
+        while not self.stop_event.is_set():
+            with cv:
+                while self._want is None and not self.stop_event.is_set():
+                    cv.wait(0.5)
+                want, self._want = self._want, None
+            if want is None:
+                continue
+            try:
+                self.storage.sync()
+            except OSError as e:
+                self.on_fatal(f"storage failure: {e}")
+                return
+            self.on_durable(*want)
 
 
 _CONTACT = frozenset({"HEARTBEAT", "REPLICATE", "SYNC"})

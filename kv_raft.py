@@ -27,7 +27,11 @@ The Ready contract, field by field (handle_ready carries it out in this order):
     snapshot          a follower installs the snapshot the leader streamed (dict: last_index,
                       last_term, reset, msg); with reset the whole log is replaced.
     entries           append and make durable (fsync under --fsync always), then tell the core
-                      with core.persisted(last index): only then may it count itself.
+                      with core.persisted(last index): only then may it count itself.  A host
+                      may make a *leader's* entries durable asynchronously: append() returns
+                      False and the host calls core.persisted() itself once they are (only
+                      while the same leader term lasts).  A follower's never: its answers
+                      (the late messages) acknowledge durable entries.
     messages (late)   everything else, after the hard state and entries are durable.
     committed         apply to the state machine, in index order, exactly once.
 
@@ -808,7 +812,7 @@ class ReadyHost(Protocol):
     def save_hard_state(self, term: int, voted_for: str | None) -> None: ...
     def truncate(self, from_index: int) -> None: ...
     def install_snapshot(self, snapshot: dict) -> None: ...
-    def append(self, entries: list) -> None: ...
+    def append(self, entries: list) -> bool | None: ...
     def apply(self, entries: list) -> None: ...
 
 
@@ -834,10 +838,10 @@ def handle_ready(core: RaftCore, rd: Ready, host: ReadyHost, lock=None) -> bool:
         host.install_snapshot(rd.snapshot)
     more = False
     if rd.entries:
-        host.append(rd.entries)
-        with lock if lock is not None else contextlib.nullcontext():
-            core.persisted(rd.entries[-1].index)
-        more = was_leader
+        if host.append(rd.entries) is not False:
+            with lock if lock is not None else contextlib.nullcontext():
+                core.persisted(rd.entries[-1].index)
+            more = was_leader
     if messages:
         host.send(messages, False)
     if rd.committed:
