@@ -647,7 +647,8 @@ class ClusterManager(threading.Thread):
             if not self.storage.install_snapshot(tmp, meta):
                 return   # a newer snapshot (from the primary) got there first
             with self.raft_lock:
-                self.core.compacted(meta.last_index, meta.last_term)
+                dropped = self.core.compacted(meta.last_index, meta.last_term)
+            del dropped   # freed here, not under raft_lock
             self.storage.compact(meta.last_index)
             log.info("%s snapshot taken at index %d term %d (%d keys)", self.node_id, meta.last_index,
                      meta.last_term, meta.count)

@@ -1052,20 +1052,32 @@ class LogStorage:
             upto = min(snapshot_index, meta.last_index)
             if self._next_index <= upto + 1:         # nothing beyond the snapshot: start afresh
                 return self._structural(self._reset_locked, upto + 1)
-            return self._structural(self._drop_prefix_locked, upto)
-
-    def _drop_prefix_locked(self, upto: int) -> int:
-        """Caller holds self._lock.  Delete non-active segments ending at or before upto."""
-        old = [s for s in self._segments if s is not self._active and s.next_index - 1 <= upto]
-        if not old:
-            return 0
-        gone = set(map(id, old))
-        self._segments = [s for s in self._segments if id(s) not in gone]
-        for seg in old:                              # oldest first: a crash leaves a suffix
-            self._close_segment(seg)
-            os.unlink(seg.path)
-        _fsync_dir(self.data_dir)
+            old = self._detach_prefix_locked(upto)
+        # The files are deleted outside the lock: appends (the leader's hot path) must not wait
+        # for a directory fsync, which can take hundreds of ms while a snapshot is being
+        # written.  Nothing else uses these files any more, and a crash before the unlinks
+        # leaves segments that recovery skips (every entry in them is covered by the snapshot).
+        try:
+            for seg in old:                          # oldest first: a crash leaves a suffix
+                os.unlink(seg.path)
+            if old:
+                _fsync_dir(self.data_dir)
+        except OSError as e:
+            with self._lock:
+                self._failed = e
+            raise
         return len(old)
+
+    def _detach_prefix_locked(self, upto: int) -> list:
+        """Caller holds self._lock.  Take the non-active segments ending at or before upto out of
+        the log (their descriptors closed); the caller deletes their files."""
+        old = [s for s in self._segments if s is not self._active and s.next_index - 1 <= upto]
+        if old:
+            gone = set(map(id, old))
+            self._segments = [s for s in self._segments if id(s) not in gone]
+            for seg in old:
+                self._close_segment(seg)
+        return old
 
     def _structural(self, fn, arg: int):
         """Run a change of segment files (caller holds self._lock).  If the disk fails half-way
