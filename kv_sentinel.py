@@ -373,8 +373,9 @@ class EventHub:
         with self._lock:
             self._subs.pop(sub, None)
 
-    def subscriber_count(self) -> tuple[int, int]:
-        """(channels, patterns) subscribed across connections (INFO stats pubsub_*)."""
+    def subscriber_count(self) -> tuple[int, int, int]:
+        """(channels, patterns, subscribed connections) (INFO pubsub_channels, pubsub_patterns,
+        pubsub_clients)."""
         with self._lock:
             subs = list(self._subs)
         chans: set = set()
@@ -382,7 +383,7 @@ class EventHub:
         for s in subs:
             chans |= s.channels
             pats |= s.patterns
-        return len(chans), len(pats)
+        return len(chans), len(pats), len(subs)
 
     def publish(self, channel: str, message: str) -> int:
         """Send to every subscriber of channel (exactly, or by pattern); returns receivers."""
