@@ -52,7 +52,8 @@ log = logging.getLogger("kvstore")
 
 __all__ = ["DEFAULT_SERVICE_NAME", "Fields", "SentinelError", "ClusterView", "masters", "master",
            "get_master_addr", "replicas", "sentinels", "ckquorum", "myid", "role_reply",
-           "switch_master_message", "EventHub", "SWITCH_MASTER"]
+           "switch_master_message", "EventHub", "SWITCH_MASTER", "Subscriber", "SentinelService",
+           "Simple", "encode_resp", "to_json", "push_reply"]
 
 DEFAULT_SERVICE_NAME = "kvstore"
 SWITCH_MASTER = "+switch-master"
@@ -297,12 +298,15 @@ class EventHub:
     """
 
     def __init__(self, service: str, primary_of: Callable[[], tuple[str | None, str | None]],
-                 interval: float = 0.02, clock: Callable[[], float] = time.monotonic):
+                 interval: float = 0.1, clock: Callable[[], float] = time.monotonic,
+                 on_tick: Callable[[], None] | None = None):
         self.service = service
         self._primary_of = primary_of
+        self._on_tick = on_tick
         self.interval = interval
         self._clock = clock
         self._lock = threading.Lock()
+        self._observe_lock = threading.Lock()
         self._subs: dict = {}                  # Subscriber -> None (ordered set)
         self.last_primary: str | None = None   # node id
         self.last_primary_addr: str | None = None
@@ -324,13 +328,20 @@ class EventHub:
         while not self._stop.wait(self.interval):
             pid, addr = self._primary_of()
             self.observe(pid, addr)
+            if self._on_tick is not None:
+                self._on_tick()
 
     # -- state
     def since_ms(self) -> int:
         return int((self._clock() - self.changed_at) * 1000)
 
     def observe(self, primary: str | None, addr: str | None) -> None:
-        """Record who leads now; publish +switch-master when a new primary appeared."""
+        """Record who leads now; publish +switch-master when a new primary appeared.
+        Called by the watcher thread and by SENTINEL queries: serialised by _observe_lock."""
+        with self._observe_lock:
+            self._observe(primary, addr)
+
+    def _observe(self, primary: str | None, addr: str | None) -> None:
         if primary == self.current:
             return
         self.current = primary
@@ -428,3 +439,112 @@ def push_reply(items: list, proto: int) -> bytes:
     """A pub/sub reply: a RESP3 push (">") for a RESP3 connection, else a RESP2 array."""
     body = P.resp_array(items, proto)
     return b">" + body[1:] if proto == 3 else body
+
+
+# --------------------------------------------------------------------------------------------
+class Simple(str):
+    """A reply value sent as a RESP simple string ("+OK ...") rather than a bulk string."""
+    __slots__ = ()
+
+
+def encode_resp(value, proto: int = 2) -> bytes:
+    """A reply value of this module as RESP: str -> bulk, Simple -> simple string, int -> integer,
+    None -> null, Fields -> map (RESP3) / flat array (RESP2), list -> array."""
+    if isinstance(value, Simple):
+        return P.resp_simple(value)
+    if isinstance(value, Fields):
+        return P.resp_map(list(value), proto)
+    if isinstance(value, list):
+        return P.resp_array([P.RespRaw(encode_resp(v, proto)) for v in value], proto)
+    if value is None:
+        return P.resp_null(proto)
+    if isinstance(value, int):
+        return P.resp_int(value)
+    return P.resp_bulk(value)
+
+
+def to_json(value):
+    """A reply value as JSON (Fields -> object)."""
+    if isinstance(value, Fields):
+        return {k: to_json(v) for k, v in value}
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    return value
+
+
+class SentinelService:
+    """One node's Sentinel face: answers SENTINEL and ROLE from the node's STATUS, owns the
+    +switch-master hub and its watcher thread (which also runs the node's other periodic ticks,
+    e.g. ServerStats.sample for instantaneous_ops_per_sec).
+
+    status: () -> the node's STATUS dict.  primary_of: () -> (leader id, "host:port") or
+    (None, None), cheap (polled every `interval`).
+    """
+
+    def __init__(self, service: str, status: Callable[[], dict],
+                 primary_of: Callable[[], tuple[str | None, str | None]], interval: float = 0.1):
+        self.service = service
+        self._status = status
+        self._ticks: list[Callable[[], None]] = []
+        self.hub = EventHub(service, primary_of, interval=interval, on_tick=self._tick)
+
+    def add_tick(self, fn: Callable[[], None]) -> None:
+        self._ticks.append(fn)
+
+    def _tick(self) -> None:
+        for fn in self._ticks:
+            fn()
+
+    def start(self) -> None:
+        self.hub.start()
+
+    def stop(self) -> None:
+        self.hub.stop()
+
+    def view(self, status: dict | None = None) -> ClusterView:
+        st = status if status is not None else self._status()
+        hub = self.hub
+        hub.observe(st.get("primary"), st.get("primary_addr"))
+        return ClusterView.from_status(st, self.service, hub.last_primary, hub.since_ms())
+
+    def sentinel(self, cmd: "P.Sentinel"):
+        """SENTINEL <sub>: a reply value, or raises SentinelError."""
+        sub = cmd.sub
+        view = self.view()
+        if sub == "MASTERS":
+            return masters(view)
+        if sub == "MASTER":
+            return master(view, cmd.name)
+        if sub == "GET-MASTER-ADDR-BY-NAME":
+            return get_master_addr(view, cmd.name)
+        if sub == "REPLICAS":
+            return replicas(view, cmd.name)
+        if sub == "SENTINELS":
+            return sentinels(view, cmd.name)
+        if sub == "CKQUORUM":
+            return Simple(ckquorum(view, cmd.name))
+        if sub == "MYID":
+            return myid(view)
+        if sub == "FAILOVER":
+            _check_name(view, cmd.name)
+            raise SentinelError("ERR KV Store elects its primary by Raft: use TRANSFER on the primary "
+                                "(or cluster_manager.py --action failover) for a planned failover")
+        raise SentinelError(f"ERR SENTINEL {sub} is not supported: KV Store's membership and "
+                            "failover are Raft's, not configured through Sentinel")
+
+    def role(self):
+        return role_reply(self.view())
+
+    def role_json(self) -> dict:
+        v = self.view()
+        d = {"status": "OK", "role": "master" if v.role == "primary" else "slave"}
+        if v.role == "primary":
+            d["offset"] = v.commit_index
+            d["replicas"] = [{"id": m, "addr": v.members[m], "offset": v.offset(m)}
+                             for m in sorted(v.members) if m != v.node_id and v.up(m)]
+        else:
+            d["primary"] = v.primary
+            d["primary_addr"] = v.members.get(v.last_primary) if v.primary else None
+            d["state"] = "connected" if v.primary else "connect"
+            d["offset"] = v.last_applied
+        return d

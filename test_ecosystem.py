@@ -39,6 +39,9 @@ from redis.sentinel import Sentinel
 from kv_localcluster import LocalCluster
 
 SERVICE = "kvstore"
+# Ask each node once per discovery (redis-py's default retries a refused connection to a dead
+# node 10 times with backoff before trying the next one); docs/CLUSTERING.md recommends the same.
+NO_RETRY = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5, "retry": Retry(NoBackoff(), 0)}
 HAVE_REDIS_TOOLS = shutil.which("redis-cli") is not None and shutil.which("redis-benchmark") is not None
 
 
@@ -56,6 +59,10 @@ def cluster():
 def _rc(c: LocalCluster, node: str, **kw) -> redis.Redis:
     host, port = c.addr(node)
     return redis.Redis(host=host, port=port, socket_timeout=5, **kw)
+
+
+def _s(x) -> str:
+    return x.decode() if isinstance(x, bytes) else x
 
 
 def _secondaries(c: LocalCluster, primary: str) -> list[str]:
@@ -78,7 +85,8 @@ def test_sentinel_replies_parse_with_redis_py(cluster, protocol):
             assert m["num-other-sentinels"] == 2 and m["num-slaves"] == 2 and m["quorum"] == 2
             one = r.sentinel_master(SERVICE)
             assert (one["ip"], one["port"]) == want_master and one["is_master"]
-            assert r.sentinel_get_master_addr_by_name(SERVICE) == want_master
+            ip, port = r.sentinel_get_master_addr_by_name(SERVICE)
+            assert (_s(ip), port) == want_master
             reps = r.sentinel_slaves(SERVICE)
             assert sorted((x["ip"], x["port"]) for x in reps) == sorted(cluster.addr(n) for n in _secondaries(cluster, p))
             assert all(x["is_slave"] and not x["is_sdown"] for x in reps), reps
@@ -127,7 +135,7 @@ def test_node_without_primary_answers_as_sentinel_does_for_a_down_master():
             assert role[0] == b"slave" and role[3] == b"connect"
             with pytest.raises(ResponseError, match="NOQUORUM"):
                 r.execute_command("SENTINEL", "CKQUORUM", SERVICE)
-        s = Sentinel([c.addr(n) for n in c.ids], socket_timeout=0.5)
+        s = Sentinel([c.addr(n) for n in c.ids], sentinel_kwargs=NO_RETRY)
         with pytest.raises(RedisConnectionError):     # MasterNotFoundError
             s.discover_master(SERVICE)
     finally:
@@ -173,9 +181,7 @@ def test_redis_py_sentinel_follows_kill9_failover(cluster):
     cluster.wait_converged()
     # redis-py's defaults retry a refused connection to a dead sentinel 10 times with backoff:
     # ask each node once and move on to the next (documented in docs/CLUSTERING.md)
-    sentinel = Sentinel([cluster.addr(n) for n in cluster.ids],
-                        sentinel_kwargs={"socket_timeout": 0.5, "socket_connect_timeout": 0.5,
-                                         "retry": Retry(NoBackoff(), 0)})
+    sentinel = Sentinel([cluster.addr(n) for n in cluster.ids], sentinel_kwargs=NO_RETRY)
     retry = Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=100,
                   supported_errors=(RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError))
     master = sentinel.master_for(SERVICE, socket_timeout=1.0, socket_connect_timeout=1.0, retry=retry)
@@ -295,6 +301,16 @@ DEFAULT_SECTIONS = ["Server", "Clients", "Memory", "Persistence", "Stats", "Repl
                     "Keyspace", "Raft"]
 
 
+def _raw(r: redis.Redis, *args) -> bytes:
+    """A command's reply without redis-py's response callback (INFO's is a dict)."""
+    conn = r.connection_pool.get_connection()
+    try:
+        conn.send_command(*args)
+        return conn.read_response()
+    finally:
+        r.connection_pool.release(conn)
+
+
 def _sections(text: str) -> list[str]:
     return re.findall(r"^# (\w+)\r$", text, re.M)
 
@@ -302,14 +318,13 @@ def _sections(text: str) -> list[str]:
 def test_info_sections_and_field_names(cluster):
     p = cluster.wait_for_single_primary()
     with _rc(cluster, p) as r:
-        raw = r.execute_command("INFO")
-        text = raw.decode()
+        text = _raw(r, "INFO").decode()
         assert _sections(text) == DEFAULT_SECTIONS
         assert text.endswith("\r\n") and "\n" not in text.replace("\r\n", "")
         for arg in ("all", "default", "everything", "ALL"):
-            assert _sections(r.execute_command("INFO", arg).decode()) == DEFAULT_SECTIONS, arg
-        assert _sections(r.execute_command("INFO", "server", "CLIENTS").decode()) == ["Server", "Clients"]
-        assert r.execute_command("INFO", "nosuchsection") == b""
+            assert _sections(_raw(r, "INFO", arg).decode()) == DEFAULT_SECTIONS, arg
+        assert _sections(_raw(r, "INFO", "server", "CLIENTS").decode()) == ["Server", "Clients"]
+        assert _raw(r, "INFO", "nosuchsection") == b""
         info = r.info()
         for field in ("redis_version", "redis_mode", "process_id", "run_id", "tcp_port", "uptime_in_seconds",
                       "connected_clients", "maxclients", "blocked_clients", "used_memory",
