@@ -436,3 +436,174 @@ def test_redis_cli_latency(cluster):
     assert proc.returncode == 0, err
     mn, mx, avg, count = out.split()
     assert int(count) > 0 and int(mn) <= float(avg) <= int(mx), out
+
+
+# ------------------------------------------------------------------------------------------ docs
+def test_clustering_doc_redis_py_example_runs(cluster, capsys):
+    """The redis-py example of docs/CLUSTERING.md, run as written against this cluster."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, "docs", "CLUSTERING.md")) as f:
+        doc = f.read()
+    section = doc[doc.index("### redis-py"):]
+    start = section.index("```python\n") + len("```python\n")
+    code = section[start:section.index("\n```", start)]
+    addrs = ", ".join(f'("{h}", {p})' for h, p in map(cluster.addr, cluster.ids))
+    code, n = re.subn(r"^SENTINELS = \[.*\]$", f"SENTINELS = [{addrs}]", code, flags=re.M)
+    assert n == 1, "the example must define SENTINELS on one line"
+    cluster.wait_for_single_primary()
+    exec(compile(code, "docs/CLUSTERING.md#redis-py", "exec"), {"__name__": "doc_example"})
+    printed = capsys.readouterr().out.split("\n")
+    assert printed[0] == "b'hello'"
+    assert printed[1] in ("b'hello' b'slave'", "None b'slave'"), printed
+
+
+# ------------------------------------------------------------------------- units (no cluster)
+import kv_info  # noqa: E402
+import kv_protocol as P  # noqa: E402
+import kv_sentinel as S  # noqa: E402
+
+
+def _status(role="secondary", primary="node1", reach=(True, True), match=(None, None)) -> dict:
+    peers = {}
+    me = "node2" if role != "primary" else "node1"
+    others = [n for n in ("node1", "node2", "node3") if n != me]
+    for (n, r, m) in zip(others, reach, match):
+        peers[n] = {"addr": f"10.0.0.{n[-1]}:700{n[-1]}", "reachable": r, "match_index": m,
+                    "lag": None if m is None else 9 - m}
+    return {"node_id": me, "address": f"10.0.0.{me[-1]}:700{me[-1]}", "role": role, "election_term": 4,
+            "primary": primary, "primary_addr": f"10.0.0.{primary[-1]}:700{primary[-1]}" if primary else None,
+            "commit_index": 9, "last_applied": 8, "last_log_index": 9, "snapshot_index": 0, "keys": 3,
+            "digest": "00ff", "peers": peers, "fsync": "always", "voted_for": "node1"}
+
+
+def test_parse_ecosystem_commands():
+    R = P.parse_resp
+    assert R([b"sentinel", b"slaves", b"kvstore"]) == P.Sentinel("REPLICAS", "kvstore")
+    assert R([b"SENTINEL", b"masters"]) == P.Sentinel("MASTERS")
+    assert R([b"SENTINEL", b"get-master-addr-by-name", b"x"]) == P.Sentinel("GET-MASTER-ADDR-BY-NAME", "x")
+    assert R([b"SENTINEL", b"MONITOR", b"m", b"h", b"1", b"2"]) == P.Sentinel("MONITOR", None, ("m", "h", "1", "2"))
+    assert isinstance(R([b"SENTINEL", b"MASTER"]), P.Invalid)
+    assert isinstance(R([b"SENTINEL", b"MASTERS", b"extra"]), P.Invalid)
+    assert R([b"SENTINEL", b"nope"]).message == "ERR Unknown sentinel subcommand 'nope'"
+    assert R([b"ROLE"]) == P.Role() and R([b"readonly"]) == P.ReadOnly() and R([b"READWRITE"]) == P.ReadWrite()
+    assert isinstance(R([b"ROLE", b"x"]), P.Invalid)
+    assert R([b"SUBSCRIBE", b"a", b"b"]) == P.Subscribe(("a", "b"))
+    assert R([b"PSUBSCRIBE", b"*"]) == P.Subscribe(("*",), True)
+    assert R([b"UNSUBSCRIBE"]) == P.Unsubscribe() and R([b"PUNSUBSCRIBE", b"x"]) == P.Unsubscribe(("x",), True)
+    assert isinstance(R([b"SUBSCRIBE"]), P.Invalid)
+    L = P.parse_line
+    assert L(b"READONLY") == P.ReadOnly() and L(b"readwrite") == P.ReadWrite() and L(b"ROLE") == P.Role()
+    assert isinstance(L(b"READONLY now"), P.Invalid)
+    assert L(b"SENTINEL masters").code == P.UNKNOWN_COMMAND          # RESP only
+
+
+def test_sentinel_view_primary_known_and_down():
+    v = S.ClusterView.from_status(_status(), "kvstore")
+    m = S.master(v, "kvstore")
+    d = dict(m)
+    assert (d["ip"], d["port"], d["flags"], d["num-other-sentinels"], d["quorum"]) == \
+        ("10.0.0.1", "7001", "master", "2", "2")
+    assert S.get_master_addr(v, "kvstore") == ["10.0.0.1", "7001"]
+    assert [dict(r)["port"] for r in S.replicas(v, "kvstore")] == ["7002", "7003"]
+    with pytest.raises(S.SentinelError):
+        S.master(v, "other")
+    assert S.get_master_addr(v, "other") is None
+    # no primary now: the last one known, flagged down
+    down = S.ClusterView.from_status(_status(primary=None, reach=(False, True)), "kvstore", last_primary="node1")
+    d = dict(S.masters(down)[0])
+    assert d["flags"] == "s_down,o_down,master" and d["ip"] == "10.0.0.1" and d["num-other-sentinels"] == "1"
+    assert S.get_master_addr(down, "kvstore") == ["10.0.0.1", "7001"]
+    reps = {dict(r)["port"]: dict(r)["flags"] for r in S.replicas(down, "kvstore")}
+    assert reps == {"7002": "slave", "7003": "slave"}
+    sents = {dict(r)["port"]: dict(r)["flags"] for r in S.sentinels(down, "kvstore")}
+    assert sents == {"7001": "s_down,sentinel,disconnected", "7003": "sentinel"}
+    assert S.role_reply(down) == ["slave", "10.0.0.1", 7001, "connect", 8]
+    never = S.ClusterView.from_status(_status(primary=None), "kvstore")
+    assert S.get_master_addr(never, "kvstore") is None
+    # the primary's own view
+    pv = S.ClusterView.from_status(_status(role="primary", reach=(True, False), match=(9, 5)), "kvstore")
+    assert S.role_reply(pv) == ["master", 9, [["10.0.0.2", "7002", "9"]]]
+    reps = {dict(r)["port"]: (dict(r)["flags"], dict(r)["slave-repl-offset"]) for r in S.replicas(pv, "kvstore")}
+    assert reps == {"7002": ("slave", "9"), "7003": ("s_down,slave,disconnected", "5")}
+    assert S.ckquorum(pv, "kvstore").startswith("OK 2 usable")
+
+
+def test_sentinel_encoding_resp2_resp3_json():
+    f = S.Fields([("name", "kvstore"), ("port", "7001")])
+    assert S.encode_resp([f], 2) == b"*1\r\n*4\r\n$4\r\nname\r\n$7\r\nkvstore\r\n$4\r\nport\r\n$4\r\n7001\r\n"
+    assert S.encode_resp([f], 3) == b"*1\r\n%2\r\n$4\r\nname\r\n$7\r\nkvstore\r\n$4\r\nport\r\n$4\r\n7001\r\n"
+    assert S.encode_resp(None, 2) == b"$-1\r\n"
+    assert S.encode_resp(S.Simple("OK 3"), 2) == b"+OK 3\r\n"
+    assert S.encode_resp(["slave", "h", 1], 2) == b"*3\r\n$5\r\nslave\r\n$1\r\nh\r\n:1\r\n"
+    assert S.to_json([f]) == [{"name": "kvstore", "port": "7001"}]
+
+
+class _FakeSub:
+    pass
+
+
+def test_event_hub_publishes_switch_master_once_per_new_primary():
+    now = [0.0]
+    hub = S.EventHub("kvstore", lambda: (None, None), clock=lambda: now[0])
+    got, pgot = [], []
+    a = S.Subscriber(got.append, 2)
+    b = S.Subscriber(pgot.append, 3)
+    assert hub.subscribe(a, ("+switch-master", "other"), False) == [1, 2]
+    assert hub.subscribe(b, ("+switch*",), True) == [1]
+    hub.observe("node1", "10.0.0.1:7001")
+    hub.observe("node1", "10.0.0.1:7001")
+    hub.observe(None, None)
+    now[0] = 2.5
+    assert hub.since_ms() == 2500
+    hub.observe("node1", "10.0.0.1:7001")          # the same primary again: no event
+    hub.observe("node2", "10.0.0.2:7002")
+    msg1 = "kvstore 10.0.0.1 7001 10.0.0.1 7001"
+    msg2 = "kvstore 10.0.0.1 7001 10.0.0.2 7002"
+    assert got == [P.resp_array(["message", "+switch-master", msg1]),
+                   P.resp_array(["message", "+switch-master", msg2])]
+    assert pgot == [b">" + P.resp_array(["pmessage", "+switch*", "+switch-master", m])[1:] for m in (msg1, msg2)]
+    assert hub.subscriber_count() == (2, 1, 2)
+    assert hub.unsubscribe(a, (), False) == [("+switch-master", 1), ("other", 0)]
+    assert hub.subscriber_count() == (0, 1, 1)
+
+    def broken(data):
+        raise BrokenPipeError("gone")
+    c = S.Subscriber(broken, 2)
+    hub.subscribe(c, ("+switch-master",), False)
+    assert hub.publish("+switch-master", "x") == 1          # b only; c is dropped
+    assert hub.subscriber_count() == (0, 1, 1)
+
+
+def test_info_text_sections_and_format():
+    stats = kv_info.ServerStats()
+    cs = stats.opened()
+    cs.commands += 7
+    cs.hits += 2
+    gone = stats.opened()
+    gone.commands += 3
+    gone.misses += 1
+    stats.closed(gone)
+    stats.closed(gone)                                      # idempotent
+    stats.rejected()
+    t = stats.totals()
+    assert (t["total_commands_processed"], t["keyspace_hits"], t["keyspace_misses"],
+            t["total_connections_received"], t["rejected_connections"], stats.connected) == (10, 2, 1, 2, 1, 1)
+    facts = {"status": _status(role="primary", match=(9, 5)), "stats": t, "proc": kv_info.process_facts(),
+             "run_id": "ab" * 20, "port": 7001, "maxclients": 100, "connected_clients": 1, "started": 0,
+             "service": "kvstore", "pubsub": (0, 0, 0), "replid": "cd" * 20,
+             "peer_heard_ago": {"node2": 0.2, "node3": None}}
+    text = kv_info.info_text(facts, None)
+    assert text.endswith("\r\n") and "\n" not in text.replace("\r\n", "")
+    assert _sections(text) == DEFAULT_SECTIONS
+    assert "db0:keys=3,expires=0,avg_ttl=0\r\n" in text
+    assert "slave1:ip=10.0.0.3,port=7003,state=online,offset=5,lag=-1,lag_entries=4,id=node3\r\n" in text
+    assert "slave0:ip=10.0.0.2,port=7002,state=online,offset=9,lag=0,lag_entries=0,id=node2\r\n" in text
+    assert kv_info.info_text(facts, "nosuch") == ""
+    assert _sections(kv_info.info_text(facts, "raft server")) == ["Server", "Raft"]
+    assert kv_info.select_sections("EVERYTHING") == list(kv_info.SECTIONS)
+    assert kv_info.human_bytes(1023) == "1023B" and kv_info.human_bytes(1536) == "1.50K"
+    for now, total in ((0.0, 0), (0.1, 100), (0.2, 300)):
+        stats._clock = lambda now=now: now
+        cs.commands = total
+        stats.sample()
+    assert stats.instantaneous_ops() == 1500
