@@ -6,6 +6,8 @@ Layout:
     ServerStats     the node's registry of ConnStats; sums them at INFO time; folds a closed
                     connection's counts into node totals; instantaneous_ops_per_sec from samples
     info_text       facts (a dict) + requested sections -> the INFO reply text
+    node_facts      the facts, from the KVNode facade
+    cmd_info        the INFO command, registered in kv_handler's dispatch table
     SECTIONS, DEFAULT_SECTIONS, select_sections
 
 INFO follows Redis 7: sections "# Server", "# Clients", "# Memory", "# Persistence", "# Stats",
@@ -37,6 +39,10 @@ import threading
 import time
 from collections import deque
 
+import kv_protocol as P
+from kv_handler import command
+from kv_protocol import Reply
+
 __all__ = ["ConnStats", "ServerStats", "info_text", "SECTIONS", "DEFAULT_SECTIONS",
            "select_sections", "REDIS_COMPAT_VERSION", "human_bytes"]
 
@@ -52,9 +58,10 @@ class ConnStats:
     """Counters of one connection.  Only its handler thread writes them (plain `+= 1`);
     ServerStats reads them at INFO time, when a torn read can only be off by the op in flight."""
 
-    __slots__ = ("commands", "hits", "misses", "errors", "__weakref__")
+    __slots__ = ("commands", "hits", "misses", "errors", "readonly", "__weakref__")
 
     def __init__(self):
+        self.readonly = False   # the connection opted in to follower reads (INFO readonly_clients)
         self.commands = 0
         self.hits = 0
         self.misses = 0
@@ -105,6 +112,11 @@ class ServerStats:
     @property
     def connected(self) -> int:
         return len(self._live)
+
+    def readonly_count(self) -> int:
+        with self._lock:
+            live = list(self._live)
+        return sum(1 for cs in live if cs.readonly)
 
     def totals(self) -> dict:
         with self._lock:
@@ -365,3 +377,24 @@ _TITLES = {"server": "Server", "clients": "Clients", "memory": "Memory", "persis
 _BUILDERS = {"server": _server, "clients": _clients, "memory": _memory, "persistence": _persistence,
              "stats": _stats, "replication": _replication, "cpu": _cpu, "keyspace": _keyspace,
              "raft": _raft}
+
+
+# ---------------------------------------------------------------------------------------------
+def node_facts(node) -> dict:
+    """The facts info_text() needs, from the KVNode facade (status, stats, timing, config)."""
+    st = node.status()
+    svc = node.sentinel
+    timing = node.replication_timing()
+    return {"status": st, "stats": node.stats.totals(), "proc": process_facts(), "run_id": node.run_id,
+            "port": node.port, "maxclients": node.config.max_clients,
+            "connected_clients": node.stats.connected, "peer_connections": max(0, st["clients"] - node.stats.connected),
+            "readonly_clients": node.stats.readonly_count(), "started": node.started,
+            "service": svc.service, "pubsub": svc.hub.subscriber_count(),
+            "replid": node.replication_id, "snapshot_in_progress": node.snapshot_in_progress,
+            **timing}
+
+
+@command(P.Info)
+def cmd_info(c, cmd):
+    text = info_text(node_facts(c.node), cmd.section)
+    return Reply(text.encode(), {"info": text})

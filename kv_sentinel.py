@@ -11,14 +11,14 @@ is also one of the "sentinels".
 
 Layout:
     ClusterView         what one node knows, taken from its STATUS dict (a public contract)
-    SentinelError       a request-level error reply (text starts with the Redis error word)
     masters/master/get_master_addr/replicas/sentinels/ckquorum/myid
-                        the SENTINEL subcommands: plain values (str, int, list, Fields, None)
+                        the SENTINEL subcommands: reply values (str, int, list, dict, None)
     role_reply          ROLE in Redis's format
     switch_master_message, EventHub
                         +switch-master to SUBSCRIBE'd connections when the primary changes
-    Fields              an ordered field/value list that encoders turn into a map
-                        (RESP3 map, RESP2 flat array, JSON object)
+    SentinelService     one node's Sentinel face: view(), sentinel(cmd), role(); owns the hub
+    commands            SENTINEL, ROLE, READONLY, READWRITE, (P)SUBSCRIBE, (P)UNSUBSCRIBE,
+                        registered in kv_handler's dispatch table
 
 The answers follow Sentinel 7 (sentinel.c, addReplySentinelRedisInstance):
   * the master's `flags` are "master" while this node knows a primary.  While it knows none
@@ -47,31 +47,19 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import kv_protocol as P
+from kv_handler import command
+from kv_protocol import CommandError, Reply
 
 log = logging.getLogger("kvstore")
 
-__all__ = ["DEFAULT_SERVICE_NAME", "Fields", "SentinelError", "ClusterView", "masters", "master",
+__all__ = ["DEFAULT_SERVICE_NAME", "ClusterView", "masters", "master",
            "get_master_addr", "replicas", "sentinels", "ckquorum", "myid", "role_reply",
            "switch_master_message", "EventHub", "SWITCH_MASTER", "Subscriber", "SentinelService",
-           "Simple", "encode_resp", "to_json", "push_reply"]
+           "push_reply"]
 
 DEFAULT_SERVICE_NAME = "kvstore"
 SWITCH_MASTER = "+switch-master"
 DOWN_AFTER_MS = 1000          # reported only: our failure detector is Raft's election timeout
-
-
-class Fields(list):
-    """An ordered list of (field, value) pairs that encodes as a map: a RESP3 map for a RESP3
-    client, a flat RESP2 array (what Sentinel sends), a JSON object on the line protocol."""
-    __slots__ = ()
-
-
-class SentinelError(Exception):
-    """A SENTINEL request that gets an error reply; `message` starts with the Redis error word."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 def run_id(node_id: str) -> str:
@@ -139,19 +127,20 @@ class ClusterView:
 
 def _check_name(view: ClusterView, name: str) -> None:
     if name != view.service:
-        raise SentinelError("ERR No such master with that name")
+        raise CommandError("BAD_REQUEST", "No such master with that name",
+                           resp_message="ERR No such master with that name")
 
 
-def _master_fields(view: ClusterView) -> Fields:
+def _master_fields(view: ClusterView) -> dict:
     who = view.last_primary
     ip, port = _split(view.members.get(who)) if who else ("", 0)
     flags = "master" if view.primary is not None else "s_down,o_down,master"
-    f = Fields([
+    f = [
         ("name", view.service), ("ip", ip), ("port", str(port)),
         ("runid", run_id(who) if who else ""), ("flags", flags),
         ("link-pending-commands", "0"), ("link-refcount", "1"),
         ("last-ping-sent", "0"), ("last-ok-ping-reply", "0"), ("last-ping-reply", "0"),
-    ])
+    ]
     if view.primary is None:
         f += [("s-down-time", str(view.primary_since_ms)), ("o-down-time", str(view.primary_since_ms))]
     replicas_n = len(view.members) - (1 if who else 0)
@@ -163,7 +152,7 @@ def _master_fields(view: ClusterView) -> Fields:
         ("num-other-sentinels", str(others)), ("quorum", str(view.quorum)),
         ("failover-timeout", str(DOWN_AFTER_MS)), ("parallel-syncs", "1"),
     ]
-    return f
+    return dict(f)
 
 
 def masters(view: ClusterView) -> list:
@@ -171,7 +160,7 @@ def masters(view: ClusterView) -> list:
     return [_master_fields(view)]
 
 
-def master(view: ClusterView, name: str) -> Fields:
+def master(view: ClusterView, name: str) -> dict:
     """SENTINEL MASTER <name>."""
     _check_name(view, name)
     return _master_fields(view)
@@ -198,11 +187,11 @@ def replicas(view: ClusterView, name: str) -> list:
         ip, port = _split(view.members[member])
         up = view.up(member)
         flags = "slave" if up else "s_down,slave,disconnected"
-        f = Fields([
+        f = [
             ("name", f"{ip}:{port}"), ("ip", ip), ("port", str(port)), ("runid", run_id(member)),
             ("flags", flags), ("link-pending-commands", "0"), ("link-refcount", "1"),
             ("last-ping-sent", "0"), ("last-ok-ping-reply", "0"), ("last-ping-reply", "0"),
-        ])
+        ]
         if not up:
             f.append(("s-down-time", "0"))
         f += [
@@ -214,7 +203,7 @@ def replicas(view: ClusterView, name: str) -> list:
             ("slave-priority", "100"), ("slave-repl-offset", str(view.offset(member))),
             ("replica-announced", "1"),
         ]
-        out.append(f)
+        out.append(dict(f))
     return out
 
 
@@ -227,28 +216,29 @@ def sentinels(view: ClusterView, name: str) -> list:
             continue
         ip, port = _split(view.members[member])
         up = view.up(member)
-        f = Fields([
+        f = [
             ("name", run_id(member)), ("ip", ip), ("port", str(port)), ("runid", run_id(member)),
             ("flags", "sentinel" if up else "s_down,sentinel,disconnected"),
             ("link-pending-commands", "0"), ("link-refcount", "1"),
             ("last-ping-sent", "0"), ("last-ok-ping-reply", "0"), ("last-ping-reply", "0"),
-        ])
+        ]
         if not up:
             f.append(("s-down-time", "0"))
         f += [("down-after-milliseconds", str(DOWN_AFTER_MS)), ("last-hello-message", "0"),
               ("voted-leader", "?"), ("voted-leader-epoch", "0")]
-        out.append(f)
+        out.append(dict(f))
     return out
 
 
 def ckquorum(view: ClusterView, name: str) -> str:
-    """SENTINEL CKQUORUM <name>: "OK ..." (a status reply) or SentinelError("NOQUORUM ...")."""
+    """SENTINEL CKQUORUM <name>: "OK ..." (a status reply) or CommandError (-NOQUORUM ...)."""
     _check_name(view, name)
     usable = sum(1 for m in view.members if view.up(m))
     if usable >= view.quorum:
         return (f"OK {usable} usable Sentinels. Quorum and failover authorization can be reached")
-    raise SentinelError(f"NOQUORUM {usable} usable Sentinels. Not enough available Sentinels to "
-                        f"reach the majority ({view.quorum}) and authorize a failover")
+    msg = (f"NOQUORUM {usable} usable Sentinels. Not enough available Sentinels to reach the "
+           f"majority ({view.quorum}) and authorize a failover")
+    raise CommandError("NO_QUORUM", msg, definite=True, resp_message=msg)
 
 
 def myid(view: ClusterView) -> str:
@@ -442,36 +432,6 @@ def push_reply(items: list, proto: int) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------
-class Simple(str):
-    """A reply value sent as a RESP simple string ("+OK ...") rather than a bulk string."""
-    __slots__ = ()
-
-
-def encode_resp(value, proto: int = 2) -> bytes:
-    """A reply value of this module as RESP: str -> bulk, Simple -> simple string, int -> integer,
-    None -> null, Fields -> map (RESP3) / flat array (RESP2), list -> array."""
-    if isinstance(value, Simple):
-        return P.resp_simple(value)
-    if isinstance(value, Fields):
-        return P.resp_map(list(value), proto)
-    if isinstance(value, list):
-        return P.resp_array([P.RespRaw(encode_resp(v, proto)) for v in value], proto)
-    if value is None:
-        return P.resp_null(proto)
-    if isinstance(value, int):
-        return P.resp_int(value)
-    return P.resp_bulk(value)
-
-
-def to_json(value):
-    """A reply value as JSON (Fields -> object)."""
-    if isinstance(value, Fields):
-        return {k: to_json(v) for k, v in value}
-    if isinstance(value, list):
-        return [to_json(v) for v in value]
-    return value
-
-
 class SentinelService:
     """One node's Sentinel face: answers SENTINEL and ROLE from the node's STATUS, owns the
     +switch-master hub and its watcher thread (which also runs the node's other periodic ticks,
@@ -508,7 +468,7 @@ class SentinelService:
         return ClusterView.from_status(st, self.service, hub.last_primary, hub.since_ms())
 
     def sentinel(self, cmd: "P.Sentinel"):
-        """SENTINEL <sub>: a reply value, or raises SentinelError."""
+        """SENTINEL <sub>: a reply value, or raises CommandError."""
         sub = cmd.sub
         view = self.view()
         if sub == "MASTERS":
@@ -522,22 +482,23 @@ class SentinelService:
         if sub == "SENTINELS":
             return sentinels(view, cmd.name)
         if sub == "CKQUORUM":
-            return Simple(ckquorum(view, cmd.name))
+            return P.Simple(ckquorum(view, cmd.name))
         if sub == "MYID":
             return myid(view)
         if sub == "FAILOVER":
             _check_name(view, cmd.name)
-            raise SentinelError("ERR KV Store elects its primary by Raft: use TRANSFER on the primary "
-                                "(or cluster_manager.py --action failover) for a planned failover")
-        raise SentinelError(f"ERR SENTINEL {sub} is not supported: KV Store's membership and "
-                            "failover are Raft's, not configured through Sentinel")
+            raise CommandError("BAD_REQUEST", "KV Store elects its primary by Raft: use TRANSFER on "
+                               "the primary (or cluster_manager.py --action failover) for a planned failover")
+        raise CommandError("BAD_REQUEST", f"SENTINEL {sub} is not supported: KV Store's membership "
+                           "and failover are Raft's, not configured through Sentinel")
 
     def role(self):
         return role_reply(self.view())
 
     def role_json(self) -> dict:
+        """ROLE for the line protocol: {"role": "master"|"slave", ...}."""
         v = self.view()
-        d = {"status": "OK", "role": "master" if v.role == "primary" else "slave"}
+        d = {"role": "master" if v.role == "primary" else "slave"}
         if v.role == "primary":
             d["offset"] = v.commit_index
             d["replicas"] = [{"id": m, "addr": v.members[m], "offset": v.offset(m)}
@@ -548,3 +509,65 @@ class SentinelService:
             d["state"] = "connected" if v.primary else "connect"
             d["offset"] = v.last_applied
         return d
+
+
+# --------------------------------------------------------------------------------------------
+# Commands (registered in kv_handler's dispatch table; kv_store_server imports this module).
+# `c` is the connection (kv_handler.ConnectionHandler): c.node is the KVNode facade (its
+# `sentinel` is this node's SentinelService), c.session the per-connection state.
+# --------------------------------------------------------------------------------------------
+@command(P.Sentinel)
+def cmd_sentinel(c, cmd):
+    value = c.node.sentinel.sentinel(cmd)
+    return Reply(value, {"sentinel": value})
+
+
+@command(P.Role)
+def cmd_role(c, cmd):
+    svc = c.node.sentinel
+    return Reply(svc.role(), svc.role_json)
+
+
+@command(P.ReadOnly)
+def cmd_readonly(c, cmd):
+    c.session.readonly = c.stats.readonly = True
+    return Reply(P.Simple("OK"), {"message": "Reads on a secondary are allowed on this connection: "
+                                             "they see its applied state, which may be stale"})
+
+
+@command(P.ReadWrite)
+def cmd_readwrite(c, cmd):
+    c.session.readonly = c.stats.readonly = False
+    return Reply(P.Simple("OK"), {"message": "Reads on this connection are linearizable again "
+                                             "(primary only)"})
+
+
+def _need_resp(c, name: str) -> None:
+    if not c.session.resp:
+        raise CommandError("UNKNOWN_COMMAND", f"{name} needs RESP (the line protocol has no pub/sub)")
+
+
+@command(P.Subscribe)
+def cmd_subscribe(c, cmd):
+    _need_resp(c, "SUBSCRIBE")
+    sess = c.session
+    if sess.sub is None:
+        sess.sub = Subscriber(c.send_locked, sess.proto)
+    kind = "psubscribe" if cmd.pattern else "subscribe"
+    counts = c.node.sentinel.hub.subscribe(sess.sub, cmd.channels, cmd.pattern)
+    return Reply(P.RespRaw(b"".join(push_reply([kind, ch, n], sess.proto)
+                                    for ch, n in zip(cmd.channels, counts))))
+
+
+@command(P.Unsubscribe)
+def cmd_unsubscribe(c, cmd):
+    _need_resp(c, "UNSUBSCRIBE")
+    sess = c.session
+    kind = "punsubscribe" if cmd.pattern else "unsubscribe"
+    if sess.sub is None:
+        pairs = [(ch, 0) for ch in cmd.channels] or [(None, 0)]
+    else:
+        pairs = c.node.sentinel.hub.unsubscribe(sess.sub, cmd.channels, cmd.pattern)
+        if not sess.sub.channels and not sess.sub.patterns:
+            sess.sub = None
+    return Reply(P.RespRaw(b"".join(push_reply([kind, ch, n], sess.proto) for ch, n in pairs)))

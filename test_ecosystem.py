@@ -505,8 +505,9 @@ def test_sentinel_view_primary_known_and_down():
         ("10.0.0.1", "7001", "master", "2", "2")
     assert S.get_master_addr(v, "kvstore") == ["10.0.0.1", "7001"]
     assert [dict(r)["port"] for r in S.replicas(v, "kvstore")] == ["7002", "7003"]
-    with pytest.raises(S.SentinelError):
+    with pytest.raises(P.CommandError) as e:
         S.master(v, "other")
+    assert e.value.resp() == b"-ERR No such master with that name\r\n"
     assert S.get_master_addr(v, "other") is None
     # no primary now: the last one known, flagged down
     down = S.ClusterView.from_status(_status(primary=None, reach=(False, True)), "kvstore", last_primary="node1")
@@ -528,18 +529,16 @@ def test_sentinel_view_primary_known_and_down():
     assert S.ckquorum(pv, "kvstore").startswith("OK 2 usable")
 
 
-def test_sentinel_encoding_resp2_resp3_json():
-    f = S.Fields([("name", "kvstore"), ("port", "7001")])
-    assert S.encode_resp([f], 2) == b"*1\r\n*4\r\n$4\r\nname\r\n$7\r\nkvstore\r\n$4\r\nport\r\n$4\r\n7001\r\n"
-    assert S.encode_resp([f], 3) == b"*1\r\n%2\r\n$4\r\nname\r\n$7\r\nkvstore\r\n$4\r\nport\r\n$4\r\n7001\r\n"
-    assert S.encode_resp(None, 2) == b"$-1\r\n"
-    assert S.encode_resp(S.Simple("OK 3"), 2) == b"+OK 3\r\n"
-    assert S.encode_resp(["slave", "h", 1], 2) == b"*3\r\n$5\r\nslave\r\n$1\r\nh\r\n:1\r\n"
-    assert S.to_json([f]) == [{"name": "kvstore", "port": "7001"}]
-
-
-class _FakeSub:
-    pass
+def test_sentinel_replies_encode_as_sentinel_sends_them():
+    m = {"name": "kvstore", "port": "7001"}
+    enc = P.encode_resp_value
+    assert enc([m], 2) == b"*1\r\n*4\r\n$4\r\nname\r\n$7\r\nkvstore\r\n$4\r\nport\r\n$4\r\n7001\r\n"
+    assert enc([m], 3) == b"*1\r\n%2\r\n$4\r\nname\r\n$7\r\nkvstore\r\n$4\r\nport\r\n$4\r\n7001\r\n"
+    assert enc(["slave", "h", 1], 2) == b"*3\r\n$5\r\nslave\r\n$1\r\nh\r\n:1\r\n"
+    down = S.ClusterView.from_status(_status(primary=None, reach=(False, False)), "kvstore")
+    with pytest.raises(P.CommandError) as e:
+        S.ckquorum(down, "kvstore")
+    assert e.value.resp().startswith(b"-NOQUORUM 1 usable Sentinels")
 
 
 def test_event_hub_publishes_switch_master_once_per_new_primary():
