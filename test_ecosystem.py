@@ -359,6 +359,31 @@ def test_info_stats_count_commands_and_keyspace_hits(cluster):
     assert after["total_error_replies"] - before["total_error_replies"] >= 1
 
 
+def test_info_counts_rejected_connections():
+    c = LocalCluster(n=1, extra_args=["--max-clients", "2"])
+    held = []
+    try:
+        c.start()
+        host, port = c.addr("node1")
+        r = redis.Redis(host=host, port=port, socket_timeout=5, single_connection_client=True)
+        held.append(r)
+        before = r.info("stats")
+        extra = socket.create_connection((host, port), timeout=5)      # the second allowed one
+        held.append(extra)
+        refused = socket.create_connection((host, port), timeout=5)
+        refused.sendall(b"*1\r\n$4\r\nPING\r\n")
+        assert refused.recv(100).startswith(b"-ERR max number of clients reached")
+        refused.close()
+        after = r.info("stats")
+        assert after["rejected_connections"] - before["rejected_connections"] == 1
+        assert after["total_connections_received"] - before["total_connections_received"] == 1
+        assert r.info("clients")["connected_clients"] == 2
+    finally:
+        for h in held:
+            h.close()
+        c.cleanup()
+
+
 # ------------------------------------------------------------------------------- redis-cli tools
 def _read_pty_lines(fd: int, want, timeout: float) -> list[str]:
     """Lines from a pty master until want(lines) is true or the deadline passes."""
@@ -400,6 +425,8 @@ def test_redis_cli_stat_shows_live_figures_under_benchmark_load(cluster):
             rows = [m for m in map(STAT_LINE.match, lines) if m]
             return len(rows) >= 3 and int(rows[-1].group(6)) > 0 and int(rows[-2].group(6)) > 0
         lines = _read_pty_lines(master_fd, busy, timeout=30)
+        with _rc(cluster, p) as r:        # the same load, as INFO's own rate shows it
+            ops = r.info("stats")["instantaneous_ops_per_sec"]
     finally:
         stat.kill()
         stat.wait(timeout=10)
@@ -418,6 +445,7 @@ def test_redis_cli_stat_shows_live_figures_under_benchmark_load(cluster):
     assert req_b > req_a and delta_b == req_b - req_a > 0
     assert int(b.group(7)) >= 9                     # total_connections_received
     assert b.group(2)[-1] in "BKMG"                 # used_memory, human-readable
+    assert ops > 0, ops                             # instantaneous_ops_per_sec under the same load
 
 
 @pytest.mark.skipif(not HAVE_REDIS_TOOLS, reason="redis-cli not installed (.ci/run installs them)")
