@@ -40,6 +40,7 @@ from kv_transport import decode_entry, decode_message, handshake_proof
 
 log = logging.getLogger("kvstore")
 
+_REDISCOVER_CODES = ("NOT_PRIMARY", "NO_QUORUM")   # see ConnectionHandler._after_error
 MAX_DEFERRED = 1024   # pipelined writes in flight per connection before replies are flushed
 _REPLY_NULL = Reply(None)
 _AUTH_REQUIRED = CommandError("AUTH_REQUIRED", "Authentication required: send AUTH <password> first")
@@ -348,7 +349,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         self.conn_id = id(self) & 0xFFFFFFF
         self.closing = False
         self.inflight = None
-        self.stats = self.node.stats.opened()    # kv_info.ConnStats: plain int counters
+        self.stats = self.node.stats.opened(self)    # kv_info.ConnStats: plain int counters
         self.send_lock = threading.Lock()        # used once other threads send here (pub/sub)
 
     def finish(self):
@@ -356,6 +357,14 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         node.stats.closed(self.stats)
         if self.session.sub is not None:
             node.sentinel.hub.drop(self.session.sub)
+
+    def kill(self) -> None:
+        """Close this connection from another thread (kv_sentinel.DemotionWatch): the handler
+        thread's next recv sees EOF, or its send fails, and it ends."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError as e:
+            log.debug("%s connection %s already closed: %s", self.node.node_id, self.client_address, e)
 
     def send_locked(self, data: bytes) -> None:
         """sendall under send_lock: for pub/sub messages from other threads, and for this
@@ -416,11 +425,15 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                         err = self._propose_direct(spec, cmd)
                         if err is not None:
                             self.sock.sendall(err)
+                            if self.closing:
+                                break
                         continue
                     # a pipeline: propose now, answer when the batch is flushed (group commit)
                     item = self._propose(spec, cmd)
                     deferred = deferred or callable(item)
                     out.append(item)
+                    if self.closing:
+                        break
                     continue
                 else:
                     if deferred:   # keep per-connection order: earlier writes finish first
@@ -455,7 +468,22 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             return self.encode(spec.run(self, cmd))
         except CommandError as e:
             stats.errors += 1
+            self._after_error(e)
             return self.encode(e)
+
+    def _after_error(self, e: CommandError) -> None:
+        if self._closes_after(e):
+            self.closing = True
+
+    def _closes_after(self, e: CommandError) -> bool:
+        """A Redis client told this node is not (or no longer) primary is disconnected after the
+        reply, as Sentinel disconnects the clients of a master it demotes: its next command
+        reconnects through Sentinel discovery instead of reusing a connection to a secondary.
+        Not for READONLY (follower-read) sessions, subscribers or the line protocol."""
+        if e.code in _REDISCOVER_CODES and (e.code == "NOT_PRIMARY" or not e.definite):
+            sess = self.session
+            return sess.resp and not sess.readonly and sess.sub is None
+        return False
 
     def _propose(self, spec: Command, cmd):
         """Propose a pipelined write; returns an encoded error now, or a callable that waits for
@@ -468,6 +496,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             w, to_reply = spec.propose(self, cmd, None)
         except CommandError as e:
             stats.errors += 1
+            self._after_error(e)
             return self.encode(e)
         node = self.node
 
@@ -476,6 +505,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                 return self.encode(to_reply(node.wait(w)))
             except CommandError as e:
                 stats.errors += 1
+                self._after_error(e)
                 return self.encode(e)
         return done
 
@@ -491,6 +521,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             self.inflight, _ = spec.propose(self, cmd, self.answer_directly)
         except CommandError as e:
             stats.errors += 1
+            self._after_error(e)
             return self.encode(e)
         return None
 
@@ -502,12 +533,14 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         sock = self.sock
 
         def on_done(w) -> None:
+            close = False
             try:
                 try:
                     reply = to_reply(node.outcome(w))
                 except CommandError as e:
                     reply = e
                     self.stats.errors += 1   # this connection's thread waits for w: no race
+                    close = self._closes_after(e)
                 data = self.encode(reply)
             except Exception:   # a bug in a command's reply: answer it, never kill the manager
                 log.exception("%s could not encode the answer for %s", node.node_id, self.client_address)
@@ -522,15 +555,19 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                 w.set()
                 return
             if n < len(data):
-                threading.Thread(target=self._send_rest, args=(data[n:], w), daemon=True,
+                threading.Thread(target=self._send_rest, args=(data[n:], w, close), daemon=True,
                                  name="send-rest").start()
                 return
+            if close:
+                self.kill()     # see _closes_after; the handler thread reads EOF and ends
             w.set()
         return on_done
 
-    def _send_rest(self, data: bytes, w) -> None:
+    def _send_rest(self, data: bytes, w, close: bool = False) -> None:
         try:
             self.sock.sendall(data)
+            if close:
+                self.kill()
         except OSError as e:
             log.debug("%s answer to %s not sent: %s", self.node.node_id, self.client_address, e)
         finally:

@@ -58,9 +58,10 @@ class ConnStats:
     """Counters of one connection.  Only its handler thread writes them (plain `+= 1`);
     ServerStats reads them at INFO time, when a torn read can only be off by the op in flight."""
 
-    __slots__ = ("commands", "hits", "misses", "errors", "readonly", "__weakref__")
+    __slots__ = ("commands", "hits", "misses", "errors", "readonly", "owner", "__weakref__")
 
-    def __init__(self):
+    def __init__(self, owner=None):
+        self.owner = owner      # the connection handler (kv_sentinel's demotion watch closes some)
         self.readonly = False   # the connection opted in to follower reads (INFO readonly_clients)
         self.commands = 0
         self.hits = 0
@@ -87,8 +88,8 @@ class ServerStats:
         self._samples: deque = deque(maxlen=_SAMPLES)
         self._last: tuple[float, int] | None = None
 
-    def opened(self) -> ConnStats:
-        cs = ConnStats()
+    def opened(self, owner=None) -> ConnStats:
+        cs = ConnStats(owner)
         with self._lock:
             self._live.add(cs)
             self.total_connections_received += 1
@@ -99,6 +100,7 @@ class ServerStats:
         with self._lock:
             if cs in self._live:
                 self._live.discard(cs)
+                cs.owner = None
                 f = self._folded
                 f.commands += cs.commands
                 f.hits += cs.hits
@@ -112,6 +114,11 @@ class ServerStats:
     @property
     def connected(self) -> int:
         return len(self._live)
+
+    def live(self) -> list:
+        """The ConnStats of the client connections open now."""
+        with self._lock:
+            return list(self._live)
 
     def readonly_count(self) -> int:
         with self._lock:

@@ -55,7 +55,7 @@ log = logging.getLogger("kvstore")
 __all__ = ["DEFAULT_SERVICE_NAME", "ClusterView", "masters", "master",
            "get_master_addr", "replicas", "sentinels", "ckquorum", "myid", "role_reply",
            "switch_master_message", "EventHub", "SWITCH_MASTER", "Subscriber", "SentinelService",
-           "push_reply"]
+           "push_reply", "DemotionWatch"]
 
 DEFAULT_SERVICE_NAME = "kvstore"
 SWITCH_MASTER = "+switch-master"
@@ -509,6 +509,46 @@ class SentinelService:
             d["state"] = "connected" if v.primary else "connect"
             d["offset"] = v.last_applied
         return d
+
+
+class DemotionWatch:
+    """Close Redis clients' connections when this node stops being primary.
+
+    When Sentinel demotes a master it sends it CLIENT KILL TYPE normal, so that Sentinel-aware
+    clients reconnect and ask the sentinels again; a client whose connection stays open keeps
+    writing to the old master and getting -READONLY (redis-py's Retry then reconnects to the same
+    address: redis/redis-py#3874).  A KV Store node demotes itself (Raft: CheckQuorum, a higher
+    term, a transfer), so it does the same on its own: called every watcher tick, on the
+    primary -> not primary edge it closes every RESP client connection that neither subscribed
+    nor sent READONLY.  Line-protocol clients follow the NOT_PRIMARY hint instead and are left
+    open.  A request in flight on a closed connection gets no answer: for the client that is a
+    connection error, as for a crash of the primary.
+
+    is_primary: () -> bool.  connections: () -> the open client connections' handlers, each
+    with .session (resp, sub, readonly) and .kill().
+    """
+
+    def __init__(self, node_id: str, is_primary: Callable[[], bool], connections: Callable[[], list]):
+        self.node_id = node_id
+        self._is_primary = is_primary
+        self._connections = connections
+        self._was_primary = False
+
+    def __call__(self) -> int:
+        now = self._is_primary()
+        demoted = self._was_primary and not now
+        self._was_primary = now
+        if not demoted:
+            return 0
+        n = 0
+        for conn in self._connections():
+            sess = conn.session
+            if sess.resp and sess.sub is None and not sess.readonly:
+                conn.kill()
+                n += 1
+        log.info("%s is no longer primary: closed %d Redis client connection(s) so that Sentinel "
+                 "clients ask again for the primary", self.node_id, n)
+        return n
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ Threads and locks
     sync-<id>           streams a snapshot to a follower while one is needed
     snapshot-reaper     waits for a forked snapshot writer, then installs its file
     sentinel-events     kv_sentinel's watcher: every 100 ms notes the primary (publishes
-                        +switch-master on a change) and samples the command rate for INFO
+                        +switch-master on a change), samples the command rate for INFO, and
+                        on stepping down closes Redis clients' connections (DemotionWatch)
     wal-flusher         kv_storage's once-a-second fsync under --fsync everysec
   raft_lock (RLock)     the Raft core and the Proposals (waiters by index).  Held briefly: to
                         propose, to step/tick/ready, to note persisted indexes and status.
@@ -275,6 +276,9 @@ class KVNode:
         self.sentinel = kv_sentinel.SentinelService(getattr(args, "sentinel_name", kv_sentinel.DEFAULT_SERVICE_NAME),
                                                     self.status, self._primary_of)
         self.sentinel.add_tick(self.stats.sample)
+        self.sentinel.add_tick(kv_sentinel.DemotionWatch(
+            self.node_id, lambda: self.core.role == LEADER,
+            lambda: [cs.owner for cs in self.stats.live() if cs.owner is not None]))
 
     # -- lifecycle
     def start(self) -> None:
