@@ -24,7 +24,6 @@ import select
 import shutil
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
