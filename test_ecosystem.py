@@ -184,6 +184,11 @@ def test_redis_py_sentinel_follows_kill9_failover(cluster):
     retry = Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=100,
                   supported_errors=(RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError))
     master = sentinel.master_for(SERVICE, socket_timeout=1.0, socket_connect_timeout=1.0, retry=retry)
+    # what JedisSentinelPool and go-redis listen to: +switch-master on a surviving node
+    listener = _rc(cluster, _secondaries(cluster, p)[0])
+    events = listener.pubsub()
+    events.subscribe("+switch-master")
+    assert events.get_message(timeout=5)["type"] == "subscribe"
     n, kill_at = 2000, 700
     acked: dict[str, str] = {}
     longest = (0.0, -1)
@@ -203,6 +208,12 @@ def test_redis_py_sentinel_follows_kill9_failover(cluster):
     elapsed = time.monotonic() - t_start
     new_p = cluster.wait_for_single_primary()
     assert new_p != killed
+    msg = events.get_message(timeout=5)
+    assert msg is not None and msg["type"] == "message", msg
+    name, _, _, n_ip, n_port = msg["data"].decode().split()
+    assert name == SERVICE and (n_ip, int(n_port)) == cluster.addr(new_p)
+    events.close()
+    listener.close()
     print(f"\nredis-py Sentinel master_for: {len(acked)} writes acknowledged in {elapsed:.2f}s, "
           f"primary {killed} killed with kill -9 at write {kill_at}; longest pause "
           f"{longest[0] * 1000:.0f} ms (write {longest[1]}); new primary {new_p}")
