@@ -12,6 +12,8 @@ Layout (reading order):
     commands        Set, Get, Delete, Exists, Keys, DbSize, Ping, Echo, Status, Info, Auth, Select,
                     Quit, Shutdown, Snapshot, Flush, Transfer, ConfigGet, ClientCmd, CommandCmd, Internal,
                     Invalid (+ Hello, a subclass of Invalid, see below)
+    ecosystem group Sentinel, Role, ReadOnly, ReadWrite, Subscribe, Unsubscribe (one section of
+                    their own, registered into the command tables there)
     parse_line      line-protocol line -> command          (never raises)
     parse_resp      RESP argument list -> command          (never raises)
     parse_frame     Frame -> command, by frame.proto
