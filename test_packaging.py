@@ -104,6 +104,7 @@ def test_pip_install_in_a_fresh_venv(tmp_path):
     try:
         assert r.returncode == 0, f"start --detach failed:\n{r.stdout}\n{r.stderr}"
         assert "cluster started in the background" in r.stdout
+        assert f"stop it with: kv-cluster --action stop --data-dir {data}" in r.stdout
         r = _run([kvc, "--action", "health", "--wait", "10", *args], timeout=60, cwd=str(tmp_path), env=env)
         assert r.returncode == 0, f"health failed:\n{r.stdout}\n{r.stderr}"
         state_pids = _pids_under(data)
