@@ -438,13 +438,19 @@ class SentinelService:
     e.g. ServerStats.sample for instantaneous_ops_per_sec).
 
     status: () -> the node's STATUS dict.  primary_of: () -> (leader id, "host:port") or
-    (None, None), cheap (polled every `interval`).
+    (None, None), cheap (polled every `interval`).  confirmed: () -> whether the primary this
+    node knows is confirmed alive right now (a primary holding its lease; a secondary that heard
+    from it within one election timeout); an unconfirmed primary is reported down, as a
+    Sentinel reports a master that stopped answering, so clients do not connect to a primary
+    that is about to step down or is gone.
     """
 
     def __init__(self, service: str, status: Callable[[], dict],
-                 primary_of: Callable[[], tuple[str | None, str | None]], interval: float = 0.1):
+                 primary_of: Callable[[], tuple[str | None, str | None]], interval: float = 0.1,
+                 confirmed: Callable[[], bool] = lambda: True):
         self.service = service
         self._status = status
+        self._confirmed = confirmed
         self._ticks: list[Callable[[], None]] = []
         self.hub = EventHub(service, primary_of, interval=interval, on_tick=self._tick)
 
@@ -465,7 +471,10 @@ class SentinelService:
         st = status if status is not None else self._status()
         hub = self.hub
         hub.observe(st.get("primary"), st.get("primary_addr"))
-        return ClusterView.from_status(st, self.service, hub.last_primary, hub.since_ms())
+        view = ClusterView.from_status(st, self.service, hub.last_primary, hub.since_ms())
+        if view.primary is not None and not self._confirmed():
+            view.primary = None          # reported down; last_primary still names it
+        return view
 
     def sentinel(self, cmd: "P.Sentinel"):
         """SENTINEL <sub>: a reply value, or raises CommandError."""

@@ -274,7 +274,8 @@ class KVNode:
         self.run_id = os.urandom(20).hex()              # INFO run_id: new every start, as Redis
         self.replication_id = kv_sentinel.run_id("replication:" + ",".join(sorted(members)))
         self.sentinel = kv_sentinel.SentinelService(getattr(args, "sentinel_name", kv_sentinel.DEFAULT_SERVICE_NAME),
-                                                    self.status, self._primary_of)
+                                                    self.status, self._primary_of,
+                                                    confirmed=self.primary_confirmed)
         self.sentinel.add_tick(self.stats.sample)
         self.sentinel.add_tick(kv_sentinel.DemotionWatch(
             self.node_id, lambda: self.core.role == LEADER,
@@ -320,6 +321,15 @@ class KVNode:
         leader = self.core.leader_id
         m = self.members.get(leader) if leader is not None else None
         return (leader, m.addr) if m is not None else (None, None)
+
+    def primary_confirmed(self) -> bool:
+        """Lock-free: this node leads and holds its lease, or heard from its primary within one
+        election timeout (Sentinel discovery reports an unconfirmed primary as down)."""
+        core = self.core
+        now = time.monotonic()
+        if core.role == LEADER:
+            return core.read_ok(now)
+        return core.leader_id is not None and now - core.last_leader_contact < core.election_timeout
 
     @property
     def snapshot_in_progress(self) -> bool:
