@@ -521,17 +521,19 @@ class SentinelService:
 
 
 class DemotionWatch:
-    """Close Redis clients' connections when this node stops being primary.
+    """Close Redis clients' connections when this node stops or starts being primary.
 
-    When Sentinel demotes a master it sends it CLIENT KILL TYPE normal, so that Sentinel-aware
-    clients reconnect and ask the sentinels again; a client whose connection stays open keeps
-    writing to the old master and getting -READONLY (redis-py's Retry then reconnects to the same
-    address: redis/redis-py#3874).  A KV Store node demotes itself (Raft: CheckQuorum, a higher
-    term, a transfer), so it does the same on its own: called every watcher tick, on the
+    When Sentinel reconfigures an instance (demotes a master, or promotes a replica with
+    SLAVEOF NO ONE) it sends it CLIENT KILL TYPE normal, so that Sentinel-aware clients reconnect
+    and ask the sentinels again; a client whose connection stays open keeps writing to the old
+    master and getting -READONLY (redis-py's Retry then reconnects to the same address:
+    redis/redis-py#3874), or keeps reading from a "replica" that is now the master.  A KV Store
+    node changes role on its own (Raft), so it does the same: called every watcher tick, on the
     primary -> not primary edge it closes every RESP client connection that neither subscribed
-    nor sent READONLY.  Line-protocol clients follow the NOT_PRIMARY hint instead and are left
-    open.  A request in flight on a closed connection gets no answer: for the client that is a
-    connection error, as for a crash of the primary.
+    nor sent READONLY; on the not primary -> primary edge it closes the RESP connections that
+    sent READONLY (replica clients: they go and find a secondary).  Line-protocol clients follow
+    the NOT_PRIMARY hint instead and are left open.  A request in flight on a closed connection
+    gets no answer: for the client that is a connection error, as for a crash of the primary.
 
     is_primary: () -> bool.  connections: () -> the open client connections' handlers, each
     with .session (resp, sub, readonly) and .kill().
@@ -545,18 +547,22 @@ class DemotionWatch:
 
     def __call__(self) -> int:
         now = self._is_primary()
-        demoted = self._was_primary and not now
+        was = self._was_primary
         self._was_primary = now
-        if not demoted:
+        if now == was:
             return 0
         n = 0
         for conn in self._connections():
             sess = conn.session
-            if sess.resp and sess.sub is None and not sess.readonly:
+            if sess.resp and sess.sub is None and sess.readonly == now:
                 conn.kill()
                 n += 1
-        log.info("%s is no longer primary: closed %d Redis client connection(s) so that Sentinel "
-                 "clients ask again for the primary", self.node_id, n)
+        if now:
+            log.info("%s became primary: closed %d READONLY (replica) Redis connection(s) so that "
+                     "they find a secondary again", self.node_id, n)
+        else:
+            log.info("%s is no longer primary: closed %d Redis client connection(s) so that Sentinel "
+                     "clients ask again for the primary", self.node_id, n)
         return n
 
 

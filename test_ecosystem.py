@@ -688,3 +688,27 @@ def test_info_text_sections_and_format():
         cs.commands = total
         stats.sample()
     assert stats.instantaneous_ops() == 1500
+
+
+class _FakeConn:
+    def __init__(self, resp=True, readonly=False, subscribed=False):
+        self.session = type("S", (), {"resp": resp, "readonly": readonly,
+                                      "sub": object() if subscribed else None})()
+        self.killed = False
+
+    def kill(self):
+        self.killed = True
+
+
+def test_demotion_watch_closes_what_sentinel_would():
+    primary = [False]
+    normal, replica, sub, line = _FakeConn(), _FakeConn(readonly=True), _FakeConn(subscribed=True), \
+        _FakeConn(resp=False)
+    conns = [normal, replica, sub, line]
+    watch = S.DemotionWatch("n1", lambda: primary[0], lambda: conns)
+    assert watch() == 0                          # starts as a secondary: nothing to do
+    primary[0] = True
+    assert watch() == 1 and replica.killed and not normal.killed      # promoted: replica clients go
+    assert watch() == 0
+    primary[0] = False
+    assert watch() == 1 and normal.killed and not sub.killed and not line.killed   # demoted
