@@ -70,9 +70,15 @@ def _secondaries(c: LocalCluster, primary: str) -> list[str]:
 
 # ------------------------------------------------------------------------------ Sentinel replies
 @pytest.mark.parametrize("protocol", [2, 3])
+def _links_up(c: LocalCluster) -> bool:
+    sts = c.statuses()
+    return all(st is not None and all(d["reachable"] for d in st["peers"].values()) for st in sts.values())
+
+
 def test_sentinel_replies_parse_with_redis_py(cluster, protocol):
     p = cluster.wait_for_single_primary()
     cluster.wait_converged()
+    cluster.wait_until(lambda: _links_up(cluster), 10, "every peer link up (num-other-sentinels)")
     want_master = cluster.addr(p)
     for node in cluster.ids:
         with _rc(cluster, node, protocol=protocol) as r:
