@@ -69,12 +69,12 @@ def _secondaries(c: LocalCluster, primary: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ Sentinel replies
-@pytest.mark.parametrize("protocol", [2, 3])
 def _links_up(c: LocalCluster) -> bool:
     sts = c.statuses()
     return all(st is not None and all(d["reachable"] for d in st["peers"].values()) for st in sts.values())
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
 def test_sentinel_replies_parse_with_redis_py(cluster, protocol):
     p = cluster.wait_for_single_primary()
     cluster.wait_converged()
