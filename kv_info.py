@@ -397,7 +397,7 @@ def node_facts(node) -> dict:
             "connected_clients": node.stats.connected, "peer_connections": max(0, st["clients"] - node.stats.connected),
             "readonly_clients": node.stats.readonly_count(), "started": node.started,
             "service": svc.service, "pubsub": svc.hub.subscriber_count(),
-            "replid": node.replication_id, "snapshot_in_progress": node.snapshot_in_progress,
+            "replid": node.replication_id, "snapshot_in_progress": st.get("snapshot_in_progress", False),
             **timing}
 
 

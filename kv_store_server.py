@@ -220,7 +220,7 @@ class KVNode:
       node       role, status(), snapshot(), flush(), transfer(target), shutdown(),
                  not_primary(), member_addr(id), peer_ids, config (the parsed flags), port
       ecosystem  stats (kv_info.ServerStats), sentinel (kv_sentinel.SentinelService), run_id,
-                 replication_id, replication_timing(), snapshot_in_progress
+                 replication_id, replication_timing(), primary_confirmed()
       peers      deliver(msg)
     Invariant: a write is answered OK only after its entry was applied at the index and term it
     was proposed with (so it is committed on a majority).
@@ -330,10 +330,6 @@ class KVNode:
         if core.role == LEADER:
             return core.read_ok(now)
         return core.leader_id is not None and now - core.last_leader_contact < core.election_timeout
-
-    @property
-    def snapshot_in_progress(self) -> bool:
-        return self.manager.snapshot_child is not None
 
     def replication_timing(self) -> dict:
         """Seconds since the primary last heard from each peer (on the primary), or since this
