@@ -474,6 +474,19 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
     def _after_error(self, e: CommandError) -> None:
         if self._closes_after(e):
             self.closing = True
+            self._cork()
+
+    def _cork(self) -> None:
+        """Hold this connection's output until it is shut down, so the last reply and the FIN
+        reach the client together: a client that checks its pooled connection before the next
+        command (redis-py does) then sees it closed and reconnects through discovery, instead
+        of sending that command to this node and meeting redis/redis-py#3874."""
+        cork = getattr(socket, "TCP_CORK", None)
+        if cork is not None:
+            try:
+                self.sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+            except OSError as e:
+                log.debug("%s could not cork %s: %s", self.node.node_id, self.client_address, e)
 
     def _closes_after(self, e: CommandError) -> bool:
         """A Redis client told this node is not (or no longer) primary is disconnected after the
@@ -541,6 +554,8 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                     reply = e
                     self.stats.errors += 1   # this connection's thread waits for w: no race
                     close = self._closes_after(e)
+                    if close:
+                        self._cork()        # the reply leaves with the FIN (kill below)
                 data = self.encode(reply)
             except Exception:   # a bug in a command's reply: answer it, never kill the manager
                 log.exception("%s could not encode the answer for %s", node.node_id, self.client_address)

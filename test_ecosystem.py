@@ -258,10 +258,11 @@ def test_redis_py_sentinel_follows_a_partitioned_primary():
     """The old primary stays alive but is cut off from its peers: it steps down (CheckQuorum) and
     closes its Redis clients' connections, so redis-py asks the nodes again.  Only the write in
     flight at the cut may fail, with an indefinite error (it may or may not have happened).
-    redis-py 8's Retry reconnects to the same address after -READONLY (redis/redis-py#3874): a
-    write that meets a node which has just stepped down can exhaust its retries there and fail
-    with "The previous master is now a slave"; such a write was never applied, and the next one
-    asks the nodes again.  At most two writes may fail either way; none acknowledged is lost."""
+    The reply leaves with the connection's FIN (TCP_CORK), so redis-py sees the connection closed
+    before its next command.  Should a command still reach a node that is not primary,
+    redis-py 8's Retry reconnects to that same address after -READONLY (redis/redis-py#3874)
+    and fails with "The previous master is now a slave" once its retries are spent; such a
+    write was never applied.  At most two writes may fail either way; none acknowledged is lost."""
     c = LocalCluster(n=3, proxied=True)
     try:
         c.start()
