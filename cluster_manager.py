@@ -595,7 +595,7 @@ class Supervisor:
         if self.fg:
             hint = "Ctrl-C stops the cluster" if self.tty else "SIGINT stops the cluster"
             self.say(f"cluster of {c.n} running from {o.data_dir}; {hint}; from another terminal: "
-                     f"python cluster_manager.py --action status --data-dir {o.data_dir}")
+                     f"{invoked_as()} --action status --data-dir {o.data_dir}")
         self._watch()
         return 0
 
@@ -824,6 +824,13 @@ class Target:
         return ", ".join(self.cluster.addresses())
 
 
+def invoked_as() -> str:
+    """How the user runs this CLI: "kv-cluster" (the console script of `pip install .`) or
+    "python cluster_manager.py" (for hints printed to them)."""
+    return "kv-cluster" if os.path.basename(sys.argv[0] if sys.argv else "") == "kv-cluster" \
+        else "python cluster_manager.py"
+
+
 def _fail(msg: str, code: int = 1) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return code
@@ -871,7 +878,7 @@ def action_start(opts) -> int:
         time.sleep(0.05)
     print(f"cluster started in the background (manager pid {child.pid}, log {log_path})")
     _print_status(opts, Target(opts))
-    print(f"stop it with: python cluster_manager.py --action stop --data-dir {opts.data_dir}")
+    print(f"stop it with: {invoked_as()} --action stop --data-dir {opts.data_dir}")
     return 0
 
 
@@ -1104,7 +1111,7 @@ ACTIONS = {"start": action_start, "status": action_status, "health": action_heal
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="cluster_manager.py",
+        prog="kv-cluster" if invoked_as() == "kv-cluster" else "cluster_manager.py",
         description="Start, watch, drill and stop a local KV Store cluster (node1 on --base-port with "
                     "--primary, node2 on the next port, ...). Every action except start works from a "
                     "second terminal against the cluster recorded in --data-dir.",

@@ -5,7 +5,8 @@ Layout:
     Session             per-connection state (protocol, authenticated, client name)
     COMMANDS, command   the dispatch table: command class -> Command (run, auth, pipelined)
     the commands        one function per command: (conn, cmd) -> kv_protocol.Reply
-    info_text()         the INFO answer
+    (kv_info)           INFO, and the per-connection counters behind it
+    (kv_sentinel)       SENTINEL, ROLE, READONLY/READWRITE, (P)SUBSCRIBE/(P)UNSUBSCRIBE
     ConnectionHandler   socketserver handler: read frames, dispatch, encode, batch the replies of
                         a pipeline; becomes a peer connection after a HELLO handshake
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import secrets
 import socket
 import socketserver
@@ -40,13 +40,17 @@ from kv_transport import decode_entry, decode_message, handshake_proof
 
 log = logging.getLogger("kvstore")
 
+_REDISCOVER_CODES = ("NOT_PRIMARY", "NO_QUORUM")   # see ConnectionHandler._after_error
 MAX_DEFERRED = 1024   # pipelined writes in flight per connection before replies are flushed
 _REPLY_NULL = Reply(None)
 _AUTH_REQUIRED = CommandError("AUTH_REQUIRED", "Authentication required: send AUTH <password> first")
 
 
 class Session:
-    __slots__ = ("resp", "proto", "authed", "name", "peer_id", "addr")
+    """Per-connection state.  readonly: the client opted in to follower reads (READONLY).
+    sub: its kv_sentinel.Subscriber once it SUBSCRIBEd (then other threads send on the socket
+    too, under ConnectionHandler.send_lock)."""
+    __slots__ = ("resp", "proto", "authed", "name", "peer_id", "addr", "readonly", "sub")
 
     def __init__(self, addr, authed: bool):
         self.resp = False
@@ -55,6 +59,8 @@ class Session:
         self.name = None
         self.peer_id = None
         self.addr = addr
+        self.readonly = False
+        self.sub = None
 
 
 # ------------------------------------------------------------------------------ dispatch table
@@ -117,6 +123,8 @@ def cmd_hello(c, cmd):
 
 @command(P.Ping, auth=False)
 def cmd_ping(c, cmd):
+    if c.session.sub is not None and c.session.proto == 2:   # RESP2 subscribed mode, as Redis
+        return Reply(["pong", cmd.message or ""])
     if cmd.message is None:
         return Reply(Simple("PONG"), {"message": "PONG"})
     return Reply(cmd.message, {"message": cmd.message})
@@ -221,14 +229,18 @@ def _get_line(item):
 
 @command(P.Get)
 def cmd_get(c, cmd):
-    item = c.node.get(cmd.key)
+    item = c.node.get(cmd.key, c.session.readonly)
     if c.session.resp:   # the hot path: no line-protocol fields to prepare
         if item is None:
+            c.stats.misses += 1
             return _REPLY_NULL
+        c.stats.hits += 1
         kind, value = item
         return Reply(value if kind == "bytes" else P.value_to_resp_bytes(value, kind))
     if item is None:
+        c.stats.misses += 1
         raise CommandError("NOT_FOUND", f"Key '{cmd.key}' not found")
+    c.stats.hits += 1
     return Reply(None, _get_line(item))
 
 
@@ -253,19 +265,19 @@ def cmd_delete(c, cmd):
 
 @command(P.Exists)
 def cmd_exists(c, cmd):
-    n = c.node.exists(cmd.keys)
+    n = c.node.exists(cmd.keys, stale_ok=c.session.readonly)
     return Reply(n, {"exists": n > 0, "count": n})
 
 
 @command(P.Keys)
 def cmd_keys(c, cmd):
-    keys = c.node.keys(cmd.pattern if cmd.pattern is not None else "*")
+    keys = c.node.keys(cmd.pattern if cmd.pattern is not None else "*", stale_ok=c.session.readonly)
     return Reply(keys, {"keys": keys, "count": len(keys)})
 
 
 @command(P.DbSize)
 def cmd_dbsize(c, cmd):
-    n = c.node.size()
+    n = c.node.size(stale_ok=c.session.readonly)
     return Reply(n, {"size": n})
 
 
@@ -274,12 +286,6 @@ def cmd_dbsize(c, cmd):
 def cmd_status(c, cmd):
     st = c.node.status()
     return Reply(json.dumps(st).encode(), st)
-
-
-@command(P.Info)
-def cmd_info(c, cmd):
-    text = info_text(c.node, cmd.section)
-    return Reply(text.encode(), {"info": text})
 
 
 @command(P.Shutdown)
@@ -318,51 +324,6 @@ def cmd_transfer(c, cmd):
                                 "seconds": round(time.monotonic() - t0, 3)})
 
 
-# ------------------------------------------------------------------------------ INFO
-def info_text(node, section) -> str:
-    st = node.status()
-    lines = ["# Server", "kv_store_version:1.0", f"process_id:{os.getpid()}",
-             f"tcp_port:{node.port}", f"uptime_in_seconds:{int(st['uptime'])}",
-             f"node_id:{node.node_id}", "",
-             "# Clients", f"connected_clients:{st['clients']}", f"maxclients:{node.config.max_clients}", ""]
-    role = "master" if st["role"] == "primary" else "slave"
-    repl = ["# Replication", f"role:{role}"]
-    if role == "master":
-        peers = list(st["peers"].items())
-        repl.append(f"connected_slaves:{sum(1 for _, d in peers if d['reachable'])}")
-        for i, (pid, d) in enumerate(peers):
-            host, _, port = d["addr"].rpartition(":")
-            state = "online" if d["reachable"] else "offline"
-            repl.append(f"slave{i}:id={pid},ip={host},port={port},state={state},"
-                        f"offset={d['match_index'] or 0},lag={d['lag'] if d['lag'] is not None else -1}")
-        repl.append(f"master_repl_offset:{st['commit_index']}")
-    else:
-        addr = st["primary_addr"] or ":"
-        host, _, port = addr.rpartition(":")
-        repl += [f"master_host:{host}", f"master_port:{port}",
-                 f"master_link_status:{'up' if st['primary'] else 'down'}",
-                 f"master_node_id:{st['primary'] or ''}",
-                 f"slave_repl_offset:{st['last_applied']}", "slave_read_only:1"]
-    repl += [f"raft_term:{st['election_term']}", f"commit_index:{st['commit_index']}",
-             f"last_applied:{st['last_applied']}", f"digest:{st['digest']}", ""]
-    persistence = ["# Persistence", "aof_enabled:1", f"appendfsync:{st['fsync']}",
-                   f"snapshot_index:{st['snapshot_index']}", ""]
-    keyspace = ["# Keyspace"]
-    if st["keys"]:
-        keyspace.append(f"db0:keys={st['keys']},expires=0,avg_ttl=0")
-    keyspace.append("")
-    sections = {"server": lines[:7], "clients": lines[7:], "replication": repl,
-                "persistence": persistence, "keyspace": keyspace}
-    want = (section or "").lower()
-    if want in ("", "all", "default", "everything"):
-        parts = lines + repl + persistence + keyspace
-    elif want in sections:
-        parts = sections[want]
-    else:
-        parts = []
-    return "\r\n".join(parts)
-
-
 # ------------------------------------------------------------------------------ the connection
 class ConnectionHandler(socketserver.BaseRequestHandler):
     """One connection: a client (line protocol or RESP) or, after HELLO, a peer node.
@@ -388,6 +349,34 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         self.conn_id = id(self) & 0xFFFFFFF
         self.closing = False
         self.inflight = None
+        self.stats = self.node.stats.opened(self)    # kv_info.ConnStats: plain int counters
+        self.send_lock = threading.Lock()        # used once other threads send here (pub/sub)
+
+    def finish(self):
+        node = self.node
+        node.stats.closed(self.stats)
+        if self.session.sub is not None:
+            node.sentinel.hub.drop(self.session.sub)
+
+    def kill(self) -> None:
+        """Close this connection from another thread (kv_sentinel.DemotionWatch): the handler
+        thread's next recv sees EOF, or its send fails, and it ends."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError as e:
+            log.debug("%s connection %s already closed: %s", self.node.node_id, self.client_address, e)
+
+    def send_locked(self, data: bytes) -> None:
+        """sendall under send_lock: for pub/sub messages from other threads, and for this
+        connection's own replies once it subscribed."""
+        with self.send_lock:
+            self.sock.sendall(data)
+
+    def _send(self, data: bytes) -> None:
+        if self.session.sub is None:
+            self.sock.sendall(data)
+        else:
+            self.send_locked(data)
 
     def encode(self, reply) -> bytes:
         sess = self.session
@@ -424,20 +413,27 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                             out.clear()
                         self._peer(cmd.message)
                         return
+                    self.stats.commands += 1
+                    self.stats.errors += 1
                     out.append(self.encode(CommandError("UNKNOWN_COMMAND",
                                                         f"Command {type(cmd).__name__} is not supported")))
                 elif spec.propose is not None and (type(cmd) is not P.Delete or len(cmd.keys) == 1) \
+                        and sess.sub is None \
                         and (not out or len(out) < MAX_DEFERRED and reader.has_buffered_frame()):
                     if not out and not reader.has_buffered_frame():
                         # a lone write: the manager thread answers it (answer_directly)
                         err = self._propose_direct(spec, cmd)
                         if err is not None:
                             self.sock.sendall(err)
+                            if self.closing:
+                                break
                         continue
                     # a pipeline: propose now, answer when the batch is flushed (group commit)
                     item = self._propose(spec, cmd)
                     deferred = deferred or callable(item)
                     out.append(item)
+                    if self.closing:
+                        break
                     continue
                 else:
                     if deferred:   # keep per-connection order: earlier writes finish first
@@ -447,7 +443,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                     if self.closing:
                         break
                 if not reader.has_buffered_frame():
-                    self.sock.sendall(b"".join(out) if len(out) > 1 else out[0])
+                    self._send(b"".join(out) if len(out) > 1 else out[0])
                     out.clear()
         except OSError as e:
             log.debug("%s connection %s ended: %s", self.node.node_id, self.client_address, e)
@@ -458,27 +454,62 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         if out:
             self._resolve(out)
             try:
-                self.sock.sendall(b"".join(out))
+                self._send(b"".join(out))
             except OSError as e:
                 log.debug("%s could not send final reply to %s: %s", self.node.node_id, self.client_address, e)
 
     def run(self, spec: Command, cmd) -> bytes:
         """Run one command and encode its answer."""
+        stats = self.stats
+        stats.commands += 1
         try:
             if spec.auth and not self.session.authed:
                 raise _AUTH_REQUIRED
             return self.encode(spec.run(self, cmd))
         except CommandError as e:
+            stats.errors += 1
+            self._after_error(e)
             return self.encode(e)
+
+    def _after_error(self, e: CommandError) -> None:
+        if self._closes_after(e):
+            self.closing = True
+            self._cork()
+
+    def _cork(self) -> None:
+        """Hold this connection's output until it is shut down, so the last reply and the FIN
+        reach the client together: a client that checks its pooled connection before the next
+        command (redis-py does) then sees it closed and reconnects through discovery, instead
+        of sending that command to this node and meeting redis/redis-py#3874."""
+        cork = getattr(socket, "TCP_CORK", None)
+        if cork is not None:
+            try:
+                self.sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+            except OSError as e:
+                log.debug("%s could not cork %s: %s", self.node.node_id, self.client_address, e)
+
+    def _closes_after(self, e: CommandError) -> bool:
+        """A Redis client told this node is not (or no longer) primary is disconnected after the
+        reply, as Sentinel disconnects the clients of a master it demotes: its next command
+        reconnects through Sentinel discovery instead of reusing a connection to a secondary.
+        Not for READONLY (follower-read) sessions, subscribers or the line protocol."""
+        if e.code in _REDISCOVER_CODES and (e.code == "NOT_PRIMARY" or not e.definite):
+            sess = self.session
+            return sess.resp and not sess.readonly and sess.sub is None
+        return False
 
     def _propose(self, spec: Command, cmd):
         """Propose a pipelined write; returns an encoded error now, or a callable that waits for
         the commit and returns the encoded answer."""
+        stats = self.stats
+        stats.commands += 1
         try:
             if spec.auth and not self.session.authed:
                 raise _AUTH_REQUIRED
             w, to_reply = spec.propose(self, cmd, None)
         except CommandError as e:
+            stats.errors += 1
+            self._after_error(e)
             return self.encode(e)
         node = self.node
 
@@ -486,6 +517,8 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             try:
                 return self.encode(to_reply(node.wait(w)))
             except CommandError as e:
+                stats.errors += 1
+                self._after_error(e)
                 return self.encode(e)
         return done
 
@@ -493,11 +526,15 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
     def _propose_direct(self, spec: Command, cmd) -> bytes | None:
         """Propose a lone write whose answer the resolving thread sends; an encoded error if it
         could not be proposed."""
+        stats = self.stats
+        stats.commands += 1
         try:
             if spec.auth and not self.session.authed:
                 raise _AUTH_REQUIRED
             self.inflight, _ = spec.propose(self, cmd, self.answer_directly)
         except CommandError as e:
+            stats.errors += 1
+            self._after_error(e)
             return self.encode(e)
         return None
 
@@ -509,11 +546,16 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         sock = self.sock
 
         def on_done(w) -> None:
+            close = False
             try:
                 try:
                     reply = to_reply(node.outcome(w))
                 except CommandError as e:
                     reply = e
+                    self.stats.errors += 1   # this connection's thread waits for w: no race
+                    close = self._closes_after(e)
+                    if close:
+                        self._cork()        # the reply leaves with the FIN (kill below)
                 data = self.encode(reply)
             except Exception:   # a bug in a command's reply: answer it, never kill the manager
                 log.exception("%s could not encode the answer for %s", node.node_id, self.client_address)
@@ -528,15 +570,19 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                 w.set()
                 return
             if n < len(data):
-                threading.Thread(target=self._send_rest, args=(data[n:], w), daemon=True,
+                threading.Thread(target=self._send_rest, args=(data[n:], w, close), daemon=True,
                                  name="send-rest").start()
                 return
+            if close:
+                self.kill()     # see _closes_after; the handler thread reads EOF and ends
             w.set()
         return on_done
 
-    def _send_rest(self, data: bytes, w) -> None:
+    def _send_rest(self, data: bytes, w, close: bool = False) -> None:
         try:
             self.sock.sendall(data)
+            if close:
+                self.kill()
         except OSError as e:
             log.debug("%s answer to %s not sent: %s", self.node.node_id, self.client_address, e)
         finally:
@@ -613,6 +659,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                 return
         sock.sendall(P.encode_line({"type": "WELCOME"}))
         self.session.peer_id = sender
+        node.stats.closed(self.stats)       # a peer link, not a client (INFO connected_clients)
         reader = self.reader
         reader.max_request_bytes = 4 * node.config.max_request_bytes + (1 << 20)
         deliver = node.deliver

@@ -12,6 +12,8 @@ Layout (reading order):
     commands        Set, Get, Delete, Exists, Keys, DbSize, Ping, Echo, Status, Info, Auth, Select,
                     Quit, Shutdown, Snapshot, Flush, Transfer, ConfigGet, ClientCmd, CommandCmd, Internal,
                     Invalid (+ Hello, a subclass of Invalid, see below)
+    ecosystem group Sentinel, Role, ReadOnly, ReadWrite, Subscribe, Unsubscribe (one section of
+                    their own, registered into the command tables there)
     parse_line      line-protocol line -> command          (never raises)
     parse_resp      RESP argument list -> command          (never raises)
     parse_frame     Frame -> command, by frame.proto
@@ -1091,6 +1093,126 @@ def parse_frame(frame: Frame) -> Any:
     if frame.proto == "resp":
         return parse_resp(frame.args)
     return parse_line(frame.line)
+
+
+# --------------------------------------------------------------------------------------------
+# Redis ecosystem: Sentinel discovery, ROLE, opt-in follower reads, failover events.
+# (One group, registered into the command tables here, so the data commands above stay apart.)
+#
+#   SENTINEL <sub> [name]   RESP only: every node answers the Sentinel commands that redis-py,
+#                           Jedis, ioredis and go-redis use to find the primary (kv_sentinel.py)
+#   ROLE                    Redis's ROLE reply (RESP); a JSON object on the line protocol
+#   READONLY / READWRITE    this connection may / may not read from a secondary (stale reads)
+#   SUBSCRIBE / PSUBSCRIBE / UNSUBSCRIBE / PUNSUBSCRIBE
+#                           RESP only: Sentinel's event channels (+switch-master, ...); there
+#                           is no PUBLISH
+# --------------------------------------------------------------------------------------------
+SENTINEL_SUBCOMMANDS = frozenset({"MASTERS", "MASTER", "GET-MASTER-ADDR-BY-NAME", "REPLICAS",
+                                  "SENTINELS", "CKQUORUM", "MYID", "FAILOVER", "IS-MASTER-DOWN-BY-ADDR",
+                                  "CONFIG", "RESET", "MONITOR", "REMOVE", "SET", "FLUSHCONFIG",
+                                  "INFO-CACHE", "SIMULATE-FAILURE", "DEBUG", "PENDING-SCRIPTS"})
+_SENTINEL_NO_NAME = frozenset({"MASTERS", "MYID"})
+_SENTINEL_ONE_NAME = frozenset({"MASTER", "GET-MASTER-ADDR-BY-NAME", "REPLICAS", "SENTINELS",
+                                "CKQUORUM", "FAILOVER"})
+
+
+@dataclass(slots=True)
+class Sentinel:
+    """SENTINEL <sub> [name] (RESP only).
+
+    sub: upper-cased; SLAVES is folded into REPLICAS.  name: the service (master) name for the
+    subcommands that take one (MASTER, GET-MASTER-ADDR-BY-NAME, REPLICAS, SENTINELS, CKQUORUM,
+    FAILOVER), else None.  Subcommands that change a real Sentinel's configuration (MONITOR,
+    REMOVE, SET, RESET, ...) parse with their raw `args` so the server can refuse them clearly.
+    """
+    sub: str
+    name: str | None = None
+    args: tuple = ()
+
+
+@dataclass(slots=True)
+class Role:
+    """ROLE: the node's replication role, in Redis's format over RESP."""
+
+
+@dataclass(slots=True)
+class ReadOnly:
+    """READONLY: this connection may read from a secondary (data as of its last applied entry)."""
+
+
+@dataclass(slots=True)
+class ReadWrite:
+    """READWRITE: back to the default, reads only on the primary (linearizable)."""
+
+
+@dataclass(slots=True)
+class Subscribe:
+    """SUBSCRIBE / PSUBSCRIBE channel [channel ...] (RESP only): pattern True for PSUBSCRIBE.
+    channels: non-empty tuple of str."""
+    channels: tuple
+    pattern: bool = False
+
+
+@dataclass(slots=True)
+class Unsubscribe:
+    """UNSUBSCRIBE / PUNSUBSCRIBE [channel ...] (RESP only): empty channels = all of that kind."""
+    channels: tuple = ()
+    pattern: bool = False
+
+
+def _r_sentinel(args: list):
+    if len(args) < 2:
+        raise _arity(b"sentinel")
+    sub = bytes_to_text(args[1]).upper()
+    if sub == "SLAVES":
+        sub = "REPLICAS"
+    if sub not in SENTINEL_SUBCOMMANDS:
+        raise _Reject(UNKNOWN_COMMAND, f"ERR Unknown sentinel subcommand '{_printable(args[1])}'")
+    rest = args[2:]
+    if sub in _SENTINEL_NO_NAME:
+        if rest:
+            raise _arity(b"sentinel|" + args[1].lower())
+        return Sentinel(sub)
+    if sub in _SENTINEL_ONE_NAME:
+        if len(rest) != 1:
+            raise _arity(b"sentinel|" + args[1].lower())
+        return Sentinel(sub, bytes_to_text(rest[0]))
+    return Sentinel(sub, None, tuple(bytes_to_text(a) for a in rest))
+
+
+def _r_subscribe(pattern: bool):
+    name = b"psubscribe" if pattern else b"subscribe"
+
+    def parse(args: list):
+        if len(args) < 2:
+            raise _arity(name)
+        return Subscribe(tuple(bytes_to_text(a) for a in args[1:]), pattern)
+    return parse
+
+
+def _r_unsubscribe(pattern: bool):
+    def parse(args: list):
+        return Unsubscribe(tuple(bytes_to_text(a) for a in args[1:]), pattern)
+    return parse
+
+
+_RESP_COMMANDS.update({
+    b"SENTINEL": _r_sentinel,
+    b"ROLE": _r_fixed(b"role", Role),
+    b"READONLY": _r_fixed(b"readonly", ReadOnly),
+    b"READWRITE": _r_fixed(b"readwrite", ReadWrite),
+    b"SUBSCRIBE": _r_subscribe(False),
+    b"PSUBSCRIBE": _r_subscribe(True),
+    b"UNSUBSCRIBE": _r_unsubscribe(False),
+    b"PUNSUBSCRIBE": _r_unsubscribe(True),
+})
+_LINE_COMMANDS.update({
+    "ROLE": _no_args("ROLE", Role),
+    "READONLY": _no_args("READONLY", ReadOnly),
+    "READWRITE": _no_args("READWRITE", ReadWrite),
+})
+__all__ += ["Sentinel", "Role", "ReadOnly", "ReadWrite", "Subscribe", "Unsubscribe",
+            "SENTINEL_SUBCOMMANDS"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,6 +35,9 @@ Threads and locks
     peer-<id>           one per peer (kv_transport.PeerLink): connects and writes messages
     sync-<id>           streams a snapshot to a follower while one is needed
     snapshot-reaper     waits for a forked snapshot writer, then installs its file
+    sentinel-events     kv_sentinel's watcher: every 100 ms notes the primary (publishes
+                        +switch-master on a change), samples the command rate for INFO, and
+                        on stepping down closes Redis clients' connections (DemotionWatch)
     wal-flusher         kv_storage's once-a-second fsync under --fsync everysec
   raft_lock (RLock)     the Raft core and the Proposals (waiters by index).  Held briefly: to
                         propose, to step/tick/ready, to note persisted indexes and status.
@@ -43,12 +46,16 @@ Threads and locks
   storage locks         kv_storage.LogStorage's own (append, group-commit fsync).
   changed (Condition)   wakes threads waiting for a role, commit or snapshot change.
   clients_lock          the connection count behind --max-clients.
+  stats / hub locks     kv_info.ServerStats (per connection, once: open/close) and kv_sentinel's
+                        subscriber table; never held with any lock above.  Per-request counters
+                        are plain ints on each connection's own object: no lock.
   Lock order: raft_lock, then store.lock, then the storage's locks.  No lock is held while
   waiting for a commit, for the network or for an fsync of the WAL.
 
 Modules: kv_protocol (framing, parsing, replies and their encoders), kv_storage (WAL,
 snapshots, term/vote), kv_raft (consensus rules), kv_cluster (ClusterManager), kv_transport
-(peer links, snapshot streaming), kv_handler (commands and the connection handler).
+(peer links, snapshot streaming), kv_handler (commands and the connection handler),
+kv_sentinel (Sentinel discovery, ROLE, follower reads, +switch-master), kv_info (INFO, stats).
 """
 
 from __future__ import annotations
@@ -68,7 +75,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+import kv_info
 import kv_protocol as P
+import kv_sentinel
 from kv_raft import CANDIDATE, LEADER, RaftCore
 from kv_storage import LogStorage, ReplicationLog, StorageCorruption
 from kv_cluster import ClusterManager, Waiter, gc_freeze
@@ -206,8 +215,12 @@ class KVNode:
                  outcome(waiter), abandon(waiter), write(...) (submit and wait)
       reads      get(key), exists(keys), keys(pattern), size(), read(fn): linearizable, served
                  only while the primary's lease holds (CommandError otherwise)
+      stale      every read takes stale_ok=True for a connection that sent READONLY: on a
+                 node that is not primary it then reads the applied state with no barrier
       node       role, status(), snapshot(), flush(), transfer(target), shutdown(),
                  not_primary(), member_addr(id), peer_ids, config (the parsed flags), port
+      ecosystem  stats (kv_info.ServerStats), sentinel (kv_sentinel.SentinelService), run_id,
+                 replication_id, replication_timing(), primary_confirmed()
       peers      deliver(msg)
     Invariant: a write is answered OK only after its entry was applied at the index and term it
     was proposed with (so it is committed on a majority).
@@ -257,10 +270,21 @@ class KVNode:
                                       snapshot_threshold=args.snapshot_threshold,
                                       request_timeout=args.request_timeout, on_fatal=lambda why: self.fatal(why),
                                       link_factory=link_factory)
+        self.stats = kv_info.ServerStats()
+        self.run_id = os.urandom(20).hex()              # INFO run_id: new every start, as Redis
+        self.replication_id = kv_sentinel.run_id("replication:" + ",".join(sorted(members)))
+        self.sentinel = kv_sentinel.SentinelService(getattr(args, "sentinel_name", kv_sentinel.DEFAULT_SERVICE_NAME),
+                                                    self.status, self._primary_of,
+                                                    confirmed=self.primary_confirmed)
+        self.sentinel.add_tick(self.stats.sample)
+        self.sentinel.add_tick(kv_sentinel.DemotionWatch(
+            self.node_id, lambda: self.core.role == LEADER,
+            lambda: [cs.owner for cs in self.stats.live() if cs.owner is not None]))
 
     # -- lifecycle
     def start(self) -> None:
         self.manager.start()
+        self.sentinel.start()
 
     def fatal(self, why: str) -> None:
         log.critical("%s fatal: %s", self.node_id, why)
@@ -275,6 +299,7 @@ class KVNode:
             target = self.manager.transfer(None, timeout=2 * self.core.election_timeout)
             if target:
                 log.info("%s handed leadership to %s before shutting down", self.node_id, target)
+        self.sentinel.stop()
         self.manager.stop()
         self.manager.join(timeout=5)
         try:
@@ -290,6 +315,34 @@ class KVNode:
     def role(self) -> str:
         r = self.core.role
         return "primary" if r == LEADER else "candidate" if r == CANDIDATE else "secondary"
+
+    def _primary_of(self) -> tuple[str | None, str | None]:
+        """(primary id, "host:port") or (None, None): lock-free, polled by the sentinel watcher."""
+        leader = self.core.leader_id
+        m = self.members.get(leader) if leader is not None else None
+        return (leader, m.addr) if m is not None else (None, None)
+
+    def primary_confirmed(self) -> bool:
+        """Lock-free: this node leads and holds its lease, or heard from its primary within one
+        election timeout (Sentinel discovery reports an unconfirmed primary as down)."""
+        core = self.core
+        now = time.monotonic()
+        if core.role == LEADER:
+            return core.read_ok(now)
+        return core.leader_id is not None and now - core.last_leader_contact < core.election_timeout
+
+    def replication_timing(self) -> dict:
+        """Seconds since the primary last heard from each peer (on the primary), or since this
+        node last heard from its primary (elsewhere); None when never in this term."""
+        now = time.monotonic()
+        with self.raft_lock:
+            core = self.core
+            if core.role == LEADER:
+                return {"peer_heard_ago": {pid: (now - pr.last_heard if pr.last_heard > float("-inf") else None)
+                                           for pid, pr in core.progress.items()}}
+            contact = core.last_leader_contact
+            return {"last_leader_contact_ago": now - contact if core.leader_id is not None
+                    and contact > float("-inf") else None}
 
     def member_addr(self, node_id: str | None) -> str | None:
         m = self.members.get(node_id)
@@ -336,36 +389,38 @@ class KVNode:
         return m.wait(m.propose(op, key, value, kind))
 
     # -- the facade: linearizable reads
-    def _barrier(self) -> None:
+    def _barrier(self, stale_ok: bool = False) -> None:
+        if stale_ok and self.core.role != LEADER:
+            return    # follower read (READONLY): this node's applied state, possibly stale
         if self.stopping.is_set():
             raise self.not_primary("This node is shutting down")
         if not self.manager.read_ok():
             self.manager.read_barrier()
 
-    def get(self, key: str):
+    def get(self, key: str, stale_ok: bool = False):
         """(kind, value), or None when the key is missing."""
         if self.stopping.is_set() or not self.manager.read_ok():
-            self._barrier()
+            self._barrier(stale_ok)
         return self.store.data.get(key)
 
-    def exists(self, keys) -> int:
-        self._barrier()
+    def exists(self, keys, stale_ok: bool = False) -> int:
+        self._barrier(stale_ok)
         data = self.store.data
         return sum(1 for k in keys if k in data)
 
-    def keys(self, pattern: str = "*") -> list:
-        self._barrier()
+    def keys(self, pattern: str = "*", stale_ok: bool = False) -> list:
+        self._barrier(stale_ok)
         keys = [k for k in list(self.store.data) if pattern == "*" or P.glob_match(pattern, k)]
         keys.sort()
         return keys
 
-    def size(self) -> int:
-        self._barrier()
+    def size(self, stale_ok: bool = False) -> int:
+        self._barrier(stale_ok)
         return len(self.store)
 
-    def read(self, fn):
+    def read(self, fn, stale_ok: bool = False):
         """fn(store) under a linearizable read barrier (for reads the methods above lack)."""
-        self._barrier()
+        self._barrier(stale_ok)
         return fn(self.store)
 
     def status(self) -> dict:
@@ -404,6 +459,7 @@ class TCPServer(socketserver.ThreadingTCPServer):
                 node.clients += 1
                 over = False
         if over:
+            node.stats.rejected()
             threading.Thread(target=self._refuse, args=(request,), daemon=True, name="refuse").start()
             return
         super().process_request(request, client_address)
@@ -496,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-request-bytes", type=int, default=16 * 1024 * 1024, help="largest request (default 16 MiB)")
     p.add_argument("--requirepass", default=None, help="clients must AUTH with this secret first")
     p.add_argument("--cluster-secret", default=None, help="peers must prove this secret before any internal message")
+    p.add_argument("--sentinel-name", default=kv_sentinel.DEFAULT_SERVICE_NAME,
+                   help="master name this node answers Sentinel discovery for (default kvstore)")
     p.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
     return p
 
