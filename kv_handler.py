@@ -307,8 +307,9 @@ def cmd_transfer(c, cmd):
         raise node.not_primary()
     t0 = time.monotonic()
     target = cmd.target
-    if target is not None and target not in node.peer_ids:
-        raise CommandError("BAD_REQUEST", f"unknown node {target!r}")
+    if target is not None and target not in node.voter_ids:
+        raise CommandError("BAD_REQUEST", f"unknown node {target!r}" if target not in node.peer_ids
+                           else f"{target} is a learner: leadership goes to voters only")
     new = node.transfer(target)
     if new is None:
         raise CommandError("TIMEOUT", "leadership transfer did not complete; this node still leads "
@@ -316,6 +317,33 @@ def cmd_transfer(c, cmd):
     return Reply(Simple("OK"), {"message": f"Leadership transferred to {new}", "primary": new,
                                 "primary_addr": node.member_addr(new),
                                 "seconds": round(time.monotonic() - t0, 3)})
+
+
+@command(P.ClusterCmd)
+def cmd_cluster(c, cmd):
+    """CLUSTER ADD/REMOVE/MEMBERS (Raft §4.1, one server at a time), on the primary only.
+    ADD answers once the node is a learner in a committed configuration (the primary promotes
+    it to voter once it has caught up: watch CLUSTER MEMBERS or STATUS); REMOVE once the
+    configuration without it is committed (removing the primary itself hands leadership to a
+    voter).  Errors are definite (NOT_PRIMARY, BAD_REQUEST, CHANGE_IN_PROGRESS: nothing was
+    appended) or indefinite (TIMEOUT, NO_QUORUM after the change was appended), as for writes."""
+    node = c.node
+    if node.role != "primary":
+        raise node.not_primary()
+    t0 = time.monotonic()
+    if cmd.sub == "ADD":
+        node.change_membership("add", cmd.node_id, cmd.addr)
+        msg = f"{cmd.node_id} added as a learner at {cmd.addr}; it becomes a voter once caught up"
+    elif cmd.sub == "REMOVE":
+        node.change_membership("remove", cmd.node_id)
+        msg = f"{cmd.node_id} removed from the cluster"
+    else:
+        m = node.membership()
+        text = "\n".join([f"{nid} {addr} voter" for nid, addr in m["voters"].items()] +
+                         [f"{nid} {addr} learner" for nid, addr in m["learners"].items()])
+        return Reply(text.encode(), m)
+    m = node.membership()
+    return Reply(Simple("OK"), {"message": msg, "seconds": round(time.monotonic() - t0, 3), **m})
 
 
 # ------------------------------------------------------------------------------ INFO
@@ -334,7 +362,8 @@ def info_text(node, section) -> str:
             host, _, port = d["addr"].rpartition(":")
             state = "online" if d["reachable"] else "offline"
             repl.append(f"slave{i}:id={pid},ip={host},port={port},state={state},"
-                        f"offset={d['match_index'] or 0},lag={d['lag'] if d['lag'] is not None else -1}")
+                        f"offset={d['match_index'] or 0},lag={d['lag'] if d['lag'] is not None else -1},"
+                        f"member={d['member']}")
         repl.append(f"master_repl_offset:{st['commit_index']}")
     else:
         addr = st["primary_addr"] or ":"
@@ -343,7 +372,9 @@ def info_text(node, section) -> str:
                  f"master_link_status:{'up' if st['primary'] else 'down'}",
                  f"master_node_id:{st['primary'] or ''}",
                  f"slave_repl_offset:{st['last_applied']}", "slave_read_only:1"]
-    repl += [f"raft_term:{st['election_term']}", f"commit_index:{st['commit_index']}",
+    repl += [f"cluster_voters:{','.join(st['voters'])}", f"cluster_learners:{','.join(st['learners'])}",
+             f"cluster_membership:{st['membership']}",
+             f"raft_term:{st['election_term']}", f"commit_index:{st['commit_index']}",
              f"last_applied:{st['last_applied']}", f"digest:{st['digest']}", ""]
     persistence = ["# Persistence", "aof_enabled:1", f"appendfsync:{st['fsync']}",
                    f"snapshot_index:{st['snapshot_index']}", ""]
@@ -590,7 +621,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             refuse("AUTH_REQUIRED", "internal message refused: peer handshake (HELLO) required first")
             return
         sender = hello.get("from")
-        if sender not in node.peer_ids:
+        if not node.accepts_peer(sender):
             refuse("AUTH_REQUIRED", f"internal message refused: {sender!r} is not a member of this cluster")
             return
         if hello.get("to") not in (None, node.node_id):
@@ -613,6 +644,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                 return
         sock.sendall(P.encode_line({"type": "WELCOME"}))
         self.session.peer_id = sender
+        node.peer_hello(sender, hello.get("addr") if isinstance(hello.get("addr"), str) else None)
         reader = self.reader
         reader.max_request_bytes = 4 * node.config.max_request_bytes + (1 << 20)
         deliver = node.deliver
