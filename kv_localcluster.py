@@ -577,14 +577,18 @@ class LocalCluster:
                  heartbeat_interval: float | None = None, election_timeout: float | None = None,
                  extra_args=(), requirepass: str | None = None, cluster_secret: str | None = None,
                  proxied: bool = False, python: str = sys.executable, *, ports=None,
-                 server_script: str = SERVER_SCRIPT, log_level: str | None = None):
+                 server_script: str = SERVER_SCRIPT, log_level: str | None = None,
+                 ids=None, boot_ids=None, joiners: dict | None = None):
         if n < 1:
             raise ValueError("a cluster needs at least one node")
         self.n = n
         self.host = host
-        self.ids = [f"node{i}" for i in range(1, n + 1)]
-        self.boot_ids = list(self.ids)              # the bootstrap membership (--peers)
-        self._joiners: dict[str, str] = {}          # node added later -> the address it joined through
+        # ids/boot_ids/joiners: a cluster whose membership changed (the CLI's state file)
+        self.ids = list(ids) if ids is not None else [f"node{i}" for i in range(1, n + 1)]
+        if len(self.ids) != n:
+            raise ValueError(f"{len(self.ids)} ids given for {n} nodes")
+        self.boot_ids = list(boot_ids) if boot_ids is not None else list(self.ids)   # --peers bootstrap
+        self._joiners: dict[str, str] = dict(joiners or {})   # node added later -> where it joined
         if ports is not None:
             ports = [int(p) for p in ports]
             if len(ports) != n:
@@ -844,6 +848,11 @@ class LocalCluster:
                 raise WaitTimeout(f"timed out after {timeout:g}s sending {line!r} (last answer: {last}); "
                                   f"{self.describe()}")
             time.sleep(0.1)
+
+    @property
+    def joiners(self) -> dict[str, str]:
+        """Nodes added after the bootstrap -> the address they joined through (--join)."""
+        return dict(self._joiners)
 
     def members(self, timeout: float = 10) -> dict:
         """CLUSTER MEMBERS from the primary: voters, learners, config_index, progress."""
