@@ -450,11 +450,7 @@ class Supervisor:
         self.col = _Colour(foreground and sys.stdout.isatty() and not opts.no_color
                            and not os.environ.get("NO_COLOR"))
         self.tty = foreground and sys.stdout.isatty()
-        self.cluster = LocalCluster(
-            n=opts.nodes, base_port=opts.base_port, host=opts.host, data_dir=opts.data_dir, fsync=opts.fsync,
-            heartbeat_interval=opts.heartbeat_interval, election_timeout=opts.election_timeout,
-            extra_args=opts.server_arg or (), requirepass=opts.requirepass, cluster_secret=opts.cluster_secret,
-            log_level=opts.log_level, server_script=opts.server_script)
+        self.cluster = self._make_cluster()
         self.lock = threading.RLock()
         self.stop_event = threading.Event()
         self.hurry = False
@@ -469,6 +465,28 @@ class Supervisor:
         self.table_lines = 0
         self.last_primary: tuple | None = None
         self.started = time.time()
+
+    def _make_cluster(self, members: dict | None = None) -> LocalCluster:
+        """The flags' cluster, or (members: the marker's record after membership changes) the
+        current members with their ports and how each one was added."""
+        opts = self.opts
+        kw = dict(host=opts.host, data_dir=opts.data_dir, fsync=opts.fsync,
+                  heartbeat_interval=opts.heartbeat_interval, election_timeout=opts.election_timeout,
+                  extra_args=opts.server_arg or (), requirepass=opts.requirepass, cluster_secret=opts.cluster_secret,
+                  log_level=opts.log_level, server_script=opts.server_script)
+        if not members:
+            return LocalCluster(n=opts.nodes, base_port=opts.base_port, **kw)
+        ids = list(members["nodes"])
+        return LocalCluster(n=len(ids), ids=ids, ports=[int(members["nodes"][i].rpartition(":")[2]) for i in ids],
+                            boot_ids=members["boot_ids"], joiners=members["joiners"],
+                            known_ports=members.get("boot_ports"), **kw)
+
+    def record_members(self) -> None:
+        """Remember the membership in the data dir's marker, so a later start brings back these
+        nodes (not the --nodes set the cluster was created with)."""
+        c = self.cluster
+        self.marker["members"] = _members_record(c)
+        write_json_atomic(os.path.join(self.opts.data_dir, MARKER_FILE), self.marker)
 
     # -- output
     def say(self, msg: str, colour: str = "") -> None:
@@ -509,7 +527,7 @@ class Supervisor:
             "manager_pid": os.getpid(), "manager_create_time": _create_time(os.getpid()),
             "control_socket": self.sock_path, "started": self.started, "data_dir": os.path.abspath(o.data_dir),
             "host": o.host, "base_port": o.base_port, "nodes": nodes,
-            "boot_ids": c.boot_ids, "joiners": c.joiners,
+            "boot_ids": c.boot_ids, "boot_ports": c.boot_ports, "joiners": c.joiners,
             "args": {"nodes": o.nodes, "fsync": o.fsync, "heartbeat_interval": o.heartbeat_interval,
                      "election_timeout": o.election_timeout, "requirepass": o.requirepass,
                      "cluster_secret": o.cluster_secret, "restart_on_failure": o.restart_on_failure,
@@ -528,6 +546,8 @@ class Supervisor:
                 raise AlreadyRunning(f"a cluster is already running from {o.data_dir} (manager pid "
                                      f"{self.data_lock.holder()}); see it with --action status")
             self.marker = check_data_dir(o)
+            if self.marker.get("members"):
+                self.cluster = self._make_cluster(self.marker["members"])
             state = read_json(self.state_path)
             if state is not None and live_nodes(state):
                 raise AlreadyRunning(f"nodes of an earlier run from {o.data_dir} are still running "
@@ -754,6 +774,7 @@ class Supervisor:
                     return {"ok": False, "message": str(e)}
                 finally:
                     self.write_state("running")
+                    self.record_members()
             return {"ok": True, "result": result}
         if nid is not None and nid not in c.ids:
             return {"ok": False, "message": f"unknown node {nid!r} (nodes: {', '.join(c.ids)})"}
@@ -819,7 +840,7 @@ class Target:
             self.cluster = LocalCluster(
                 n=len(ids), host=s.get("host", opts.host), data_dir=s["data_dir"],
                 ports=[nodes[i]["port"] for i in ids], fsync=args.get("fsync", "always"),
-                ids=ids, boot_ids=s.get("boot_ids"), joiners=s.get("joiners"),
+                ids=ids, boot_ids=s.get("boot_ids"), joiners=s.get("joiners"), known_ports=s.get("boot_ports"),
                 heartbeat_interval=args.get("heartbeat_interval"), election_timeout=args.get("election_timeout"),
                 requirepass=opts.requirepass if opts.requirepass is not None else args.get("requirepass"),
                 cluster_secret=args.get("cluster_secret"), log_level=args.get("log_level"),
@@ -1209,9 +1230,18 @@ def _write_membership_state(t: Target) -> None:
     s = t.state
     s["nodes"] = {nid: {**s["nodes"].get(nid, {}), "addr": "%s:%d" % c.addr(nid), "port": c.port(nid),
                         "data_dir": c.data_dir_of(nid), "log": c.log_path(nid)} for nid in c.ids}
-    s["joiners"] = c.joiners
-    s["boot_ids"] = c.boot_ids
+    s.update(joiners=c.joiners, boot_ids=c.boot_ids, boot_ports=c.boot_ports)
     _update_state_pids(t)
+    marker_path = os.path.join(t.opts.data_dir, MARKER_FILE)
+    marker = read_json(marker_path)
+    if marker is not None:
+        marker["members"] = _members_record(c)
+        write_json_atomic(marker_path, marker)
+
+
+def _members_record(c: LocalCluster) -> dict:
+    return {"nodes": {nid: "%s:%d" % c.addr(nid) for nid in c.ids}, "boot_ids": c.boot_ids,
+            "boot_ports": c.boot_ports, "joiners": c.joiners}
 
 
 def action_add_node(opts) -> int:

@@ -578,7 +578,7 @@ class LocalCluster:
                  extra_args=(), requirepass: str | None = None, cluster_secret: str | None = None,
                  proxied: bool = False, python: str = sys.executable, *, ports=None,
                  server_script: str = SERVER_SCRIPT, log_level: str | None = None,
-                 ids=None, boot_ids=None, joiners: dict | None = None):
+                 ids=None, boot_ids=None, joiners: dict | None = None, known_ports: dict | None = None):
         if n < 1:
             raise ValueError("a cluster needs at least one node")
         self.n = n
@@ -597,7 +597,7 @@ class LocalCluster:
             ports = pick_free_ports(n, host)
         else:
             ports = [base_port + i for i in range(n)]
-        self._ports = dict(zip(self.ids, ports))
+        self._ports = {**(known_ports or {}), **dict(zip(self.ids, ports))}   # known: removed boot nodes
         self._own_dir = data_dir is None
         self.data_dir = tempfile.mkdtemp(prefix="kvcluster-") if data_dir is None else os.path.abspath(data_dir)
         self.fsync = fsync
@@ -848,6 +848,11 @@ class LocalCluster:
                 raise WaitTimeout(f"timed out after {timeout:g}s sending {line!r} (last answer: {last}); "
                                   f"{self.describe()}")
             time.sleep(0.1)
+
+    @property
+    def boot_ports(self) -> dict[str, int]:
+        """Ports of the bootstrap nodes (the --peers of a restarted boot node names them all)."""
+        return {nid: self._ports[nid] for nid in self.boot_ids if nid in self._ports}
 
     @property
     def joiners(self) -> dict[str, str]:

@@ -260,6 +260,12 @@ def test_add_remove_replace_nodes_through_the_manager(env):
     r = env.cm("--action", "remove-node", "--node", "node9")
     assert r.returncode == 1 and "not a member" in r.stderr, out(r)
     stop_and_check(env, env.state())
+    # a later start brings back the current members (from the data dir), not --nodes 3
+    start_detached(env)
+    again = env.status()
+    assert sorted(x["node"] for x in again) == sorted(x["node"] for x in rows)
+    assert all(x["up"] and x["member"] == "voter" and x["keys"] == 50 for x in again), again
+    stop_and_check(env, env.state())
 
 
 def test_start_five_nodes_survives_two_killed(env):
