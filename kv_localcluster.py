@@ -555,7 +555,8 @@ class LocalCluster:
     Membership (Raft §4.1, CLUSTER ADD/REMOVE; unproxied clusters): add_node(id=None) (a new
     process with an empty data dir and --join; waits until it is a voter), remove_node(id)
     (CLUSTER REMOVE, then stops the process), replace_node(id) (remove the dead node first, then
-    add a fresh one under a new id), members() (CLUSTER MEMBERS), cluster_command(line).
+    add a fresh one under a new id), members() (CLUSTER MEMBERS), cluster_command(line),
+    forget_node(id) (after a CLUSTER REMOVE sent by hand).
     `ids` is the current membership as this object changed it; every verb takes a `say`
     callback for progress lines and returns figures (seconds).
 
@@ -934,20 +935,25 @@ class LocalCluster:
                                                       and st["node_id"] != node_id),
                              timeout, f"{node_id} to be removed")
         removed_s = time.monotonic() - t0
-        with self._lock:
-            self.ids.remove(node_id)
-            self.n = len(self.ids)
+        self.forget_node(node_id)
         if stop:
             p = self._procs.get(node_id)
             if p is not None and p.alive():
                 say(f"stopping {node_id} (pid {p.pid})")
                 self.stop_node(node_id, timeout=10)
-            self._expected_exit.add(node_id)
         out = {"node": node_id, "removed_s": round(removed_s, 3), "primary": st["node_id"],
                "new_primary_s": round(removed_s, 3) if before == node_id else None}
         say(f"{node_id} removed after {removed_s:.2f}s; primary {st['node_id']}, voters "
             f"{','.join(st['voters'])}{'; learners ' + ','.join(st['learners']) if st['learners'] else ''}")
         return out
+
+    def forget_node(self, node_id: str) -> None:
+        """Stop counting node_id as a member (it was removed by a CLUSTER REMOVE sent by hand);
+        its process, if any, is left running for the caller to stop."""
+        with self._lock:
+            self.ids.remove(node_id)
+            self.n = len(self.ids)
+            self._expected_exit.add(node_id)
 
     def replace_node(self, node_id: str, new_id: str | None = None, timeout: float = 60, say=None) -> dict:
         """Swap node_id (dead, or to be retired) for a fresh node with an empty data dir under a

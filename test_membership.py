@@ -159,8 +159,7 @@ def test_remove_primary_then_a_new_primary_takes_writes(make_cluster):
     assert first_ok is not None, c.describe()
     st = c.status(p)
     assert st["membership"] == "removed" and st["role"] == "secondary", st
-    c.ids.remove(p)
-    c.n = len(c.ids)
+    c.forget_node(p)
     new = c.wait_for_single_primary(timeout=WAIT)
     assert new != p
     c.stop_node(p)
