@@ -362,7 +362,7 @@ class ClusterManager(threading.Thread):
             peers = {}
             cfg = core.config
             for pid, link in self.links.items():
-                host, port = link.addr
+                host, port = self.peer_addrs[pid]
                 pr = core.progress.get(pid) if core.role == LEADER else None
                 peers[pid] = {"addr": f"{host}:{port}", "reachable": link.connected,
                               "member": cfg.role_of(pid) or "removed",
@@ -435,7 +435,7 @@ class ClusterManager(threading.Thread):
                 self._retiring.pop(pid, None)
                 addr = _split_addr(config.addr(pid))
                 link = self.links.get(pid)
-                if addr is None or (link is not None and link.addr == addr):
+                if addr is None or (link is not None and self.peer_addrs.get(pid) == addr):
                     continue
                 if link is not None:
                     link.close()
