@@ -38,6 +38,7 @@ def make_cluster():
     yield make
     for c in made:
         c.check_safety()
+        c.stop(graceful=False)     # SIGKILL: nothing left to check, no need to wait for SHUTDOWN
         c.cleanup()
 
 
