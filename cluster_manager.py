@@ -7,6 +7,10 @@
     python cluster_manager.py --action kill --node node1   # SIGKILL, for failover drills
     python cluster_manager.py --action restart [--node node2]
     python cluster_manager.py --action failover [--node node3]
+    python cluster_manager.py --action add-node [--node node4]      # a new node joins, waits until voter
+    python cluster_manager.py --action remove-node --node node2     # CLUSTER REMOVE, then stops it
+    python cluster_manager.py --action replace --node node2         # a dead node -> a fresh one, new id
+    python cluster_manager.py --action start --nodes 5              # clusters of 1, 3 or 5
 
 The launcher itself (LocalCluster, NodeProcess, FaultProxy, the STATUS one-shot probe(), free-port
 helpers and the errors it raises) lives in kv_localcluster.py; every public name of it is
@@ -21,7 +25,8 @@ Layout (reading order):
                       (the running cluster: pids, ports, args, manager), manager.lock, manager.sock
     Supervisor        the manager process: sole parent of the node processes; watches, reports,
                       restarts on failure, serves other terminals over a Unix socket
-    action_*()        start / status / health / stop / kill / restart / failover
+    action_*()        start / status / health / stop / kill / restart / failover /
+                      add-node / remove-node / replace (membership changes, Raft §4.1)
     main()            command line
 
 Process model: every node process is the child of exactly one manager (the foreground `start`, or
@@ -202,7 +207,7 @@ class ProcSampler:
         return out
 
 
-COLUMNS = [("NODE", "<"), ("ADDRESS", "<"), ("PID", ">"), ("ROLE", "<"), ("TERM", ">"),
+COLUMNS = [("NODE", "<"), ("ADDRESS", "<"), ("PID", ">"), ("ROLE", "<"), ("MEMBER", "<"), ("TERM", ">"),
            ("COMMIT/APPLIED", ">"), ("LAG", ">"), ("KEYS", ">"), ("DIGEST", "<"), ("UPTIME", ">"),
            ("CPU%", ">"), ("RSS", ">")]
 
@@ -223,7 +228,8 @@ def table_rows(cluster: LocalCluster, sts: dict, errors: dict, usage: dict,
             row.update(role="down", reason=down_info.get(nid) or errors.get(nid),
                        pid=proc.pid if proc is not None and proc.alive() else None)
         else:
-            row.update(pid=s.get("pid"), role=s["role"], term=s["election_term"], primary=s.get("primary"),
+            row.update(pid=s.get("pid"), role=s["role"], member=s.get("membership", "voter"),
+                       term=s["election_term"], primary=s.get("primary"),
                        commit_index=s["commit_index"], last_applied=s["last_applied"], keys=s.get("keys"),
                        digest=s.get("digest"), uptime=s.get("uptime"))
             if pst is not None:
@@ -246,13 +252,16 @@ def render_table(rows: list[dict], col: _Colour) -> list[str]:
         if not r["up"]:
             why = r.get("reason") or ""
             c = [(r["node"], ""), (r["address"], ""), (str(r["pid"] or "-"), ""), ("down", role_colour["down"]),
-                 ("-", ""), ("-", ""), ("-", ""), ("-", ""), (why[:60], col.red), ("-", ""), ("-", ""), ("-", "")]
+                 ("-", ""), ("-", ""), ("-", ""), ("-", ""), ("-", ""), (why[:60], col.red), ("-", ""), ("-", ""),
+                 ("-", "")]
         else:
             match = r.get("digest_match")
             mcol = {"match": col.green, "DIFFERS": col.red + col.bold}.get(match, col.yellow)
             lag = r.get("lag")
             c = [(r["node"], col.bold), (r["address"], ""), (str(r["pid"] or "-"), ""),
-                 (r["role"], role_colour.get(r["role"], "")), (str(r["term"]), ""),
+                 (r["role"], role_colour.get(r["role"], "")),
+                 (r.get("member", "voter"), col.yellow if r.get("member") != "voter" else ""),
+                 (str(r["term"]), ""),
                  (f"{r['commit_index']}/{r['last_applied']}", ""),
                  ("-" if lag is None else str(lag), col.yellow if lag else ""),
                  (str(r.get("keys", "-")), ""),
@@ -387,17 +396,24 @@ def control_socket_path(data_dir: str) -> str:
     return path
 
 
-def control_request(path: str, req: dict, timeout: float) -> dict:
-    """One JSON request to a manager over its Unix socket; raises OSError if it cannot be reached."""
+def control_request(path: str, req: dict, timeout: float, on_progress=None) -> dict:
+    """One JSON request to a manager over its Unix socket; raises OSError if it cannot be reached.
+    Long operations send {"progress": text} lines first (given to on_progress), then the answer."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(path)
         s.sendall(json.dumps(req).encode() + b"\n")
         with s.makefile("rb") as f:
-            raw = f.readline()
-    if not raw:
-        raise ConnectionError("the manager closed the connection without answering")
-    return json.loads(raw)
+            while True:
+                raw = f.readline()
+                if not raw:
+                    raise ConnectionError("the manager closed the connection without answering")
+                ans = json.loads(raw)
+                if "progress" in ans and len(ans) == 1:
+                    if on_progress is not None:
+                        on_progress(ans["progress"])
+                    continue
+                return ans
 
 
 def check_not_running(opts) -> None:
@@ -434,11 +450,7 @@ class Supervisor:
         self.col = _Colour(foreground and sys.stdout.isatty() and not opts.no_color
                            and not os.environ.get("NO_COLOR"))
         self.tty = foreground and sys.stdout.isatty()
-        self.cluster = LocalCluster(
-            n=opts.nodes, base_port=opts.base_port, host=opts.host, data_dir=opts.data_dir, fsync=opts.fsync,
-            heartbeat_interval=opts.heartbeat_interval, election_timeout=opts.election_timeout,
-            extra_args=opts.server_arg or (), requirepass=opts.requirepass, cluster_secret=opts.cluster_secret,
-            log_level=opts.log_level, server_script=opts.server_script)
+        self.cluster = self._make_cluster()
         self.lock = threading.RLock()
         self.stop_event = threading.Event()
         self.hurry = False
@@ -453,6 +465,28 @@ class Supervisor:
         self.table_lines = 0
         self.last_primary: tuple | None = None
         self.started = time.time()
+
+    def _make_cluster(self, members: dict | None = None) -> LocalCluster:
+        """The flags' cluster, or (members: the marker's record after membership changes) the
+        current members with their ports and how each one was added."""
+        opts = self.opts
+        kw = dict(host=opts.host, data_dir=opts.data_dir, fsync=opts.fsync,
+                  heartbeat_interval=opts.heartbeat_interval, election_timeout=opts.election_timeout,
+                  extra_args=opts.server_arg or (), requirepass=opts.requirepass, cluster_secret=opts.cluster_secret,
+                  log_level=opts.log_level, server_script=opts.server_script)
+        if not members:
+            return LocalCluster(n=opts.nodes, base_port=opts.base_port, **kw)
+        ids = list(members["nodes"])
+        return LocalCluster(n=len(ids), ids=ids, ports=[int(members["nodes"][i].rpartition(":")[2]) for i in ids],
+                            boot_ids=members["boot_ids"], joiners=members["joiners"],
+                            known_ports=members.get("boot_ports"), **kw)
+
+    def record_members(self) -> None:
+        """Remember the membership in the data dir's marker, so a later start brings back these
+        nodes (not the --nodes set the cluster was created with)."""
+        c = self.cluster
+        self.marker["members"] = _members_record(c)
+        write_json_atomic(os.path.join(self.opts.data_dir, MARKER_FILE), self.marker)
 
     # -- output
     def say(self, msg: str, colour: str = "") -> None:
@@ -493,6 +527,7 @@ class Supervisor:
             "manager_pid": os.getpid(), "manager_create_time": _create_time(os.getpid()),
             "control_socket": self.sock_path, "started": self.started, "data_dir": os.path.abspath(o.data_dir),
             "host": o.host, "base_port": o.base_port, "nodes": nodes,
+            "boot_ids": c.boot_ids, "boot_ports": c.boot_ports, "joiners": c.joiners,
             "args": {"nodes": o.nodes, "fsync": o.fsync, "heartbeat_interval": o.heartbeat_interval,
                      "election_timeout": o.election_timeout, "requirepass": o.requirepass,
                      "cluster_secret": o.cluster_secret, "restart_on_failure": o.restart_on_failure,
@@ -511,6 +546,8 @@ class Supervisor:
                 raise AlreadyRunning(f"a cluster is already running from {o.data_dir} (manager pid "
                                      f"{self.data_lock.holder()}); see it with --action status")
             self.marker = check_data_dir(o)
+            if self.marker.get("members"):
+                self.cluster = self._make_cluster(self.marker["members"])
             state = read_json(self.state_path)
             if state is not None and live_nodes(state):
                 raise AlreadyRunning(f"nodes of an earlier run from {o.data_dir} are still running "
@@ -703,7 +740,7 @@ class Supervisor:
                     try:
                         with conn.makefile("rb") as f:
                             req = json.loads(f.readline() or b"{}")
-                        ans = self._handle(req)
+                        ans = self._handle(req, self._progress_to(conn))
                     except (OSError, ValueError) as e:
                         ans = {"ok": False, "message": f"bad request: {e}"}
                     with contextlib.suppress(OSError):
@@ -715,10 +752,30 @@ class Supervisor:
         finally:
             srv.close()
 
-    def _handle(self, req: dict) -> dict:
+    def _progress_to(self, conn):
+        """A progress reporter for a long request: a line here and one to the asking terminal."""
+        def progress(msg: str) -> None:
+            self.say(msg)
+            with contextlib.suppress(OSError):
+                conn.settimeout(5)
+                conn.sendall(json.dumps({"progress": msg}).encode() + b"\n")
+        return progress
+
+    def _handle(self, req: dict, progress=None) -> dict:
         op = req.get("op")
         c = self.cluster
         nid = req.get("node")
+        if op in MEMBERSHIP_OPS:
+            # held for the whole change: the watcher must not take a removed node's exit for a crash
+            with self.lock:
+                try:
+                    result = MEMBERSHIP_OPS[op](c, nid, self.opts.timeout, progress or self.say)
+                except (ClusterError, SplitBrain) as e:
+                    return {"ok": False, "message": str(e)}
+                finally:
+                    self.write_state("running")
+                    self.record_members()
+            return {"ok": True, "result": result}
         if nid is not None and nid not in c.ids:
             return {"ok": False, "message": f"unknown node {nid!r} (nodes: {', '.join(c.ids)})"}
         if op == "ping":
@@ -783,6 +840,7 @@ class Target:
             self.cluster = LocalCluster(
                 n=len(ids), host=s.get("host", opts.host), data_dir=s["data_dir"],
                 ports=[nodes[i]["port"] for i in ids], fsync=args.get("fsync", "always"),
+                ids=ids, boot_ids=s.get("boot_ids"), joiners=s.get("joiners"), known_ports=s.get("boot_ports"),
                 heartbeat_interval=args.get("heartbeat_interval"), election_timeout=args.get("election_timeout"),
                 requirepass=opts.requirepass if opts.requirepass is not None else args.get("requirepass"),
                 cluster_secret=args.get("cluster_secret"), log_level=args.get("log_level"),
@@ -1105,8 +1163,113 @@ def action_failover(opts) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- membership changes
+def _op_add(c: LocalCluster, nid, timeout: float, say) -> dict:
+    return c.add_node(nid, timeout=max(timeout, 30), say=say)
+
+
+def _op_remove(c: LocalCluster, nid, timeout: float, say) -> dict:
+    if nid is None:
+        raise ClusterError("remove-node needs --node")
+    return c.remove_node(nid, timeout=max(timeout, 30), say=say)
+
+
+def _op_replace(c: LocalCluster, nid, timeout: float, say) -> dict:
+    if nid is None:
+        raise ClusterError("replace needs --node (the node to swap for a fresh one)")
+    if nid not in c.ids:
+        raise ClusterError(f"{nid} is not a member (members: {', '.join(c.ids)})")
+    return c.replace_node(nid, timeout=max(timeout, 30), say=say)
+
+
+MEMBERSHIP_OPS = {"add-node": _op_add, "remove-node": _op_remove, "replace": _op_replace}
+
+
+def _membership_action(opts, op: str) -> int:
+    """add-node / remove-node / replace: through the running manager (it starts and stops the
+    processes and keeps watching them), else directly (the new process then runs unwatched).
+    Prints what it waits for, progress lines, and the figures when done."""
+    t = Target(opts)
+    c = t.cluster
+    ctl = t.manager()
+    t0 = time.monotonic()
+    say = (lambda m: print(m, flush=True))
+    before = ", ".join(c.ids)
+    if ctl is not None:
+        print(f"asking the cluster manager (pid {t.state['manager_pid']}) to {op}"
+              f"{' ' + opts.node if opts.node else ''} (members: {before})", flush=True)
+        try:
+            ans = control_request(ctl, {"op": op, "node": opts.node}, timeout=max(opts.timeout, 30) * 4 + 30,
+                                  on_progress=say)
+        except (OSError, ValueError) as e:
+            return _fail(f"the manager did not answer: {e}")
+        if not ans.get("ok"):
+            return _fail(ans.get("message", f"{op} failed"))
+        result = ans["result"]
+        c = Target(opts).cluster
+    else:
+        if t.state is None:
+            return _fail(f"no cluster recorded in {opts.data_dir}; start one with --action start", 2)
+        print(f"no cluster manager runs for {opts.data_dir}: acting directly (members: {before})", flush=True)
+        sts, _ = _statuses_with_errors(c, timeout=0.5)
+        t.adopt_from_status(sts)
+        try:
+            result = MEMBERSHIP_OPS[op](c, opts.node, opts.timeout, say)
+        except (ClusterError, SplitBrain) as e:
+            return _fail(str(e))
+        _write_membership_state(t)
+    took = time.monotonic() - t0
+    try:
+        conv = c.wait_converged(timeout=max(opts.timeout, 30))
+    except ClusterError as e:
+        return _fail(f"{op} done ({result}), but the cluster did not converge: {e}")
+    st = next(iter(conv.values()))
+    figures = ", ".join(f"{k} {v}" for k, v in result.items() if v is not None)
+    print(f"{op} done in {took:.2f}s ({figures}); members now: voters {','.join(st['voters'])}"
+          f"{'; learners ' + ','.join(st['learners']) if st['learners'] else ''}; all {len(conv)} at index "
+          f"{st['last_applied']}, digest {st['digest']}")
+    return 0
+
+
+def _write_membership_state(t: Target) -> None:
+    """Without a manager: record the membership the direct action left (nodes, joiners, PIDs)."""
+    c = t.cluster
+    s = t.state
+    s["nodes"] = {nid: {**s["nodes"].get(nid, {}), "addr": "%s:%d" % c.addr(nid), "port": c.port(nid),
+                        "data_dir": c.data_dir_of(nid), "log": c.log_path(nid)} for nid in c.ids}
+    s.update(joiners=c.joiners, boot_ids=c.boot_ids, boot_ports=c.boot_ports)
+    _update_state_pids(t)
+    marker_path = os.path.join(t.opts.data_dir, MARKER_FILE)
+    marker = read_json(marker_path)
+    if marker is not None:
+        marker["members"] = _members_record(c)
+        write_json_atomic(marker_path, marker)
+
+
+def _members_record(c: LocalCluster) -> dict:
+    return {"nodes": {nid: "%s:%d" % c.addr(nid) for nid in c.ids}, "boot_ids": c.boot_ids,
+            "boot_ports": c.boot_ports, "joiners": c.joiners}
+
+
+def action_add_node(opts) -> int:
+    return _membership_action(opts, "add-node")
+
+
+def action_remove_node(opts) -> int:
+    if not opts.node:
+        return _fail("--action remove-node needs --node", 2)
+    return _membership_action(opts, "remove-node")
+
+
+def action_replace(opts) -> int:
+    if not opts.node:
+        return _fail("--action replace needs --node (the node to swap for a fresh one)", 2)
+    return _membership_action(opts, "replace")
+
+
 ACTIONS = {"start": action_start, "status": action_status, "health": action_health, "stop": action_stop,
-           "kill": action_kill, "restart": action_restart, "failover": action_failover}
+           "kill": action_kill, "restart": action_restart, "failover": action_failover,
+           "add-node": action_add_node, "remove-node": action_remove_node, "replace": action_replace}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1122,7 +1285,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "every node; health: exit 0 only with one primary and every node up and in sync; stop: "
                         "graceful, secondaries first; kill: SIGKILL --node; restart: --node, or all one by one; "
                         "failover: planned leadership transfer (to --node, or the most caught-up secondary)")
-    p.add_argument("--node", default=None, help="node id for kill / restart / failover (e.g. node2)")
+    p.add_argument("--node", default=None, help="node id for kill / restart / failover / remove-node / replace, "
+                   "or the new id for add-node (default: the next free nodeN)")
     p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     p.add_argument("--base-port", type=int, default=6379, help="port of node1; nodeN gets base-port+N-1 (default 6379)")
     p.add_argument("--host", default="127.0.0.1", help="address the nodes bind and are reached on (default 127.0.0.1)")

@@ -45,12 +45,12 @@ from typing import Any, Iterable, NamedTuple
 
 # Error codes (DESIGN §3.1), shared with the server.  Definite: the operation did not happen.
 # Indefinite: it may have (NO_QUORUM is definite when the answer says so).
-from kv_protocol import (AUTH_FAILED, AUTH_REQUIRED, BAD_REQUEST, DEFINITE_CODES,
+from kv_protocol import (AUTH_FAILED, AUTH_REQUIRED, BAD_REQUEST, CHANGE_IN_PROGRESS, DEFINITE_CODES,
                          INDEFINITE_CODES, NO_QUORUM, NOT_FOUND, NOT_PRIMARY, OK, TIMEOUT, TOO_LARGE,
                          UNKNOWN_COMMAND)
 
 __all__ = ["DEFAULT_NODES", "OK", "NOT_PRIMARY", "NOT_FOUND", "BAD_REQUEST", "UNKNOWN_COMMAND", "TOO_LARGE",
-           "NO_QUORUM", "AUTH_REQUIRED", "AUTH_FAILED", "TIMEOUT", "DEFINITE_CODES", "INDEFINITE_CODES",
+           "NO_QUORUM", "AUTH_REQUIRED", "AUTH_FAILED", "TIMEOUT", "CHANGE_IN_PROGRESS", "DEFINITE_CODES", "INDEFINITE_CODES",
            "ANY_NODE_COMMANDS", "KEY_MAX_BYTES", "KVConnectionError", "ConnectFailed", "ConnectionLost",
            "RequestTimeout", "ProtocolMismatch", "ClusterUnavailable", "KVError", "NotPrimary",
            "KeyNotFound", "error_from_answer", "check_answer", "answer_value", "parse_nodes", "split_addr",
@@ -614,6 +614,7 @@ class ClusterClient:
         | connection broke before the line was sent   | definite   | retry           | retry | retry        | retry           |
         | NOT_PRIMARY (go to primary_addr, else next) | definite   | retry           | retry | retry        | retry           |
         | NO_QUORUM with "definite": true             | definite   | retry           | retry | retry        | retry           |
+        | CHANGE_IN_PROGRESS (CLUSTER ADD/REMOVE)     | definite   | -               | -     | -            | retry           |
         | connection lost after sending / no answer   | indefinite | retry           | retry | retry (a)    | raise           |
         | TIMEOUT, NO_QUORUM with "definite": false   | indefinite | retry           | retry | retry (a)    | raise KVError   |
         | NOT_FOUND                                   | definite   | KeyNotFound (b) | -     | False (a)    | raise           |
@@ -820,6 +821,9 @@ class ClusterClient:
                     self._primary = hint
                 last = f"{addr}: {answer.get('message') or code}"
                 continue
+            if code == CHANGE_IN_PROGRESS:          # a membership change in flight: back off, retry
+                last = f"{addr}: {code}: {answer.get('message')}"
+                continue
             if code in INDEFINITE_CODES:
                 definite = answer.get("definite")
                 if definite is None:
@@ -897,6 +901,20 @@ class ClusterClient:
         answer, _, addr = self._request((line + "\n").encode("utf-8"), op, idempotent,
                                         primary_only=op not in ANY_NODE_COMMANDS)
         return check_answer(answer, addr)
+
+    # -- membership (CLUSTER ADD / REMOVE / MEMBERS on the primary)
+    def cluster_add(self, node_id: str, addr: str) -> dict:
+        """Add a node (started with --join or an empty data dir) as a learner; the primary
+        promotes it to voter once caught up.  The OK answer carries voters and learners."""
+        return self.execute_command(f"CLUSTER ADD {node_id} {addr}")
+
+    def cluster_remove(self, node_id: str) -> dict:
+        return self.execute_command(f"CLUSTER REMOVE {node_id}")
+
+    def cluster_members(self) -> dict:
+        """{"voters": {id: addr}, "learners": {id: addr}, "config_index", "config_committed",
+        "progress": {id: {match_index, lag, reachable}}} from the primary."""
+        return self.execute_command("CLUSTER MEMBERS", idempotent=True)
 
     # -- cluster inspection
     def _status_of(self, addr: str, timeout: float | None = None) -> dict:

@@ -18,8 +18,15 @@ ClusterManager is built from narrow parts and knows nothing of the server around
     link_factory    what makes a peer link (kv_transport.PeerLink; a test gives a fake transport
                     with the same constructor, send_many/send, connected, start, close)
 
-Clients of a node call propose()/wait() for writes, read_ok()/read_barrier() for reads, and
-transfer(), take_snapshot(), deliver() (peer messages), status_fields().
+Clients of a node call propose()/wait() for writes, propose_config() for membership changes,
+read_ok()/read_barrier() for reads, and transfer(), take_snapshot(), deliver() (peer messages),
+accepts_peer(), status_fields().
+
+Membership (Raft §4.1, rules in kv_raft): the peer links follow the configuration in force.
+When it changes (Ready.config, before any message to a new member leaves) a link is opened to
+every new member, at the address the configuration carries; a link to a node that left is kept
+for REMOVED_GRACE seconds (the leader still sends it the entry that removes it, and its vote
+requests are answered with the "removed" notice), then closed.
 """
 
 from __future__ import annotations
@@ -33,13 +40,15 @@ import threading
 import time
 
 from kv_protocol import CommandError
-from kv_raft import CANDIDATE, LEADER, PRECANDIDATE, NotLeader, RaftCore, handle_ready
+from kv_raft import (CANDIDATE, LEADER, PRECANDIDATE, Membership, MembershipError, NotLeader,
+                     RaftCore, handle_ready)
 from kv_storage import SnapshotMeta, write_snapshot_file
 from kv_transport import PeerLink, SnapshotSender, SyncReceiver
 
 log = logging.getLogger("kvstore")
 
 INBOX_LIMIT = 10_000     # peer messages waiting for the cluster manager loop
+REMOVED_GRACE = 30.0     # seconds a link to a removed member stays open (it learns it was removed)
 GC_FREEZE_EVERY = 2.0    # seconds between moving surviving objects out of the collector's sight
 _LOST_LEADERSHIP = ("NOT_PRIMARY", "This node lost leadership and the new primary replaced the write: "
                     "it was not applied", True)
@@ -130,10 +139,15 @@ class Proposals:
             w.error = _DISCARDED
             w.complete()
 
-    def fail_all(self, code: str, message: str, definite: bool) -> None:
+    def fail_all(self, code: str, message: str, definite: bool, after: int = 0) -> None:
+        """Fail every waiter for an index > after (those up to it are committed: they will be
+        applied and answered)."""
         with self.lock:
-            gone = list(self.waiters.values())
-            self.waiters.clear()
+            if after:
+                gone = [self.waiters.pop(i) for i in [i for i in self.waiters if i > after]]
+            else:
+                gone = list(self.waiters.values())
+                self.waiters.clear()
         for w in gone:
             w.error = (code, message, definite)
             w.complete()
@@ -177,7 +191,8 @@ class ClusterManager(threading.Thread):
 
     def __init__(self, node_id: str, core: RaftCore, storage, state_machine, peers: dict,
                  *, raft_lock, secret: str | None = None, snapshot_threshold: int = 0,
-                 request_timeout: float = 5.0, on_fatal=None, link_factory=None):
+                 request_timeout: float = 5.0, on_fatal=None, link_factory=None,
+                 self_addr: str | None = None):
         super().__init__(name=f"cluster-manager-{node_id}", daemon=True)
         self.node_id = node_id
         self.core = core
@@ -198,11 +213,14 @@ class ClusterManager(threading.Thread):
         self._woken = False
         self.stop_event = threading.Event()
         self.changed = threading.Condition(threading.Lock())   # role/commit changes, for waiters
-        make_link = link_factory or PeerLink    # a test passes an in-process fake transport
-        self.links: dict[str, PeerLink] = {
-            pid: make_link(node_id, pid, addr, secret, on_down=self._link_down, on_up=self._link_up,
-                           on_dead=self._link_dead, stop_event=self.stop_event)
-            for pid, addr in self.peer_addrs.items()}
+        self.secret = secret
+        self.self_addr = self_addr      # "host:port" peers reach us on (sent in HELLO)
+        self._make_link = link_factory or PeerLink    # a test passes an in-process fake transport
+        self.links: dict[str, PeerLink] = {pid: self._new_link(pid, addr)
+                                           for pid, addr in self.peer_addrs.items()}
+        self._retiring: dict[str, float] = {}     # peer that left the configuration -> close time
+        self._running = False
+        self.last_membership = core.membership_state
         self.snapshot_senders: dict[str, SnapshotSender] = {}
         self.sync_rx = SyncReceiver(storage.snapshot_path + ".recv")
         self.syncer = Syncer(storage, self._persisted_async, self._fatal, self.stop_event)
@@ -239,6 +257,22 @@ class ClusterManager(threading.Thread):
         (pipelined clients propose a batch, then wait).  With on_done, the thread that resolves
         the write calls on_done(waiter), which must answer the client (outcome() gives the
         result or raises), must not block, and must call waiter.set() once the answer is out."""
+        return self._propose(lambda core, now: core.propose(op, key, value, kind, now), on_done)
+
+    def propose_config(self, action: str, node_id: str, addr: str | None = None) -> Waiter:
+        """Append a membership change ("add" a learner, "promote", "remove") as primary; wait()
+        for its commit.  A change refused by the Raft rules raises CommandError, definite:
+        CHANGE_IN_PROGRESS (retry shortly: another change is in flight, or this primary's term
+        is too young) or BAD_REQUEST (already a member, not a member, the last voter)."""
+        def make(core, now):
+            try:
+                return core.propose_config(action, node_id, addr, now)
+            except MembershipError as e:
+                raise CommandError("CHANGE_IN_PROGRESS" if e.transient else "BAD_REQUEST",
+                                   e.reason, definite=True) from e
+        return self._propose(make, None)
+
+    def _propose(self, make_entry, on_done) -> Waiter:
         core = self.core
         with self.raft_lock:
             if core.role != LEADER:
@@ -248,7 +282,7 @@ class ClusterManager(threading.Thread):
                 raise CommandError("NO_QUORUM", "The primary cannot reach a majority of the cluster; "
                                    "the write was not accepted", definite=True)
             try:
-                entry = core.propose(op, key, value, kind, now)
+                entry = make_entry(core, now)
             except NotLeader as e:
                 raise self.not_primary() from e
             w = self.proposals.add(entry, now + self.request_timeout, on_done)
@@ -326,9 +360,12 @@ class ClusterManager(threading.Thread):
         with self.raft_lock:
             core = self.core
             peers = {}
-            for pid, (host, port) in self.peer_addrs.items():
+            cfg = core.config
+            for pid, link in self.links.items():
+                host, port = self.peer_addrs[pid]
                 pr = core.progress.get(pid) if core.role == LEADER else None
-                peers[pid] = {"addr": f"{host}:{port}", "reachable": self.links[pid].connected,
+                peers[pid] = {"addr": f"{host}:{port}", "reachable": link.connected,
+                              "member": cfg.role_of(pid) or "removed",
                               "match_index": pr.match_index if pr else None,
                               "lag": max(0, core.last_index - pr.match_index) if pr else None}
             leader = core.leader_id
@@ -341,6 +378,9 @@ class ClusterManager(threading.Thread):
                     "election_term": core.current_term, "primary": leader, "primary_addr": leader_addr,
                     "commit_index": core.commit_index, "last_log_index": core.last_index,
                     "snapshot_index": core.snapshot_index, "voted_for": core.voted_for, "peers": peers,
+                    "membership": core.membership_state, "voters": dict(sorted(cfg.voters.items())),
+                    "learners": dict(sorted(cfg.learners.items())), "config_index": core.config_index,
+                    "config_committed": core.config_index <= core.commit_index,
                     "snapshot_in_progress": self.snapshot_child is not None,
                     "heartbeat": {"sent_gap_ms": _gap_stats(self.hb_sent_gaps),
                                   "received_gap_ms": _gap_stats(self.hb_recv_gaps),
@@ -357,6 +397,69 @@ class ClusterManager(threading.Thread):
         while self.inbox.qsize() > INBOX_LIMIT and not self.stop_event.is_set():
             time.sleep(0.001)
         self.inbox.put(msg)
+
+    def accepts_peer(self, sender: str) -> bool:
+        """May `sender` open a peer connection to us?  A member of our configuration, or a node
+        we still keep a link to (it left recently); anyone while we have no configuration yet (a
+        node started with --join waiting for the cluster; --cluster-secret still applies)."""
+        return sender in self.links or sender in self.core.config.members or not self.core.config.members
+
+    def _new_link(self, pid: str, addr: tuple[str, int]) -> PeerLink:
+        return self._make_link(self.node_id, pid, addr, self.secret, on_down=self._link_down,
+                               on_up=self._link_up, on_dead=self._link_dead, stop_event=self.stop_event,
+                               self_addr=self.self_addr)
+
+
+    def peer_hello(self, sender: str, addr: str | None) -> None:
+        """A peer connection from sender was accepted.  With no link to it (we have no
+        configuration yet: joining) open one to the address it announced, so our answers reach
+        it; the configuration, once it arrives, takes over (config_changed)."""
+        a = _split_addr(addr)
+        if a is None or sender in self.links:
+            return
+        with self.raft_lock:
+            if sender in self.links or self.core.config.members:
+                return
+            self.peer_addrs[sender] = a
+            self.links[sender] = link = self._new_link(sender, a)
+            if self._running:
+                link.start()
+        log.info("%s opened a link back to %s at %s (not yet in a configuration here)", self.node_id, sender, addr)
+
+    def config_changed(self, config: Membership) -> None:
+        """kv_raft.ReadyHost: the configuration in force changed.  Manager thread, before any
+        message of this Ready leaves: open links to new members, retire links to nodes that left."""
+        now = time.monotonic()
+        with self.raft_lock:
+            for pid in sorted(config.members - {self.node_id}):
+                self._retiring.pop(pid, None)
+                addr = _split_addr(config.addr(pid))
+                link = self.links.get(pid)
+                if addr is None or (link is not None and self.peer_addrs.get(pid) == addr):
+                    continue
+                if link is not None:
+                    link.close()
+                self.peer_addrs[pid] = addr
+                self.links[pid] = link = self._new_link(pid, addr)
+                if self._running:
+                    link.start()
+            for pid in self.links:
+                if pid not in config.members and pid not in self._retiring:
+                    self._retiring[pid] = now + REMOVED_GRACE
+        log.info("%s configuration: voters %s, learners %s (index %d)", self.node_id,
+                 ",".join(sorted(config.voters)) or "-", ",".join(sorted(config.learners)) or "-",
+                 self.core.config_index)
+
+    def _close_retired(self, now: float) -> None:
+        """Manager thread: close links to removed nodes whose grace period ended (and to which
+        the leader no longer replicates)."""
+        with self.raft_lock:
+            for pid, t in list(self._retiring.items()):
+                if now >= t and pid not in self.core.progress:
+                    del self._retiring[pid]
+                    self.links.pop(pid).close()
+                    self.peer_addrs.pop(pid, None)
+                    log.info("%s closed its link to %s (no longer a member)", self.node_id, pid)
 
     def _link_down(self, peer: str) -> None:
         self.inbox.put(("down", peer))
@@ -376,8 +479,10 @@ class ClusterManager(threading.Thread):
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> None:
-        for link in self.links.values():
-            link.start()
+        with self.raft_lock:
+            self._running = True
+            for link in self.links.values():
+                link.start()
         self.syncer.start()
         tick = min(0.01, self.core.heartbeat_interval / 4)
         get = self.inbox.get
@@ -403,6 +508,8 @@ class ClusterManager(threading.Thread):
                 return
             now = time.monotonic()
             self.proposals.expire(now, self.request_timeout)
+            if self._retiring:
+                self._close_retired(now)
             if now - self._gc_frozen_at >= GC_FREEZE_EVERY:
                 self._gc_frozen_at = now
                 gc_freeze()
@@ -560,8 +667,10 @@ class ClusterManager(threading.Thread):
                 log.info("%s lost the election at term %d", nid, core.current_term)
             elif self.last_role == LEADER:
                 log.info("%s stepped down at term %d", nid, core.current_term)
+                # writes up to commit_index are committed: this Ready applies and answers them
                 self.proposals.fail_all("NO_QUORUM", "Lost leadership before the write was committed; "
-                                        "it may or may not be applied", definite=False)
+                                        "it may or may not be applied", definite=False,
+                                        after=core.commit_index)
             self.last_role = role
             self._hb_sent_at = 0.0
             changed = True
@@ -571,7 +680,15 @@ class ClusterManager(threading.Thread):
             self.last_leader = core.leader_id
             self._contact_at = 0.0
             changed = True
-        if core.leader_id is None and core.peers:
+        ms = core.membership_state
+        if ms != self.last_membership:
+            log.info("%s is now %s in the cluster configuration%s", nid,
+                     {"voter": "a voter", "learner": "a learner"}.get(ms, ms),
+                     " (removed: it no longer takes part; stop it or add it again with CLUSTER ADD)"
+                     if ms == "removed" else "")
+            self.last_membership = ms
+            changed = True
+        if core.leader_id is None and core.peers and ms in ("voter", "learner"):
             now = time.monotonic()
             if now - self.waiting_logged_at > 5.0 and now - self.started_at > 1.0:
                 up = [p for p, lk in self.links.items() if lk.connected]
@@ -621,7 +738,9 @@ class ClusterManager(threading.Thread):
         term = self.core.term_at(index)
         if term is None:
             return   # already covered by an installed snapshot
-        meta = SnapshotMeta(index, term, len(sm), sm.digest_hex())
+        with self.raft_lock:
+            config = self.core.config_at(index).to_dict()   # Raft §4.1: restored from here
+        meta = SnapshotMeta(index, term, len(sm), sm.digest_hex(), config)
         tmp = self.storage.snapshot_path + f".tmp-{index}"
         pid = os.fork()
         if pid == 0:   # child: only this thread exists; close inherited sockets, write, leave
@@ -725,6 +844,14 @@ class Syncer(threading.Thread):
 
 
 _CONTACT = frozenset({"HEARTBEAT", "REPLICATE", "SYNC"})
+
+
+def _split_addr(addr: str | None) -> tuple[str, int] | None:
+    """"host:port" -> (host, port); None when absent or malformed."""
+    if not addr:
+        return None
+    host, _, port = addr.rpartition(":")
+    return (host, int(port)) if host and port.isdigit() else None
 
 
 def _gap_stats(gaps) -> dict:

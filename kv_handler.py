@@ -313,8 +313,9 @@ def cmd_transfer(c, cmd):
         raise node.not_primary()
     t0 = time.monotonic()
     target = cmd.target
-    if target is not None and target not in node.peer_ids:
-        raise CommandError("BAD_REQUEST", f"unknown node {target!r}")
+    if target is not None and target not in node.voter_ids:
+        raise CommandError("BAD_REQUEST", f"unknown node {target!r}" if target not in node.peer_ids
+                           else f"{target} is a learner: leadership goes to voters only")
     new = node.transfer(target)
     if new is None:
         raise CommandError("TIMEOUT", "leadership transfer did not complete; this node still leads "
@@ -322,6 +323,33 @@ def cmd_transfer(c, cmd):
     return Reply(Simple("OK"), {"message": f"Leadership transferred to {new}", "primary": new,
                                 "primary_addr": node.member_addr(new),
                                 "seconds": round(time.monotonic() - t0, 3)})
+
+
+@command(P.ClusterCmd)
+def cmd_cluster(c, cmd):
+    """CLUSTER ADD/REMOVE/MEMBERS (Raft §4.1, one server at a time), on the primary only.
+    ADD answers once the node is a learner in a committed configuration (the primary promotes
+    it to voter once it has caught up: watch CLUSTER MEMBERS or STATUS); REMOVE once the
+    configuration without it is committed (removing the primary itself hands leadership to a
+    voter).  Errors are definite (NOT_PRIMARY, BAD_REQUEST, CHANGE_IN_PROGRESS: nothing was
+    appended) or indefinite (TIMEOUT, NO_QUORUM after the change was appended), as for writes."""
+    node = c.node
+    if node.role != "primary":
+        raise node.not_primary()
+    t0 = time.monotonic()
+    if cmd.sub == "ADD":
+        node.change_membership("add", cmd.node_id, cmd.addr)
+        msg = f"{cmd.node_id} added as a learner at {cmd.addr}; it becomes a voter once caught up"
+    elif cmd.sub == "REMOVE":
+        node.change_membership("remove", cmd.node_id)
+        msg = f"{cmd.node_id} removed from the cluster"
+    else:
+        m = node.membership()
+        text = "\n".join([f"{nid} {addr} voter" for nid, addr in m["voters"].items()] +
+                         [f"{nid} {addr} learner" for nid, addr in m["learners"].items()])
+        return Reply(text.encode(), m)
+    m = node.membership()
+    return Reply(Simple("OK"), {"message": msg, "seconds": round(time.monotonic() - t0, 3), **m})
 
 
 # ------------------------------------------------------------------------------ the connection
@@ -636,7 +664,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
             refuse("AUTH_REQUIRED", "internal message refused: peer handshake (HELLO) required first")
             return
         sender = hello.get("from")
-        if sender not in node.peer_ids:
+        if not node.accepts_peer(sender):
             refuse("AUTH_REQUIRED", f"internal message refused: {sender!r} is not a member of this cluster")
             return
         if hello.get("to") not in (None, node.node_id):
@@ -660,6 +688,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         sock.sendall(P.encode_line({"type": "WELCOME"}))
         self.session.peer_id = sender
         node.stats.closed(self.stats)       # a peer link, not a client (INFO connected_clients)
+        node.peer_hello(sender, hello.get("addr") if isinstance(hello.get("addr"), str) else None)
         reader = self.reader
         reader.max_request_bytes = 4 * node.config.max_request_bytes + (1 << 20)
         deliver = node.deliver

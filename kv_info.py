@@ -318,8 +318,9 @@ def _replication(lines, f, st):
             host, _, port = d["addr"].rpartition(":")
             state = "online" if d["reachable"] else "offline"
             lag_entries = d["lag"] if d["lag"] is not None else -1
+            member = f",member={d['member']}" if d.get("member") else ""
             lines.append(f"slave{i}:ip={host},port={port},state={state},offset={d['match_index'] or 0},"
-                         f"lag={_ago(heard.get(pid))},lag_entries={lag_entries},id={pid}")
+                         f"lag={_ago(heard.get(pid))},lag_entries={lag_entries},id={pid}{member}")
         _kv(lines, "master_failover_state", "no-failover")
     else:
         addr = st["primary_addr"] or ":"
@@ -341,6 +342,10 @@ def _replication(lines, f, st):
     _kv(lines, "master_replid", f["replid"])
     _kv(lines, "master_repl_offset", st["commit_index"])
     _kv(lines, "second_repl_offset", -1)
+    if "voters" in st:   # the configuration in force (membership changes, docs/CLUSTERING.md)
+        _kv(lines, "cluster_voters", ",".join(st["voters"]))
+        _kv(lines, "cluster_learners", ",".join(st["learners"]))
+        _kv(lines, "cluster_membership", st["membership"])
 
 
 def _cpu(lines, f, st):
@@ -365,7 +370,7 @@ def _raft(lines, f, st):
     _kv(lines, "raft_current_term", st["election_term"])
     _kv(lines, "raft_voted_for", st.get("voted_for") or "")
     _kv(lines, "raft_leader_id", st["primary"] or "")
-    _kv(lines, "raft_num_nodes", len(st["peers"]) + 1)
+    _kv(lines, "raft_num_nodes", len(st["voters"]) + len(st["learners"]) if "voters" in st else len(st["peers"]) + 1)
     _kv(lines, "raft_commit_index", st["commit_index"])
     _kv(lines, "raft_last_applied_index", st["last_applied"])
     _kv(lines, "raft_last_log_index", st["last_log_index"])

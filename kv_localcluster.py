@@ -552,6 +552,13 @@ class LocalCluster:
     wait_for_single_primary(timeout=10, exclude=()), wait_converged(timeout=10, ids=None),
     wait_until(predicate, timeout, what), send(id, line) -> answer dict, check_get(key, want).
     Faults (proxied=True): partition(id), cut(a, b), cut_one_way(src, dst), heal().
+    Membership (Raft §4.1, CLUSTER ADD/REMOVE; unproxied clusters): add_node(id=None) (a new
+    process with an empty data dir and --join; waits until it is a voter), remove_node(id)
+    (CLUSTER REMOVE, then stops the process), replace_node(id) (remove the dead node first, then
+    add a fresh one under a new id), members() (CLUSTER MEMBERS), cluster_command(line),
+    forget_node(id) (after a CLUSTER REMOVE sent by hand).
+    `ids` is the current membership as this object changed it; every verb takes a `say`
+    callback for progress lines and returns figures (seconds).
 
     Invariants:
       * every process it spawns is remembered by PID and is signalled by PID only; stop(),
@@ -571,12 +578,18 @@ class LocalCluster:
                  heartbeat_interval: float | None = None, election_timeout: float | None = None,
                  extra_args=(), requirepass: str | None = None, cluster_secret: str | None = None,
                  proxied: bool = False, python: str = sys.executable, *, ports=None,
-                 server_script: str = SERVER_SCRIPT, log_level: str | None = None):
+                 server_script: str = SERVER_SCRIPT, log_level: str | None = None,
+                 ids=None, boot_ids=None, joiners: dict | None = None, known_ports: dict | None = None):
         if n < 1:
             raise ValueError("a cluster needs at least one node")
         self.n = n
         self.host = host
-        self.ids = [f"node{i}" for i in range(1, n + 1)]
+        # ids/boot_ids/joiners: a cluster whose membership changed (the CLI's state file)
+        self.ids = list(ids) if ids is not None else [f"node{i}" for i in range(1, n + 1)]
+        if len(self.ids) != n:
+            raise ValueError(f"{len(self.ids)} ids given for {n} nodes")
+        self.boot_ids = list(boot_ids) if boot_ids is not None else list(self.ids)   # --peers bootstrap
+        self._joiners: dict[str, str] = dict(joiners or {})   # node added later -> where it joined
         if ports is not None:
             ports = [int(p) for p in ports]
             if len(ports) != n:
@@ -585,7 +598,7 @@ class LocalCluster:
             ports = pick_free_ports(n, host)
         else:
             ports = [base_port + i for i in range(n)]
-        self._ports = dict(zip(self.ids, ports))
+        self._ports = {**(known_ports or {}), **dict(zip(self.ids, ports))}   # known: removed boot nodes
         self._own_dir = data_dir is None
         self.data_dir = tempfile.mkdtemp(prefix="kvcluster-") if data_dir is None else os.path.abspath(data_dir)
         self.fsync = fsync
@@ -649,10 +662,12 @@ class LocalCluster:
         cmd = [self.python, self.server_script, "--node-id", node_id, "--host", self.host,
                "--port", str(self._ports[node_id]), "--data-dir", self.data_dir_of(node_id),
                "--fsync", self.fsync]
-        if self.n == 1:
+        if node_id in self._joiners:
+            cmd += ["--join", self._joiners[node_id]]     # its configuration comes from the cluster
+        elif len(self.boot_ids) == 1:
             cmd.append("--standalone")
-        else:
-            cmd += ["--peers", ",".join(f"{m}={self.peer_addr(node_id, m)}" for m in self.ids if m != node_id)]
+        else:   # bootstrap only: once a node has a configuration on disk, that one wins
+            cmd += ["--peers", ",".join(f"{m}={self.peer_addr(node_id, m)}" for m in self.boot_ids if m != node_id)]
         if self.heartbeat_interval is not None:
             cmd += ["--heartbeat-interval", str(self.heartbeat_interval)]
         if self.election_timeout is not None:
@@ -801,6 +816,165 @@ class LocalCluster:
         if p is not None and p.alive():
             self.stop_node(node_id, timeout=timeout)
         return self.start_node(node_id, primary=primary, wipe=wipe, timeout=timeout)
+
+    # -------------------------------------------------------------- membership
+    def cluster_command(self, line: str, timeout: float = 30, say=None) -> dict:
+        """Send a CLUSTER request to the primary, as an operator would: follow NOT_PRIMARY, wait
+        out CHANGE_IN_PROGRESS, a missing primary or a definite NO_QUORUM, until `timeout`.
+        Returns the OK answer; raises ClusterError for a definite refusal (BAD_REQUEST...) and
+        WaitTimeout at the deadline (with the last answer)."""
+        say = say or (lambda m: None)
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            prim = self.primary(timeout=0.5)
+            if prim is not None:
+                try:
+                    ans = call(*self.addr(prim), [line], password=self.requirepass,
+                               timeout=max(2.0, min(10.0, deadline - time.monotonic())))[0]
+                except (OSError, ValueError) as e:
+                    ans = {"status": "ERROR", "code": "UNREACHABLE", "message": str(e), "definite": False}
+                if ans.get("status") == "OK":
+                    return ans
+                code = ans.get("code")
+                if code not in ("NOT_PRIMARY", "CHANGE_IN_PROGRESS", "NO_QUORUM", "TIMEOUT", "UNREACHABLE"):
+                    raise ClusterError(f"{line!r} refused by {prim}: {code}: {ans.get('message')}")
+                if not ans.get("definite", True) and code != "UNREACHABLE":
+                    # the change may have been appended: the caller's wait decides (idempotent check)
+                    return ans
+                if (code, ans.get("message")) != last:
+                    say(f"  {prim}: {code}: {ans.get('message')} - retrying")
+                    last = (code, ans.get("message"))
+            if time.monotonic() >= deadline:
+                raise WaitTimeout(f"timed out after {timeout:g}s sending {line!r} (last answer: {last}); "
+                                  f"{self.describe()}")
+            time.sleep(0.1)
+
+    @property
+    def boot_ports(self) -> dict[str, int]:
+        """Ports of the bootstrap nodes (the --peers of a restarted boot node names them all)."""
+        return {nid: self._ports[nid] for nid in self.boot_ids if nid in self._ports}
+
+    @property
+    def joiners(self) -> dict[str, str]:
+        """Nodes added after the bootstrap -> the address they joined through (--join)."""
+        return dict(self._joiners)
+
+    def members(self, timeout: float = 10) -> dict:
+        """CLUSTER MEMBERS from the primary: voters, learners, config_index, progress."""
+        return self.cluster_command("CLUSTER MEMBERS", timeout)
+
+    def _config_has(self, pred, committed: bool = True):
+        """A poll: the primary's STATUS when its configuration satisfies pred (and is committed)."""
+        prim = self.primary(timeout=0.5)
+        st = self.status(prim, timeout=0.5) if prim else None
+        if st and st.get("role") == "primary" and pred(st) and (st.get("config_committed") or not committed):
+            return st
+        return None
+
+    def add_node(self, node_id: str | None = None, timeout: float = 60, wait_voter: bool = True,
+                 say=None) -> dict:
+        """Start a new node (free port, empty data dir) with --join through the primary, and wait
+        until the primary lists it as a learner, then (wait_voter) as a voter in a committed
+        configuration.  Returns {"node": id, "learner_s", "voter_s", "pid"}."""
+        say = say or (lambda m: None)
+        if self._proxy is not None:
+            raise ClusterError("membership changes need an unproxied cluster (the proxy routes fixed pairs)")
+        with self._lock:
+            if node_id is None:
+                k = len(self._ports) + 1
+                while f"node{k}" in self._ports:
+                    k += 1
+                node_id = f"node{k}"
+            if node_id in self.ids:
+                raise ClusterError(f"{node_id} is already a member")
+            prim = self.primary(timeout=0.5) or self.wait_for_single_primary(timeout=min(timeout, 10))
+            self._ports.setdefault(node_id, pick_free_ports(1, self.host)[0])
+            self._joiners[node_id] = "%s:%d" % self.addr(prim)
+        t0 = time.monotonic()
+        say(f"starting {node_id} on port {self._ports[node_id]} with an empty data dir, joining through {prim}")
+        pid = self.start_node(node_id, wipe=True, timeout=min(timeout, 10))
+        with self._lock:
+            self.ids.append(node_id)
+            self.n = len(self.ids)
+        say(f"waiting for {node_id} to be a learner (CLUSTER ADD by --join)")
+        self.wait_until(lambda: self._config_has(lambda st: node_id in st.get("learners", {})
+                                                 or node_id in st.get("voters", {}), committed=False),
+                        timeout, f"{node_id} to be added")
+        learner_s = time.monotonic() - t0
+        out = {"node": node_id, "pid": pid, "learner_s": round(learner_s, 3), "voter_s": None}
+        if wait_voter:
+            say(f"{node_id} is a learner after {learner_s:.2f}s; waiting until it has caught up and is promoted to voter")
+
+            def promoted():
+                st = self._config_has(lambda st: node_id in st.get("voters", {}))
+                if st is None:
+                    lag = (self._config_has(lambda st: True, committed=False) or {}).get("peers", {}).get(node_id, {}).get("lag")
+                    if lag is not None:
+                        say(f"  {node_id} lag {lag} entries")
+                return st
+            self.wait_until(promoted, timeout, f"{node_id} to be promoted to voter", interval=0.1)
+            out["voter_s"] = round(time.monotonic() - t0, 3)
+            say(f"{node_id} is a voter after {out['voter_s']:.2f}s")
+        return out
+
+    def remove_node(self, node_id: str, timeout: float = 60, stop: bool = True, say=None) -> dict:
+        """CLUSTER REMOVE node_id on the primary, wait until a primary (maybe a new one: removing
+        the primary hands leadership over) has the configuration without it committed, then stop
+        its process (stop=True).  Returns {"node", "removed_s", "primary", "new_primary_s"}."""
+        say = say or (lambda m: None)
+        if node_id not in self.ids:
+            raise ClusterError(f"{node_id} is not a member")
+        t0 = time.monotonic()
+        before = self.primary(timeout=0.5)
+        say(f"removing {node_id}{' (the primary: it hands leadership over once the change commits)' if node_id == before else ''}")
+        self.cluster_command(f"CLUSTER REMOVE {node_id}", timeout, say)
+        say(f"waiting for a committed configuration without {node_id}")
+        st = self.wait_until(lambda: self._config_has(lambda st: node_id not in st.get("voters", {})
+                                                      and node_id not in st.get("learners", {})
+                                                      and st["node_id"] != node_id),
+                             timeout, f"{node_id} to be removed")
+        removed_s = time.monotonic() - t0
+        self.forget_node(node_id)
+        if stop:
+            p = self._procs.get(node_id)
+            if p is not None and p.alive():
+                say(f"stopping {node_id} (pid {p.pid})")
+                self.stop_node(node_id, timeout=10)
+        out = {"node": node_id, "removed_s": round(removed_s, 3), "primary": st["node_id"],
+               "new_primary_s": round(removed_s, 3) if before == node_id else None}
+        say(f"{node_id} removed after {removed_s:.2f}s; primary {st['node_id']}, voters "
+            f"{','.join(st['voters'])}{'; learners ' + ','.join(st['learners']) if st['learners'] else ''}")
+        return out
+
+    def forget_node(self, node_id: str) -> None:
+        """Stop counting node_id as a member (it was removed by a CLUSTER REMOVE sent by hand);
+        its process, if any, is left running for the caller to stop."""
+        with self._lock:
+            self.ids.remove(node_id)
+            self.n = len(self.ids)
+            self._expected_exit.add(node_id)
+
+    def replace_node(self, node_id: str, new_id: str | None = None, timeout: float = 60, say=None) -> dict:
+        """Swap node_id (dead, or to be retired) for a fresh node with an empty data dir under a
+        new id: stop it if it runs, remove it first (the survivors commit that), then add the new
+        one and wait until it is a voter and every member has converged.
+        Returns {"old", "new", "removed_s", "voter_s", "healthy_s"}."""
+        say = say or (lambda m: None)
+        t0 = time.monotonic()
+        p = self._procs.get(node_id)
+        if p is not None and p.alive():
+            say(f"stopping {node_id} (pid {p.pid})")
+            self.kill(node_id)
+        self._expected_exit.add(node_id)
+        rm = self.remove_node(node_id, timeout, stop=False, say=say)
+        add = self.add_node(new_id, timeout, say=say)
+        say("waiting for every member to converge (same applied index and digest)")
+        self.wait_converged(timeout)
+        healthy = time.monotonic() - t0
+        say(f"replaced {node_id} by {add['node']}: healthy after {healthy:.2f}s")
+        return {"old": node_id, "new": add["node"], "removed_s": rm["removed_s"], "voter_s": add["voter_s"],
+                "healthy_s": round(healthy, 3)}
 
     def stop(self, timeout: float = 10, graceful: bool = True, shutdown_command: bool = False,
              on_event: Callable[[str], None] | None = None) -> None:

@@ -10,7 +10,7 @@ Layout (reading order):
     Frame           one request as framed: a line (line protocol) or a list of bulk args (RESP2)
     FrameReader     socket -> Frame, enforcing max_request_bytes; detects the protocol by first byte
     commands        Set, Get, Delete, Exists, Keys, DbSize, Ping, Echo, Status, Info, Auth, Select,
-                    Quit, Shutdown, Snapshot, Flush, Transfer, ConfigGet, ClientCmd, CommandCmd, Internal,
+                    Quit, Shutdown, Snapshot, Flush, Transfer, ClusterCmd, ConfigGet, ClientCmd, CommandCmd, Internal,
                     Invalid (+ Hello, a subclass of Invalid, see below)
     ecosystem group Sentinel, Role, ReadOnly, ReadWrite, Subscribe, Unsubscribe (one section of
                     their own, registered into the command tables there)
@@ -77,12 +77,12 @@ from typing import Any, Callable
 
 __all__ = [
     "OK", "NOT_PRIMARY", "NOT_FOUND", "BAD_REQUEST", "UNKNOWN_COMMAND", "TOO_LARGE", "NO_QUORUM",
-    "AUTH_REQUIRED", "AUTH_FAILED", "TIMEOUT", "DEFINITE_CODES", "INDEFINITE_CODES", "ERROR_CODES",
+    "AUTH_REQUIRED", "AUTH_FAILED", "TIMEOUT", "CHANGE_IN_PROGRESS", "DEFINITE_CODES", "INDEFINITE_CODES", "ERROR_CODES",
     "KEY_MAX_BYTES", "DEFAULT_MAX_REQUEST_BYTES", "MAX_MULTIBULK_ARGS", "RECV_SIZE",
     "ProtocolError", "Frame", "FrameReader",
     "Set", "Get", "Delete", "Exists", "Keys", "DbSize", "Ping", "Echo", "Status", "Info", "Auth",
     "Select", "Quit", "Shutdown", "Snapshot", "Flush", "ConfigGet", "ClientCmd", "CommandCmd",
-    "Internal", "Invalid", "Hello", "Transfer",
+    "Internal", "Invalid", "Hello", "Transfer", "ClusterCmd",
     "parse_line", "parse_resp", "parse_frame",
     "encode_line", "line_ok", "line_error", "LINE_OK",
     "resp_simple", "resp_error", "resp_int", "resp_bulk", "resp_array", "resp_map", "resp_null",
@@ -109,9 +109,10 @@ NO_QUORUM = "NO_QUORUM"
 AUTH_REQUIRED = "AUTH_REQUIRED"
 AUTH_FAILED = "AUTH_FAILED"
 TIMEOUT = "TIMEOUT"
+CHANGE_IN_PROGRESS = "CHANGE_IN_PROGRESS"   # a membership change was refused for now: retry later
 
 DEFINITE_CODES = frozenset({NOT_PRIMARY, BAD_REQUEST, UNKNOWN_COMMAND, TOO_LARGE, AUTH_REQUIRED,
-                            AUTH_FAILED, NOT_FOUND})
+                            AUTH_FAILED, NOT_FOUND, CHANGE_IN_PROGRESS})
 INDEFINITE_CODES = frozenset({TIMEOUT, NO_QUORUM})
 ERROR_CODES = DEFINITE_CODES | INDEFINITE_CODES
 
@@ -598,6 +599,43 @@ class Transfer:
 
 
 @dataclass(slots=True)
+class ClusterCmd:
+    """CLUSTER ADD <node-id> <host:port> | CLUSTER REMOVE <node-id> | CLUSTER MEMBERS:
+    membership changes, on the primary (sub is upper-cased)."""
+    sub: str
+    node_id: str | None = None
+    addr: str | None = None
+
+
+CLUSTER_USAGE = "CLUSTER ADD <node-id> <host:port> | CLUSTER REMOVE <node-id> | CLUSTER MEMBERS"
+_NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def cluster_command(args: list, err: str = "") -> ClusterCmd:
+    """The CLUSTER command from its text arguments (after the name); raises _Reject with a
+    readable reason (prefixed with `err`, "ERR " for RESP)."""
+    if not args:
+        raise _Reject(BAD_REQUEST, f"{err}Wrong number of arguments for 'CLUSTER': usage {CLUSTER_USAGE}")
+    sub = args[0].upper()
+    want = {"ADD": 3, "REMOVE": 2, "MEMBERS": 1}.get(sub)
+    if want is None:
+        raise _Reject(BAD_REQUEST, f"{err}Unknown CLUSTER subcommand '{_shorten(args[0])}': usage {CLUSTER_USAGE}")
+    if len(args) != want:
+        raise _Reject(BAD_REQUEST, f"{err}Wrong number of arguments for 'CLUSTER {sub}': usage {CLUSTER_USAGE}")
+    if want == 1:
+        return ClusterCmd(sub)
+    node_id = args[1]
+    if not _NODE_ID_RE.match(node_id):
+        raise _Reject(BAD_REQUEST, f"{err}Invalid node id '{_shorten(node_id)}': 1-64 of A-Z a-z 0-9 _ . -")
+    if want == 2:
+        return ClusterCmd(sub, node_id)
+    host, _, port = args[2].rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
+        raise _Reject(BAD_REQUEST, f"{err}Invalid address '{_shorten(args[2])}': expected host:port")
+    return ClusterCmd(sub, node_id, f"{host}:{int(port)}")
+
+
+@dataclass(slots=True)
 class ConfigGet:
     """CONFIG GET pattern [pattern ...] (RESP only): `more` holds the further patterns."""
     pattern: str
@@ -802,6 +840,7 @@ _LINE_COMMANDS: dict[str, Callable[[str], Any]] = {
     "SNAPSHOT": _no_args("SNAPSHOT", Snapshot),
     "FLUSH": _no_args("FLUSH", Flush),
     "TRANSFER": _l_transfer,
+    "CLUSTER": lambda rest: cluster_command(rest.split()),
 }
 
 
@@ -1064,6 +1103,7 @@ _RESP_COMMANDS: dict[bytes, Callable[[list], Any]] = {
     b"SNAPSHOT": _r_fixed(b"snapshot", Snapshot),
     b"FLUSH": _r_fixed(b"flush", Flush),
     b"TRANSFER": lambda args: Transfer(bytes_to_text(args[1]) if len(args) > 1 else None),
+    b"CLUSTER": lambda args: cluster_command([bytes_to_text(a) for a in args[1:]], "ERR "),
 }
 
 

@@ -2,6 +2,8 @@
 
 Layout (reading order):
     NotLeader      raised by propose() on a node that cannot accept writes now
+    MembershipError raised by propose_config() for a change it refuses (nothing was appended)
+    Membership     a cluster configuration: voters and learners (id -> address)
     Ready          one batch of work for the host: persist, send, apply
     ReadyHost      what a host provides to handle_ready()
     Progress       what a leader knows about one follower
@@ -24,8 +26,12 @@ The Ready contract, field by field (handle_ready carries it out in this order):
     truncate_from     drop the durable log from this index on (a follower's conflicting tail);
                       proposals waiting on those indexes fail (definite: they were never
                       committed).
+    config            (first of all) the configuration in force changed: the host creates peer
+                      links for new members before any message goes to them, and drops links
+                      to nodes that left (Membership; None when unchanged).
     snapshot          a follower installs the snapshot the leader streamed (dict: last_index,
-                      last_term, reset, msg); with reset the whole log is replaced.
+                      last_term, reset, msg); with reset the whole log is replaced.  The
+                      snapshot's configuration is msg["config"] and goes into its meta.
     entries           append and make durable (fsync under --fsync always), then tell the core
                       with core.persisted(last index): only then may it count itself.  A host
                       may make a *leader's* entries durable asynchronously: append() returns
@@ -38,6 +44,41 @@ The Ready contract, field by field (handle_ready carries it out in this order):
 Names follow the Raft paper (primary = leader, secondary = follower): current_term, voted_for,
 commit_index, next_index/match_index (in Progress).  Extensions: PreVote and CheckQuorum (§9.6 of
 Ongaro's thesis), leader leases for linearizable reads, leadership transfer (TimeoutNow, §3.10).
+
+Membership changes (Raft dissertation §4.1, one server at a time)
+    A configuration is a log entry (op CONFIG, value Membership.to_dict(): the whole membership,
+    not a delta).  Every node uses the latest configuration in its log, committed or not, from
+    the moment the entry is appended; a truncated configuration entry is undone with the log.
+    The configuration at the snapshot point is stored in the snapshot's meta (snapshot_config;
+    config_at(index) gives it to the host when it snapshots), so a restart restores it from
+    disk: snapshot config, then every CONFIG entry of the log after it.
+    Rules a leader follows (propose_config):
+      - it changes membership only after it has committed an entry of its own term (its NOOP):
+        the fix for the single-server-change bug of 2015 (two leaders of different terms each
+        appending a different one-server change could otherwise form disjoint majorities);
+      - at most one configuration entry is uncommitted at a time;
+      - each entry adds or removes one voter (add = learner, promote = learner -> voter, remove).
+    Learners receive the log and snapshots but do not vote, do not campaign and do not count
+    for any quorum (commit, election, CheckQuorum, read lease).  The leader promotes a learner
+    automatically (auto_promote) once it has the latest configuration and is within promote_lag
+    entries of the leader's log, and has answered within an election timeout.
+    Removing the leader: it keeps leading (without counting itself) until the entry commits, then
+    hands leadership to the most caught-up voter (TIMEOUT_NOW) and steps down.
+    A node outside a configuration cannot disrupt it: vote and PreVote requests from a node that
+    is not a member of the receiver's configuration, and whose log is behind the receiver's,
+    are refused without taking their term (a node that holds the entry removing X is ahead of
+    X unless X holds it too); when the receiver's configuration is committed, the refusal carries
+    "removed" so the candidate learns it was removed and stops campaigning.  Any other request
+    is answered as Raft answers anyone (§4.1: servers do not consult their configuration to
+    answer), since the receiver may be the one that is behind.  Votes count only from the
+    candidate's voters, and a candidate counts its own vote only if it is a voter.
+    Why single-server changes and not joint consensus: every change an operator needs (add,
+    remove, replace one machine, grow 3 -> 5 -> 3) is a sequence of one-server steps; any majority
+    of the old and of the new configuration overlap, so no intermediate joint configuration (with
+    its double quorum counting in commit, election, CheckQuorum and the lease) is needed, and the
+    only known trap, the 2015 bug, is closed by the own-term-commit rule above.  The cost, a window
+    where a 3 -> 4 voter step needs 3 live nodes, is avoided by adding new servers as learners
+    (they count only once caught up) and by replacing a dead server remove-first (docs/CLUSTERING.md).
 
 Time comes in as the `now` argument (seconds, monotonic) and randomness from an injected
 random.Random, so a simulation can replay any schedule from its seed.
@@ -64,6 +105,9 @@ SNAPSHOT = "snapshot"    # a snapshot (SYNC) is on its way; send nothing else
 LEASE_FRACTION = 0.8
 
 
+CONFIG = "CONFIG"        # op of a configuration entry; the state machine ignores it
+
+
 class NotLeader(Exception):
     """propose() on a node that is not an accepting leader. `.leader_id` is the hint (may be None)."""
 
@@ -73,12 +117,110 @@ class NotLeader(Exception):
         self.reason = reason
 
 
+class MembershipError(Exception):
+    """propose_config() refused a change; nothing was appended (a definite error).
+    transient=True: try again later (a change is in flight, or the leader's term is too young);
+    transient=False: the request itself is wrong (unknown node, already a member, last voter)."""
+
+    def __init__(self, reason: str, transient: bool):
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+
+
+class Membership:
+    """A cluster configuration: voters and learners, each a dict node id -> address.  The core
+    never looks at addresses (the host dials them; the simulation uses None).  Immutable by
+    convention: the change methods return a new Membership.
+    Invariant: no id is both a voter and a learner."""
+
+    __slots__ = ("voters", "learners")
+
+    def __init__(self, voters: dict | None = None, learners: dict | None = None):
+        self.voters = dict(voters or {})
+        self.learners = dict(learners or {})
+        both = self.voters.keys() & self.learners.keys()
+        if both:
+            raise ValueError(f"{sorted(both)} cannot be both voters and learners")
+
+    @classmethod
+    def of(cls, voter_ids, addrs: dict | None = None) -> "Membership":
+        addrs = addrs or {}
+        return cls({v: addrs.get(v) for v in voter_ids})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Membership":
+        """Inverse of to_dict(); raises ValueError on a malformed configuration."""
+        if not isinstance(d, dict) or not isinstance(d.get("voters"), dict) or \
+                not isinstance(d.get("learners", {}), dict):
+            raise ValueError(f"malformed configuration: {d!r:.200}")
+        for part in (d["voters"], d.get("learners", {})):
+            for k, v in part.items():
+                if not isinstance(k, str) or not k or (v is not None and not isinstance(v, str)):
+                    raise ValueError(f"malformed configuration member {k!r}: {v!r}")
+        return cls(d["voters"], d.get("learners"))
+
+    def to_dict(self) -> dict:
+        return {"voters": dict(sorted(self.voters.items())),
+                "learners": dict(sorted(self.learners.items()))}
+
+    @property
+    def members(self) -> set:
+        return self.voters.keys() | self.learners.keys()
+
+    @property
+    def quorum(self) -> int:
+        return len(self.voters) // 2 + 1
+
+    def addr(self, node_id: str) -> str | None:
+        return self.voters.get(node_id, self.learners.get(node_id))
+
+    def role_of(self, node_id: str) -> str | None:
+        """"voter", "learner" or None (not a member)."""
+        if node_id in self.voters:
+            return "voter"
+        return "learner" if node_id in self.learners else None
+
+    def with_learner(self, node_id: str, addr: str | None) -> "Membership":
+        return Membership(self.voters, {**self.learners, node_id: addr})
+
+    def promoted(self, node_id: str) -> "Membership":
+        learners = dict(self.learners)
+        addr = learners.pop(node_id)
+        return Membership({**self.voters, node_id: addr}, learners)
+
+    def without(self, node_id: str) -> "Membership":
+        return Membership({k: v for k, v in self.voters.items() if k != node_id},
+                          {k: v for k, v in self.learners.items() if k != node_id})
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Membership) and self.voters == other.voters and \
+            self.learners == other.learners
+
+    __hash__ = None   # mutable dicts inside
+
+    def __repr__(self) -> str:
+        ls = f" learners={sorted(self.learners)}" if self.learners else ""
+        return f"<Membership voters={sorted(self.voters)}{ls}>"
+
+
+def majorities_can_be_disjoint(a: Membership, b: Membership) -> bool:
+    """True when some majority of a's voters and some majority of b's voters share no node
+    (what a single-server change never allows between consecutive configurations)."""
+    va, vb = set(a.voters), set(b.voters)
+    both = len(va & vb)
+    need_a = max(0, a.quorum - len(va - vb))   # members a majority of a must take from both
+    need_b = max(0, b.quorum - len(vb - va))
+    return need_a + need_b <= both
+
+
 @dataclass
 class Ready:
     """Work the host must do, in this order: hard_state, truncate_from, entries, snapshot, messages,
     committed.  Messages may only leave after hard_state and entries are durable."""
 
     hard_state: tuple[int, str | None] | None = None
+    config: Membership | None = None
     truncate_from: int | None = None
     entries: list = field(default_factory=list)
     snapshot: dict | None = None
@@ -87,7 +229,7 @@ class Ready:
 
     def empty(self) -> bool:
         return not (self.hard_state or self.truncate_from or self.entries or self.snapshot
-                    or self.messages or self.committed)
+                    or self.messages or self.committed or self.config is not None)
 
 
 class Progress:
@@ -124,12 +266,22 @@ class RaftCore:
         both are handed out in Ready.hard_state before any message that depends on them.
       - log holds the entries after snapshot_index, contiguous: log[i].index == snapshot_index + 1 + i.
       - commit_index never decreases and never exceeds last_index; applied <= commit_index.
-      - a leader commits an index only when a majority has it durable and it is of the leader's term.
+      - a leader commits an index only when a majority of the voters of its configuration has it
+        durable and it is of the leader's term.
+      - config is the latest configuration in the log (snapshot_config if the log holds none);
+        at most one configuration entry of a leader's log is uncommitted (§4.1).
+      - only a voter of its own configuration campaigns; votes count only from voters.
       - read_ok(now) is True on at most one node at any instant (lease shorter than the time a
         follower refuses votes after hearing from its leader).
 
-    Callers use: tick, step, propose, ready, persisted, compacted, transfer_leadership,
-    report_unreachable, read_ok, has_quorum, and the read-only attributes below.
+    Callers use: tick, step, propose, propose_config, ready, persisted, compacted, config_at,
+    transfer_leadership, report_unreachable, read_ok, has_quorum, membership_state, and the
+    read-only attributes below (config, voters, peers = the other members).
+
+    Membership: `peers` (a list of the other node ids, all voters) bootstraps a fresh cluster;
+    `config` instead gives the configuration at snapshot_index (from the snapshot's meta, or
+    Membership() for a node joining with an empty data dir: it waits to be sent the log).
+    CONFIG entries in `entries` then apply on top, as on any append.
     """
 
     def __init__(self, node_id: str, peers: list[str], *, heartbeat_interval: float = 0.05,
@@ -137,7 +289,9 @@ class RaftCore:
                  term: int = 0, voted_for: str | None = None, entries: list | None = None,
                  snapshot_index: int = 0, snapshot_term: int = 0, commit_index: int | None = None,
                  start_election: bool = False, prevote: bool = True, check_quorum: bool = True,
-                 max_batch: int = 512, max_inflight: int = 64, entry_factory=None):
+                 max_batch: int = 512, max_inflight: int = 64, entry_factory=None,
+                 config: Membership | dict | None = None, auto_promote: bool = True,
+                 promote_lag: int = 64):
         if election_timeout <= heartbeat_interval:
             raise ValueError(f"election timeout ({election_timeout}s) must be greater than the "
                              f"heartbeat interval ({heartbeat_interval}s)")
@@ -145,8 +299,11 @@ class RaftCore:
             raise ValueError("heartbeat interval must be positive")
         if node_id in peers:
             raise ValueError(f"{node_id} lists itself among its peers")
+        if config is not None and peers:
+            raise ValueError("give either peers (bootstrap) or config, not both")
+        if isinstance(config, dict):
+            config = Membership.from_dict(config)
         self.id = node_id
-        self.peers = sorted(peers)
         self.heartbeat_interval = heartbeat_interval
         self.election_timeout = election_timeout
         self.rng = rng or random.Random()
@@ -154,6 +311,8 @@ class RaftCore:
         self.check_quorum = check_quorum
         self.max_batch = max_batch
         self.max_inflight = max_inflight
+        self.auto_promote = auto_promote
+        self.promote_lag = promote_lag
         if entry_factory is None:
             from kv_storage import ReplicationLog as entry_factory  # noqa: N813 - a class
         self._entry = entry_factory
@@ -166,6 +325,14 @@ class RaftCore:
         self.snapshot_term = snapshot_term
         if self.log and self.log[0].index != snapshot_index + 1:
             raise ValueError(f"log starts at {self.log[0].index}, expected {snapshot_index + 1}")
+        # configuration: the one at the snapshot point, then the CONFIG entries of the log
+        self.snapshot_config = config if config is not None else Membership.of([node_id, *peers])
+        self._configs: list[tuple[int, Membership]] = [
+            (e.index, Membership.from_dict(e.value)) for e in self.log if e.op == CONFIG]
+        self._removed_notice = 0                # config index at which a peer said we are out
+        self._ever_member = any(self.id in c.members for c in
+                                [self.snapshot_config, *(c for _, c in self._configs)])
+        self._set_derived_config()
 
         # volatile state
         self.commit_index = snapshot_index if commit_index is None else max(commit_index, snapshot_index)
@@ -200,7 +367,7 @@ class RaftCore:
             self.election_deadline = now
         else:
             self._reset_election_timer()
-            if term == 0 and not self.log and snapshot_index == 0 and self.peers:
+            if term == 0 and not self.log and snapshot_index == 0 and len(self.voters) > 1:
                 # a brand-new node gives a --primary peer time to win the first election
                 self.election_deadline += self.election_timeout
 
@@ -215,7 +382,7 @@ class RaftCore:
 
     @property
     def quorum(self) -> int:
-        return (len(self.peers) + 1) // 2 + 1
+        return self.config.quorum
 
     def term_at(self, index: int) -> int | None:
         """Term of the entry at index; None when compacted away (index < snapshot) or absent."""
@@ -232,13 +399,176 @@ class RaftCore:
         lo = start - self.snapshot_index - 1
         return self.log[lo:lo + limit]
 
+    # ------------------------------------------------------------------ membership (§4.1)
+    def _set_derived_config(self) -> None:
+        """config/config_index from the latest CONFIG entry (or the snapshot's configuration;
+        config_index is then snapshot_index: the configuration is known as of that index)."""
+        if self._configs:
+            self.config_index, self.config = self._configs[-1]
+        else:
+            self.config_index, self.config = self.snapshot_index, self.snapshot_config
+        self.voters = frozenset(self.config.voters)
+        self.peers = sorted(self.config.members - {self.id})
+        if self.id in self.config.members:
+            self._ever_member = True
+
+    def _config_changed(self) -> None:
+        """The configuration in force may have changed (append, truncation, snapshot)."""
+        old = self.config
+        self._set_derived_config()
+        if self.config == old:
+            return
+        self._ready.config = self.config
+        if self.role == LEADER:
+            for p in self.peers:
+                if p not in self.progress:
+                    self.progress[p] = Progress(self.last_index + 1)
+            # members that left keep their progress until the change commits, so that they
+            # receive the entry that removes them (_commit_advanced drops them)
+            self._ack_quorum_ts = self._quorum_ack_ts()
+
+    def _scan_configs(self, entries: list) -> None:
+        found = False
+        for e in entries:
+            if e.op == CONFIG:
+                self._configs.append((e.index, Membership.from_dict(e.value)))
+                found = True
+        if found:
+            self._config_changed()
+
+    def _truncate_configs(self, from_index: int) -> None:
+        """The log is cut from from_index on: configurations appended there are undone (§4.1)."""
+        if self._configs and self._configs[-1][0] >= from_index:
+            self._configs = [c for c in self._configs if c[0] < from_index]
+            self._config_changed()
+
+    def config_at(self, index: int) -> Membership:
+        """The configuration in force after entry `index` (snapshot_index <= index <= last_index).
+        The host stores config_at(i) in the meta of a snapshot taken at i."""
+        if index < self.snapshot_index:
+            raise ValueError(f"configuration at {index} is compacted away (snapshot at {self.snapshot_index})")
+        cfg = self.snapshot_config
+        for i, c in self._configs:
+            if i > index:
+                break
+            cfg = c
+        return cfg
+
+    @property
+    def membership_state(self) -> str:
+        """"voter" or "learner"; "removed" when a configuration this node holds (or a peer's
+        committed one, by the notice on a refused vote) no longer lists it; "joining" when no
+        configuration it has seen ever listed it (a node started with --join, before its add)."""
+        if self._removed_notice > self.config_index:
+            return "removed"
+        role = self.config.role_of(self.id)
+        if role is not None:
+            return role
+        return "removed" if self._ever_member else "joining"
+
+    def _can_campaign(self) -> bool:
+        """A voter of its own configuration campaigns, and not after being told it left.  So does
+        a voter removed by a configuration that is not committed yet: it may still be needed
+        to commit it (a leader that removed itself and restarted; §4.2.2: it does not count its
+        own vote)."""
+        if self._removed_notice > self.config_index:
+            return False
+        if self.id in self.voters:
+            return True
+        return self.config_index > self.commit_index and \
+            self.id in self.config_at(self.config_index - 1).voters
+
+    def _own_term_committed(self) -> bool:
+        """§4.1 (the 2015 fix): the leader has committed an entry of its term, its NOOP."""
+        return self.commit_index >= self.term_start_index
+
+    def _config_change_blocker(self) -> str | None:
+        if not self._own_term_committed():
+            return "the primary has not yet committed an entry of its term; try again shortly"
+        if self.config_index > self.commit_index:
+            return "another membership change is still in progress; try again when it commits"
+        return None
+
+    def propose_config(self, action: str, node_id: str, addr: str | None = None,
+                       now: float | None = None):
+        """Append a one-server configuration change on the leader and return its entry:
+        action "add" (as a learner; promoted automatically), "promote" or "remove".
+        Raises NotLeader, or MembershipError when the change is refused (nothing appended)."""
+        self._check_accepting(now)
+        cfg = self.config
+        role = cfg.role_of(node_id)
+        if action == "add":
+            if role is not None:
+                raise MembershipError(f"{node_id} is already a {role}", transient=False)
+            new = cfg.with_learner(node_id, addr)
+        elif action == "promote":
+            if role != "learner":
+                raise MembershipError(f"{node_id} is not a learner", transient=False)
+            new = cfg.promoted(node_id)
+        elif action == "remove":
+            if role is None:
+                raise MembershipError(f"{node_id} is not a member", transient=False)
+            if role == "voter" and len(cfg.voters) == 1:
+                raise MembershipError(f"{node_id} is the last voter", transient=False)
+            new = cfg.without(node_id)
+        else:
+            raise ValueError(f"unknown membership action {action!r}")
+        blocker = self._config_change_blocker()
+        if blocker is not None:
+            raise MembershipError(blocker, transient=True)
+        return self._append_config(new)
+
+    def _append_config(self, new: Membership):
+        entry = self._entry(self.last_index + 1, self.current_term, CONFIG, None, new.to_dict(), "json")
+        self._append_local([entry])
+        self._maybe_commit()
+        return entry
+
+    def _maybe_promote(self) -> None:
+        """§4.2.1: a learner becomes a voter once it has the latest configuration and is within
+        promote_lag entries of the leader's log and answered within an election timeout."""
+        if not self.auto_promote or not self.config.learners or self.transfer_target is not None:
+            return
+        if self._config_change_blocker() is not None:
+            return
+        for p in sorted(self.config.learners):
+            pr = self.progress.get(p)
+            if pr is not None and pr.match_index >= self.config_index and \
+                    pr.match_index + self.promote_lag >= self.last_index and \
+                    self.now - pr.last_heard < self.election_timeout:
+                self._append_config(self.config.promoted(p))
+                return
+
+    def _commit_advanced(self) -> None:
+        """Leader: once its configuration is committed, members that left are dropped, and a
+        leader that removed itself hands leadership to a voter and steps down (§4.2.2)."""
+        if self.config_index > self.commit_index:
+            return
+        for p in [p for p in self.progress if p not in self.config.members]:
+            del self.progress[p]
+        if self.id not in self.voters and self.transfer_target is None:
+            others = [p for p in self.voters if p in self.progress]
+            if others:
+                self._start_transfer(max(others, key=lambda p: (self.progress[p].match_index, p)))
+            else:
+                self.become_follower(self.current_term, None)
+
+    def _log_behind(self, msg: dict) -> bool:
+        """The candidate's log (in an ELECTION) is strictly less up-to-date than ours."""
+        return not self._log_up_to_date(msg["last_log_index"], msg["last_log_term"])
+
     def _log_up_to_date(self, last_index: int, last_term: int) -> bool:
         """§5.4.1 election restriction: the candidate's log is at least as up-to-date as ours."""
         return last_term > self.last_term or (last_term == self.last_term and last_index >= self.last_index)
 
     # ------------------------------------------------------------------ role changes
     def _reset_election_timer(self) -> None:
-        if self._eager:
+        if self.id not in self.voters:
+            # A node whose own uncommitted configuration removed it may still campaign
+            # (_can_campaign), but it defers to the voters: without PreVote its requests take
+            # their votes, and a voter that can win (it ignores our term) must get there first.
+            self.election_deadline = self.now + self.election_timeout * (2.0 + self.rng.random())
+        elif self._eager:
             base = 3 * self.heartbeat_interval
             self.election_deadline = self.now + base + self.rng.random() * base
         else:
@@ -266,7 +596,7 @@ class RaftCore:
         assert self.role != LEADER, "a leader does not pre-campaign"
         self.role = PRECANDIDATE
         self.leader_id = None
-        self._votes = {self.id: True}
+        self._votes = {self.id: True} if self.id in self.voters else {}
         self._reset_election_timer()
 
     def become_candidate(self) -> None:
@@ -276,7 +606,7 @@ class RaftCore:
         self.leader_id = None
         self.voted_for = self.id
         self._hard_dirty = True
-        self._votes = {self.id: True}
+        self._votes = {self.id: True} if self.id in self.voters else {}
         self._reset_election_timer()
 
     def become_leader(self) -> None:
@@ -311,9 +641,13 @@ class RaftCore:
             if now >= self.heartbeat_deadline:
                 self.heartbeat_deadline = now + self.heartbeat_interval
                 self._broadcast_append(heartbeat=True)
+                self._maybe_promote()
             return
         if now >= self.election_deadline:
-            self.campaign(transfer=False)
+            if self._can_campaign():
+                self.campaign(transfer=False)
+            else:
+                self._reset_election_timer()   # a learner or a removed node never campaigns
 
     def campaign(self, transfer: bool) -> None:
         """Start an election: a PreVote round first, unless PreVote is off or TIMEOUT_NOW asked us
@@ -325,12 +659,12 @@ class RaftCore:
         self._request_votes(transfer)
 
     def _request_votes(self, transfer: bool) -> None:
-        if len(self._votes) >= self.quorum:
+        if sum(self._votes.values()) >= self.quorum:
             self._won_round()
             return
         prevote = self.role == PRECANDIDATE
         term = self.current_term + 1 if prevote else self.current_term
-        for p in self.peers:
+        for p in sorted(self.voters - {self.id}):
             self._send({"type": "ELECTION", "to": p, "term": term, "prevote": prevote,
                         "last_log_index": self.last_index, "last_log_term": self.last_term,
                         "transfer": transfer})
@@ -345,36 +679,48 @@ class RaftCore:
     # ------------------------------------------------------------------ client side
     def propose(self, op: str, key: Any, value: Any, kind: str = "json", now: float | None = None):
         """Append a new entry on the leader; returns it.  Raises NotLeader otherwise."""
-        if now is not None:
-            self.now = now
-        if self.role != LEADER:
-            raise NotLeader(self.leader_id)
-        if self.transfer_target is not None:
-            raise NotLeader(None, "leadership transfer in progress")
+        self._check_accepting(now)
+        if op == CONFIG:
+            raise ValueError("configuration entries go through propose_config()")
         entry = self._entry(self.last_index + 1, self.current_term, op, key, value, kind)
         self._append_local([entry])
         if not self.peers:
             self._maybe_commit()
         return entry
 
+    def _check_accepting(self, now: float | None) -> None:
+        """Raise NotLeader unless this node is a leader that accepts new entries now."""
+        if now is not None:
+            self.now = now
+        if self.role != LEADER:
+            raise NotLeader(self.leader_id)
+        if self.transfer_target is not None:
+            raise NotLeader(None, "leadership transfer in progress")
+
     def transfer_leadership(self, target: str | None, now: float) -> str | None:
-        """Hand leadership to target (or the most caught-up peer).  Returns the chosen target."""
+        """Hand leadership to target (or the most caught-up other voter).  Returns the chosen
+        target (None: no other voter).  Raises ValueError when target is not another voter."""
         self.now = now
-        if self.role != LEADER or not self.peers:
+        others = [p for p in self.voters if p != self.id and p in self.progress]
+        if self.role != LEADER or not others:
             return None
         if target is None:
-            target = max(self.peers, key=lambda p: (self.progress[p].match_index, p))
-        if target not in self.progress:
-            raise ValueError(f"unknown node {target!r}")
+            target = max(others, key=lambda p: (self.progress[p].match_index, p))
+        if target not in others:
+            raise ValueError(f"unknown node {target!r}" if target not in self.config.members
+                             else f"{target} is a learner: leadership goes to voters only")
+        self._start_transfer(target)
+        return target
+
+    def _start_transfer(self, target: str) -> None:
         self.transfer_target = target
-        self.transfer_deadline = now + self.election_timeout
+        self.transfer_deadline = self.now + self.election_timeout
         self._timeout_now_sent = False
         pr = self.progress[target]
         if pr.match_index == self.last_index:
             self._maybe_send_timeout_now(target, pr)
         else:
             self._send_append(target, force=True)
-        return target
 
     def read_ok(self, now: float) -> bool:
         """True when a read served now from the local state is linearizable: we lead, an entry of
@@ -394,19 +740,29 @@ class RaftCore:
         return now < self.leader_since + self.election_timeout or \
             now < self._ack_quorum_ts + self.election_timeout
 
+    def _voters_needed(self) -> int:
+        """Voters besides ourselves that make a majority (a leader that removed itself from the
+        configuration does not count itself, §4.2.2)."""
+        return self.quorum - (1 if self.id in self.voters else 0)
+
     def _quorum_heard(self) -> float:
-        """When a majority (counting ourselves) was last heard from; never before our election."""
-        need = self.quorum - 1          # besides ourselves
-        if need == 0:
+        """When a majority of voters (counting ourselves if we vote) was last heard from; never
+        before our election."""
+        need = self._voters_needed()
+        if need <= 0:
             return self.now             # a cluster of one always hears a majority
-        heard = sorted((pr.last_heard for pr in self.progress.values()), reverse=True)
+        voters = self.voters
+        heard = sorted((pr.last_heard for p, pr in self.progress.items() if p in voters), reverse=True)
+        if len(heard) < need:
+            return self.leader_since
         return max(heard[need - 1], self.leader_since)
 
     def _quorum_ack_ts(self) -> float:
-        acks = sorted((pr.ack_ts for pr in self.progress.values()), reverse=True)
-        need = self.quorum - 1          # besides ourselves
-        if need == 0:
+        need = self._voters_needed()
+        if need <= 0:
             return float("inf")
+        voters = self.voters
+        acks = sorted((pr.ack_ts for p, pr in self.progress.items() if p in voters), reverse=True)
         return acks[need - 1] if len(acks) >= need else float("-inf")
 
     # ------------------------------------------------------------------ host callbacks
@@ -427,11 +783,14 @@ class RaftCore:
             raise ValueError(f"snapshot at {snapshot_index} is past applied index {self.applied}")
         if self.term_at(snapshot_index) != snapshot_term:
             raise ValueError(f"snapshot term {snapshot_term} does not match the log at {snapshot_index}")
+        self.snapshot_config = self.config_at(snapshot_index)
+        self._configs = [c for c in self._configs if c[0] > snapshot_index]
         n = snapshot_index - self.snapshot_index
         dropped = self.log[:n]
         del self.log[:n]
         self.snapshot_index = snapshot_index
         self.snapshot_term = snapshot_term
+        self._set_derived_config()      # the same configuration, now known from the snapshot
         return dropped
 
     def report_unreachable(self, peer: str) -> None:
@@ -464,7 +823,8 @@ class RaftCore:
         campaigns at once instead of waiting for its retry timer, so it wins the race against
         peers whose own timers started earlier."""
         self.now = now
-        if self._eager and self.role in (FOLLOWER, PRECANDIDATE) and self.leader_id is None:
+        if self._eager and self.role in (FOLLOWER, PRECANDIDATE) and self.leader_id is None \
+                and self._can_campaign():
             self.campaign(transfer=False)
 
     def report_snapshot(self, peer: str, ok: bool) -> None:
@@ -478,8 +838,7 @@ class RaftCore:
     def ready(self) -> Ready:
         """Hand out the accumulated work and start a new batch."""
         if self.role == LEADER:
-            for p in self.peers:
-                pr = self.progress[p]
+            for p, pr in self.progress.items():
                 if pr.next_index <= self.last_index:
                     self._send_append(p)
         rd = self._ready
@@ -498,14 +857,14 @@ class RaftCore:
     def _append_local(self, entries: list) -> None:
         self.log.extend(entries)
         self._ready.entries.extend(entries)
+        self._scan_configs(entries)     # §4.1: a configuration is in force once appended
 
     def _send(self, msg: dict) -> None:
         msg["from"] = self.id
         self._ready.messages.append(msg)
 
     def _broadcast_append(self, heartbeat: bool) -> None:
-        for p in self.peers:
-            pr = self.progress[p]
+        for p, pr in list(self.progress.items()):
             if heartbeat:
                 self._send({"type": "HEARTBEAT", "to": p, "term": self.current_term,
                             "commit": min(self.commit_index, pr.match_index), "ts": self.now})
@@ -522,8 +881,8 @@ class RaftCore:
                 self._send_append(p)
 
     def _send_append(self, p: str, force: bool = False) -> None:
-        pr = self.progress[p]
-        if pr.state == SNAPSHOT:
+        pr = self.progress.get(p)
+        if pr is None or pr.state == SNAPSHOT:
             return
         if pr.state == PROBE and self.now < pr.paused_until and not force:
             return
@@ -537,7 +896,8 @@ class RaftCore:
             pr.inflight.clear()
             pr.paused_until = self.now + 3 * self.election_timeout
             self._send({"type": "SYNC", "to": p, "term": self.current_term,
-                        "last_index": self.snapshot_index, "last_term": self.snapshot_term})
+                        "last_index": self.snapshot_index, "last_term": self.snapshot_term,
+                        "config": self.snapshot_config.to_dict()})
             return
         entries = self.entries_from(pr.next_index, self.max_batch)
         self._send({"type": "REPLICATE", "to": p, "term": self.current_term, "prev_index": prev_index,
@@ -551,12 +911,19 @@ class RaftCore:
             pr.inflight.append((last, self.now))
 
     def _maybe_commit(self) -> None:
-        matches = sorted([self.persisted_index] + [pr.match_index for pr in self.progress.values()],
-                         reverse=True)
-        n = matches[self.quorum - 1]
+        voters = self.voters
+        matches = [pr.match_index for p, pr in self.progress.items() if p in voters]
+        if self.id in voters:
+            matches.append(self.persisted_index)
+        q = self.quorum
+        if len(matches) < q:
+            return
+        matches.sort(reverse=True)
+        n = matches[q - 1]
         # §5.4.2: only entries of the current term are committed by counting replicas
         if n > self.commit_index and self.term_at(n) == self.current_term:
             self.commit_index = n
+            self._commit_advanced()
 
     # ------------------------------------------------------------------ message handling
     def step(self, msg: dict, now: float) -> None:
@@ -567,6 +934,9 @@ class RaftCore:
         sender = msg["from"]
         if mtype == "ELECTION":
             self._on_election(msg, now)
+            return
+        if mtype == "ELECTION_RESP" and msg.get("removed") is not None:
+            self._on_removed_notice(msg)
             return
         if mtype == "ELECTION_RESP" and msg.get("prevote"):
             # a granted PreVote answer carries our proposed term, not the voter's: no term change
@@ -601,7 +971,7 @@ class RaftCore:
         elif mtype == "ELECTION_RESP":
             self._on_vote_resp(msg)
         elif mtype == "TIMEOUT_NOW":
-            if self.role != LEADER:
+            if self.role != LEADER and self._can_campaign():
                 self.campaign(transfer=True)
         elif self.role == LEADER and sender in self.progress:
             pr = self.progress[sender]
@@ -637,6 +1007,21 @@ class RaftCore:
         mterm = msg["term"]
         cand = msg["from"]
         prevote = msg["prevote"]
+        if cand not in self.config.members and self._log_behind(msg):
+            # §4.2.3: a node outside our configuration (removed) cannot disrupt us: refused
+            # without taking its term.  If our configuration is committed, tell it it was
+            # removed.  Only when its log is behind ours (it could not get our vote anyway):
+            # a candidate with an equal or newer log may hold a configuration that lists it
+            # (we are the one behind, or its own removal is not committed yet and it is needed
+            # to commit it), and a learner of ours that campaigns was promoted in a newer
+            # configuration; they are answered as Raft answers anyone, or a cluster could be
+            # left with no electable node, or with a voter that never learns the current term.
+            removed = None
+            if self.config.members and self.config_index <= self.commit_index:
+                removed = self.commit_index     # our configuration as of this index leaves it out
+            self._send({"type": "ELECTION_RESP", "to": cand, "term": self.current_term,
+                        "prevote": prevote, "granted": False, "removed": removed})
+            return
         if mterm > self.current_term and not msg.get("transfer") and self._in_lease(now):
             # a live leader exists: refuse without adopting the term (PreVote/CheckQuorum lease)
             self._send({"type": "ELECTION_RESP", "to": cand, "term": self.current_term,
@@ -663,9 +1048,18 @@ class RaftCore:
         self._send({"type": "ELECTION_RESP", "to": cand, "term": self.current_term,
                     "prevote": False, "granted": granted})
 
+    def _on_removed_notice(self, msg: dict) -> None:
+        """A peer whose committed configuration, as of its commit index msg["removed"], does not
+        list us.  Believed only if that is past our latest configuration entry; a later
+        configuration that lists us again (we were re-added) makes us a member again."""
+        if msg["removed"] > self.config_index:
+            self._removed_notice = max(self._removed_notice, msg["removed"])
+            if self.role in (PRECANDIDATE, CANDIDATE):
+                self.become_follower(self.current_term, None)
+
     def _on_vote_resp(self, msg: dict) -> None:
         want = PRECANDIDATE if msg.get("prevote") else CANDIDATE
-        if self.role != want:
+        if self.role != want or msg["from"] not in self.voters:
             return
         if want == PRECANDIDATE and msg["term"] != self.current_term + 1:
             return
@@ -723,6 +1117,7 @@ class RaftCore:
                 rd = self._ready
                 rd.truncate_from = e.index if rd.truncate_from is None else min(rd.truncate_from, e.index)
                 rd.entries = [x for x in rd.entries if x.index < e.index]
+                self._truncate_configs(e.index)
                 new = entries[i:]
                 break
         if new:
@@ -744,7 +1139,13 @@ class RaftCore:
             self._send({"type": "SYNC_RESP", "to": msg["from"], "term": self.current_term,
                         "match_index": self.commit_index, "ts": msg.get("ts")})
             return
-        if self.term_at(last_index) == last_term:
+        keep = self.term_at(last_index) == last_term
+        cfg = msg.get("config")
+        # the snapshot's configuration travels in its meta (an old sender without it: ours)
+        self.snapshot_config = Membership.from_dict(cfg) if cfg is not None else \
+            (self.config_at(last_index) if keep else self.config)
+        self._configs = [c for c in self._configs if c[0] > last_index] if keep else []
+        if keep:
             # keep the entries after the snapshot point (§7 rule 6)
             del self.log[:last_index - self.snapshot_index]
             reset = False
@@ -753,6 +1154,7 @@ class RaftCore:
             reset = True
         self._ready.entries = [x for x in self._ready.entries if x.index > last_index] if not reset else []
         self.snapshot_index, self.snapshot_term = last_index, last_term
+        self._config_changed()
         self.commit_index = self.applied = last_index
         self.persisted_index = max(self.persisted_index, last_index) if not reset else last_index
         self._ready.committed = []
@@ -806,6 +1208,10 @@ class RaftCore:
                 and pr.match_index == self.last_index):
             self._timeout_now_sent = True
             self._send({"type": "TIMEOUT_NOW", "to": sender, "term": self.current_term})
+            if self.id not in self.voters and self.config_index <= self.commit_index:
+                # §4.2.2: a leader that removed itself has nothing left to do once its successor
+                # is told to campaign (the members no longer send it anything to depose it)
+                self.become_follower(self.current_term, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -813,6 +1219,7 @@ class ReadyHost(Protocol):
     """The side effects handle_ready() asks of a host.  Each returns once its work is done;
     append() returns once the entries are as durable as the fsync policy makes them."""
 
+    def config_changed(self, config: Membership) -> None: ...
     def send(self, messages: list, early: bool) -> None: ...
     def save_hard_state(self, term: int, voted_for: str | None) -> None: ...
     def truncate(self, from_index: int) -> None: ...
@@ -828,6 +1235,8 @@ def handle_ready(core: RaftCore, rd: Ready, host: ReadyHost, lock=None) -> bool:
     """Carry out one Ready in the order of the module docstring's contract.  `lock` (a context
     manager, e.g. the node's raft lock) is held only around the call back into the core.
     Returns True when the core may have more work at once (a leader's own fsync can commit)."""
+    if rd.config is not None:
+        host.config_changed(rd.config)
     was_leader = core.role == LEADER
     messages = rd.messages
     if was_leader and rd.hard_state is None and messages:

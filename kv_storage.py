@@ -6,7 +6,7 @@ it survives a crash.  Pure standard library.
 Layout (reading order)
     ReplicationLog        a log entry; to_wire()/from_wire() (hot path: WAL records, REPLICATE)
     encode_record()       entry -> one WAL record (length + CRC32 + payload)
-    SnapshotMeta          last_index, last_term, count, digest of a snapshot
+    SnapshotMeta          last_index, last_term, count, digest, config of a snapshot
     StorageCorruption     raised when data on disk is damaged; names the file and byte offset
     Recovered             what load() returns
     write_snapshot_file() streams a snapshot to a file (safe in a forked child)
@@ -30,7 +30,11 @@ Files in the data directory
 
 Snapshot file format (text, ASCII, one JSON document per line)
     line 1     {"format":"kv-snapshot","version":1,"last_index":..,"last_term":..,"count":..,
-                "digest":".."}
+                "digest":"..","config":{"voters":{id:addr},"learners":{id:addr}}}
+               "config" is the cluster configuration in force at last_index (Raft §4.1: a
+               restart restores it from here, then from the CONFIG entries of the log); a
+               file without it (written before membership changes existed) loads with
+               config None and the node falls back to its bootstrap membership.
     body       one line per chunk of up to 1024 items (or ~1 MiB of values): [J] or [J, B],
                J an object key -> JSON value (kind "json"), B an object key -> base64 (kind "bytes")
     last line  {"end":true,"count":N,"crc":C}   C = zlib.crc32 of every byte before this line
@@ -248,15 +252,20 @@ def encode_record(entry: ReplicationLog) -> bytes:
 @dataclass(frozen=True, slots=True)
 class SnapshotMeta:
     """What a snapshot covers: the state after applying entries 1..last_index (last_term is the
-    term of entry last_index), `count` keys, and the store's digest at that point."""
+    term of entry last_index), `count` keys, the store's digest at that point, and the cluster
+    configuration in force at last_index (kv_raft.Membership.to_dict(); None if unknown)."""
     last_index: int
     last_term: int
     count: int
     digest: str
+    config: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"last_index": self.last_index, "last_term": self.last_term,
-                "count": self.count, "digest": self.digest}
+        d = {"last_index": self.last_index, "last_term": self.last_term,
+             "count": self.count, "digest": self.digest}
+        if self.config is not None:
+            d["config"] = self.config
+        return d
 
 
 class StorageCorruption(Exception):
@@ -391,9 +400,11 @@ def _open_snapshot(path: str):
             h = _loads(header)
             if h.get("format") != _SNAPSHOT_FORMAT or h.get("version") != _SNAPSHOT_VERSION:
                 raise ValueError(f"not a {_SNAPSHOT_FORMAT} v{_SNAPSHOT_VERSION} file")
-            meta = SnapshotMeta(h["last_index"], h["last_term"], h["count"], h["digest"])
+            meta = SnapshotMeta(h["last_index"], h["last_term"], h["count"], h["digest"],
+                                h.get("config"))
             if not (type(meta.last_index) is int and type(meta.last_term) is int
-                    and type(meta.count) is int and type(meta.digest) is str):
+                    and type(meta.count) is int and type(meta.digest) is str
+                    and (meta.config is None or type(meta.config) is dict)):
                 raise ValueError("header fields have the wrong types")
         except (ValueError, KeyError, AttributeError, TypeError) as e:
             raise _snap_corruption(path, 0, f"bad header: {e}") from None

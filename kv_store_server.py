@@ -78,7 +78,7 @@ from dataclasses import dataclass
 import kv_info
 import kv_protocol as P
 import kv_sentinel
-from kv_raft import CANDIDATE, LEADER, RaftCore
+from kv_raft import CANDIDATE, CONFIG, LEADER, Membership, RaftCore
 from kv_storage import LogStorage, ReplicationLog, StorageCorruption
 from kv_cluster import ClusterManager, Waiter, gc_freeze
 from kv_handler import ConnectionHandler
@@ -143,7 +143,7 @@ class KeyValueStore:
         for DEL (whether the key existed); None for NOOP."""
         op = entry.op
         result = None
-        if op != "NOOP":
+        if op != "NOOP" and op != CONFIG:   # a configuration entry is the Raft core's business
             key = entry.key
             old = self.data.get(key)
             if op == "DEL":
@@ -218,7 +218,8 @@ class KVNode:
       stale      every read takes stale_ok=True for a connection that sent READONLY: on a
                  node that is not primary it then reads the applied state with no barrier
       node       role, status(), snapshot(), flush(), transfer(target), shutdown(),
-                 not_primary(), member_addr(id), peer_ids, config (the parsed flags), port
+                 not_primary(), member_addr(id), peer_ids, voter_ids, config (the parsed flags), port
+      membership change_membership(action, node_id, addr), membership(), accepts_peer(id)
       ecosystem  stats (kv_info.ServerStats), sentinel (kv_sentinel.SentinelService), run_id,
                  replication_id, replication_timing(), primary_confirmed()
       peers      deliver(msg)
@@ -231,8 +232,7 @@ class KVNode:
         self.node_id = args.node_id
         self.info = members[self.node_id]
         self.port = self.info.port
-        self.members = members
-        self.peer_ids = frozenset(k for k in members if k != self.node_id)
+        self.members = members      # the bootstrap membership (--peers, --cluster-file, default)
         self.raft_lock = threading.RLock()
         self.store = KeyValueStore()
         self.started = time.time()
@@ -250,26 +250,44 @@ class KVNode:
         if rec.torn_tail:
             log.warning("%s recovery cut a torn record at the end of the log: %s", self.node_id, rec.torn_tail)
         snap_index = snap_term = 0
+        # Raft §4.1: the configuration comes from disk (the snapshot's meta, then the CONFIG
+        # entries of the log, applied by the core); the flags only bootstrap a fresh cluster,
+        # and a node started with --join starts with none and waits to be added.
+        if args.join:
+            config = Membership()
+        else:
+            config = Membership({nid: m.addr for nid, m in members.items()})
         if rec.snapshot_meta is not None:
             meta, items = self.storage.read_snapshot()
             self.store.restore(items, meta.last_index, meta.digest)
             snap_index, snap_term = meta.last_index, meta.last_term
-        self.core = RaftCore(self.node_id, sorted(self.peer_ids), heartbeat_interval=args.heartbeat_interval,
+            if meta.config is not None:
+                config = Membership.from_dict(meta.config)
+        self.core = RaftCore(self.node_id, [], config=config, heartbeat_interval=args.heartbeat_interval,
                              election_timeout=args.election_timeout, now=time.monotonic(),
                              term=rec.term, voted_for=rec.voted_for, entries=rec.entries,
                              snapshot_index=snap_index, snapshot_term=snap_term,
-                             start_election=args.primary or not self.peer_ids)
+                             start_election=args.primary or set(config.voters) == {self.node_id})
         del rec
         gc_freeze()   # the recovered store is long-lived: keep it out of every collection
         log.info("%s recovered in %.2fs: term %d, snapshot at %d (%d keys), %d log entries after it",
                  self.node_id, time.monotonic() - t0, self.core.current_term, snap_index, len(self.store),
                  self.core.last_index - snap_index)
-        peers = {pid: (members[pid].host, members[pid].port) for pid in self.peer_ids}
+        cfg = self.core.config
+        if cfg.members and cfg != config:
+            log.info("%s configuration from disk: voters %s, learners %s", self.node_id,
+                     ",".join(sorted(cfg.voters)), ",".join(sorted(cfg.learners)) or "-")
+        peers = {}
+        for pid in cfg.members - {self.node_id}:
+            host, _, port = (cfg.addr(pid) or "").rpartition(":")
+            if host and port.isdigit():
+                peers[pid] = (host, int(port))
         self.manager = ClusterManager(self.node_id, self.core, self.storage, self.store, peers,
                                       raft_lock=self.raft_lock, secret=args.cluster_secret,
                                       snapshot_threshold=args.snapshot_threshold,
                                       request_timeout=args.request_timeout, on_fatal=lambda why: self.fatal(why),
-                                      link_factory=link_factory)
+                                      link_factory=link_factory,
+                                      self_addr=f"{args.advertise or args.host}:{self.port}")
         self.stats = kv_info.ServerStats()
         self.run_id = os.urandom(20).hex()              # INFO run_id: new every start, as Redis
         self.replication_id = kv_sentinel.run_id("replication:" + ",".join(sorted(members)))
@@ -285,6 +303,49 @@ class KVNode:
     def start(self) -> None:
         self.manager.start()
         self.sentinel.start()
+        if self.config.join and self.core.membership_state == "joining":
+            threading.Thread(target=self._join, args=(self.config.join,), daemon=True, name="join").start()
+
+    def _join(self, addr: str) -> None:
+        """--join: ask the cluster (through addr, following NOT_PRIMARY hints) to add this node
+        as a learner; it is promoted to voter once caught up.  Retries until the node is a
+        member (transient refusals, no primary yet, a primary out of reach), at most 10 minutes."""
+        me = f"{self.config.advertise or self.config.host}:{self.port}"
+        target = addr
+        deadline = time.monotonic() + 600
+        last = None
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            if self.core.membership_state != "joining":
+                return
+            host, _, port = target.rpartition(":")
+            lines = [f"CLUSTER ADD {self.node_id} {me}"]
+            if self.config.requirepass:
+                lines.insert(0, f"AUTH {self.config.requirepass}")
+            try:
+                with socket.create_connection((host, int(port)), timeout=5) as s:
+                    s.settimeout(self.config.request_timeout + 5)
+                    s.sendall("".join(line + "\n" for line in lines).encode())
+                    f = s.makefile("rb")
+                    answers = [json.loads(f.readline() or b"{}") for _ in lines]
+                r = answers[-1]
+            except (OSError, ValueError) as e:
+                r = {"code": "UNREACHABLE", "message": str(e)}
+            code = r.get("code") or r.get("status")
+            if r.get("status") == "OK" or (code == "BAD_REQUEST" and "already a" in r.get("message", "")):
+                log.info("%s asked %s to join the cluster: %s", self.node_id, target,
+                         r.get("message", "already a member"))
+                return
+            if code == "NOT_PRIMARY" and r.get("primary_addr"):
+                target = r["primary_addr"]
+                continue
+            if code in ("BAD_REQUEST", "AUTH_FAILED", "AUTH_REQUIRED", "UNKNOWN_COMMAND"):
+                log.error("%s cannot join the cluster through %s: %s", self.node_id, target, r.get("message"))
+                return
+            if code != last:
+                log.info("%s waiting to join through %s: %s %s", self.node_id, target, code, r.get("message", ""))
+                last = code
+            target = addr if code == "UNREACHABLE" else target
+            self.stopping.wait(0.5)
 
     def fatal(self, why: str) -> None:
         log.critical("%s fatal: %s", self.node_id, why)
@@ -295,7 +356,7 @@ class KVNode:
         if self.stopping.is_set():
             return
         self.stopping.set()
-        if transfer and self.peer_ids:
+        if transfer and self.voter_ids:
             target = self.manager.transfer(None, timeout=2 * self.core.election_timeout)
             if target:
                 log.info("%s handed leadership to %s before shutting down", self.node_id, target)
@@ -319,8 +380,8 @@ class KVNode:
     def _primary_of(self) -> tuple[str | None, str | None]:
         """(primary id, "host:port") or (None, None): lock-free, polled by the sentinel watcher."""
         leader = self.core.leader_id
-        m = self.members.get(leader) if leader is not None else None
-        return (leader, m.addr) if m is not None else (None, None)
+        addr = self.member_addr(leader) if leader is not None else None
+        return (leader, addr) if addr is not None else (None, None)
 
     def primary_confirmed(self) -> bool:
         """Lock-free: this node leads and holds its lease, or heard from its primary within one
@@ -344,9 +405,43 @@ class KVNode:
             return {"last_leader_contact_ago": now - contact if core.leader_id is not None
                     and contact > float("-inf") else None}
 
+    @property
+    def peer_ids(self) -> frozenset:
+        """The other members of the configuration in force (voters and learners)."""
+        return frozenset(self.core.peers)
+
+    @property
+    def voter_ids(self) -> frozenset:
+        """The other voters of the configuration in force (leadership can go to them)."""
+        return self.core.voters - {self.node_id}
+
+    def accepts_peer(self, sender: str) -> bool:
+        return self.manager.accepts_peer(sender)
+
+    def peer_hello(self, sender: str, addr: str | None) -> None:
+        self.manager.peer_hello(sender, addr)
+
     def member_addr(self, node_id: str | None) -> str | None:
-        m = self.members.get(node_id)
-        return m.addr if m is not None else None
+        addr = self.core.config.addr(node_id) if node_id else None
+        if addr is None:
+            m = self.members.get(node_id)
+            addr = m.addr if m is not None else None
+        return addr
+
+    # -- the facade: membership
+    def change_membership(self, action: str, node_id: str, addr: str | None = None):
+        """Propose a membership change on the primary and wait for its commit (CommandError
+        otherwise, definite or not as for writes)."""
+        m = self.manager
+        return m.wait(m.propose_config(action, node_id, addr))
+
+    def membership(self) -> dict:
+        """The configuration in force on this node, with each member's progress if primary."""
+        st = self.manager.status_fields()
+        return {"voters": st["voters"], "learners": st["learners"], "config_index": st["config_index"],
+                "config_committed": st["config_committed"],
+                "progress": {pid: {"match_index": p["match_index"], "lag": p["lag"], "reachable": p["reachable"]}
+                             for pid, p in st["peers"].items() if p["member"] != "removed"}}
 
     def not_primary(self, message: str = "This node is not primary") -> CommandError:
         return self.manager.not_primary(message)
@@ -497,7 +592,10 @@ class TCPServer(socketserver.ThreadingTCPServer):
 
 # ---------------------------------------------------------------------------------------------
 def parse_members(args: argparse.Namespace) -> dict[str, NodeInfo]:
-    if args.standalone:
+    if args.join and (args.peers or args.cluster_file or args.standalone):
+        raise SystemExit("error: --join asks an existing cluster; it excludes --peers, --cluster-file "
+                         "and --standalone")
+    if args.standalone or args.join:
         return {args.node_id: NodeInfo(args.node_id, args.host, args.port or 6379)}
     members: dict[str, NodeInfo] = {}
     if args.cluster_file:
@@ -541,6 +639,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--standalone", action="store_true", help="a cluster of one that commits on its own")
     p.add_argument("--peers", default=None, help="the other members: node2=host:port,node3=host:port")
     p.add_argument("--cluster-file", default=None, help='JSON {"nodes": {"node1": "host:port", ...}}')
+    p.add_argument("--join", default=None, metavar="HOST:PORT",
+                   help="start with an empty data dir and ask the cluster at HOST:PORT (any member) to add "
+                        "this node (as a learner, promoted to voter once caught up)")
+    p.add_argument("--advertise", default=None, metavar="HOST",
+                   help="the host other members reach this node on, announced by --join (default --host)")
     p.add_argument("--data-dir", default=None, help="where the node keeps its log and snapshots (default ./data/<node-id>)")
     p.add_argument("--fsync", choices=["always", "everysec", "no"], default="always", help="WAL fsync policy (default always)")
     p.add_argument("--heartbeat-interval", type=float, default=0.05, help="seconds between heartbeats (default 0.05)")
@@ -603,7 +706,10 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     node.start()
-    mode = "standalone" if not node.peer_ids else f"cluster of {len(members)}"
+    cfg = node.core.config
+    mode = ("joining through " + args.join if node.core.membership_state == "joining"
+            else "standalone" if not node.peer_ids else
+            f"cluster of {len(cfg.voters)} voters" + (f" + {len(cfg.learners)} learners" if cfg.learners else ""))
     log.info("%s listening on %s:%d (%s, fsync %s, data dir %s)", node.node_id, args.host, args.port,
              mode, args.fsync, args.data_dir)
     server.serve_forever(poll_interval=0.1)

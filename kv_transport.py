@@ -10,7 +10,9 @@ Layout:
 
 Wire format (same port as clients, line protocol): every internal message is one JSON object per
 line with "type", "from", "to" and "term".  A connection becomes a peer connection with
-    -> {"type": "HELLO", "from": "node1", "to": "node2"}
+    -> {"type": "HELLO", "from": "node1", "to": "node2", "addr": "host:port"}   (addr: where
+                                      node1 listens, so a node that has no configuration yet,
+                                      joining, can open its own link back)
     <- {"type": "CHALLENGE", "nonce": "<hex>"}
     -> {"type": "PROOF", "proof": hmac_sha256(secret, nonce|from|to)}
     <- {"type": "WELCOME"}            (or an error line, and the connection is closed)
@@ -114,7 +116,7 @@ class PeerLink(threading.Thread):
     """
 
     def __init__(self, node_id: str, peer_id: str, addr: tuple[str, int], secret: str | None,
-                 on_down, on_up, stop_event: threading.Event, on_dead=None):
+                 on_down, on_up, stop_event: threading.Event, on_dead=None, self_addr: str | None = None):
         super().__init__(name=f"peer-{peer_id}", daemon=True)
         self.node_id = node_id
         self.peer_id = peer_id
@@ -123,6 +125,7 @@ class PeerLink(threading.Thread):
         self.on_down = on_down
         self.on_up = on_up
         self.on_dead = on_dead
+        self.self_addr = self_addr
         self.stop_event = stop_event
         self.connected = False
         self.sock: socket.socket | None = None
@@ -132,6 +135,7 @@ class PeerLink(threading.Thread):
         self._backlog_bytes = 0
         self._flushing = False      # this thread is writing a taken backlog outside the lock
         self._broken: str | None = None
+        self._closed = False     # close(): this link ends for good (stop, or the peer left the cluster)
 
     def send(self, msg: dict) -> None:
         self.send_many((msg,))
@@ -171,6 +175,8 @@ class PeerLink(threading.Thread):
         return self._backlog_bytes
 
     def close(self) -> None:
+        """End the link for good (the node stops, or the peer left the configuration)."""
+        self._closed = True
         with self._cv:
             self._broken = "closing"
             self._cv.notify()
@@ -186,7 +192,10 @@ class PeerLink(threading.Thread):
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         f = s.makefile("rb")
         try:
-            s.sendall(json.dumps({"type": "HELLO", "from": self.node_id, "to": self.peer_id}).encode() + b"\n")
+            hello = {"type": "HELLO", "from": self.node_id, "to": self.peer_id}
+            if self.self_addr:
+                hello["addr"] = self.self_addr
+            s.sendall(json.dumps(hello).encode() + b"\n")
             ch = json.loads(f.readline() or b"{}")
             if ch.get("type") != "CHALLENGE":
                 raise ConnectionError(f"handshake refused: {ch.get('message', ch)}")
@@ -207,7 +216,7 @@ class PeerLink(threading.Thread):
 
     def run(self) -> None:
         just_broke = False
-        while not self.stop_event.is_set():
+        while not self.stop_event.is_set() and not self._closed:
             try:
                 sock = self._connect()
             except (OSError, ValueError) as e:
@@ -242,7 +251,7 @@ class PeerLink(threading.Thread):
                     sock.close()
                 except OSError:
                     pass   # closing a broken socket
-                if not self.stop_event.is_set():
+                if not self.stop_event.is_set() and not self._closed:
                     self.on_down(self.peer_id)
                     just_broke = True
 
@@ -356,5 +365,6 @@ class SyncReceiver:
             log.warning("discarded a damaged snapshot from %s: %s", msg["from"], e)
             return None
         step = {k: v for k, v in msg.items() if k not in ("data", "offset", "done", "size")}
-        step.update(path=self.path, last_index=meta.last_index, last_term=meta.last_term)
+        step.update(path=self.path, last_index=meta.last_index, last_term=meta.last_term,
+                    config=meta.config)
         return step

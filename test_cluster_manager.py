@@ -225,6 +225,72 @@ def test_restart_one_node_converges_with_auth(env):
     stop_and_check(env, st2)
 
 
+def test_add_remove_replace_nodes_through_the_manager(env):
+    """Membership actions (Raft §4.1) from a second terminal: add-node starts a node that joins as
+    a learner and waits until it is a voter; remove-node of the primary removes it and stops it;
+    replace swaps a killed node for a fresh one under a new id.  Each prints what it waits for
+    and its figures; the table shows the members; the data survives every step."""
+    st = start_detached(env)
+    prim = env.primary()
+    port = env.base_port + int(prim[4:]) - 1
+    assert all(a["status"] == "OK" for a in cm.call("127.0.0.1", port, [f"SET m{i} {i}" for i in range(50)]))
+
+    r = env.cm("--action", "add-node")
+    assert r.returncode == 0, out(r)
+    assert "waiting for node4 to be a learner" in r.stdout and "node4 is a voter after" in r.stdout, out(r)
+    assert "add-node done in" in r.stdout and "voters node1,node2,node3,node4" in r.stdout, out(r)
+    rows = env.status()
+    assert [x["node"] for x in rows] == ["node1", "node2", "node3", "node4"]
+    assert all(x["member"] == "voter" and x["keys"] == 50 for x in rows), rows
+
+    r = env.cm("--action", "remove-node", "--node", prim)
+    assert r.returncode == 0 and f"{prim} removed after" in r.stdout and "new_primary_s" in r.stdout, out(r)
+    assert gone(st["nodes"][prim]["pid"])
+    victim = next(x["node"] for x in env.status() if x["role"] == "secondary")
+    r = env.cm("--action", "kill", "--node", victim)
+    assert r.returncode == 0, out(r)
+    r = env.cm("--action", "replace", "--node", victim)
+    assert r.returncode == 0 and "node5 is a voter after" in r.stdout and "healthy after" in r.stdout, out(r)
+    rows = env.status()
+    assert sorted(x["node"] for x in rows) == sorted({"node1", "node2", "node3", "node4", "node5"} - {prim, victim})
+    assert all(x["up"] and x["member"] == "voter" and x["keys"] == 50 and x["digest_match"] == "match"
+               for x in rows), rows
+    r = env.cm("--action", "health", "--wait", "5")
+    assert r.returncode == 0, out(r)
+    r = env.cm("--action", "remove-node", "--node", "node9")
+    assert r.returncode == 1 and "not a member" in r.stderr, out(r)
+    stop_and_check(env, env.state())
+    # a later start brings back the current members (from the data dir), not --nodes 3
+    start_detached(env)
+    again = env.status()
+    assert sorted(x["node"] for x in again) == sorted(x["node"] for x in rows)
+    assert all(x["up"] and x["member"] == "voter" and x["keys"] == 50 for x in again), again
+    stop_and_check(env, env.state())
+
+
+def test_start_five_nodes_survives_two_killed(env):
+    """--nodes 5: five voters; killing the primary and a secondary leaves three that elect a
+    primary and keep the data."""
+    env.base_port = free_base_port(5)
+    env.args = ["--data-dir", env.data_dir, "--base-port", str(env.base_port), "--nodes", "5"]
+    st = start_detached(env)
+    rows = env.status()
+    assert len(rows) == 5 and all(x["member"] == "voter" for x in rows), rows
+    prim = env.primary()
+    port = env.base_port + int(prim[4:]) - 1
+    assert all(a["status"] == "OK" for a in cm.call("127.0.0.1", port, [f"SET f{i} {i}" for i in range(20)]))
+    other = next(x["node"] for x in rows if x["node"] != prim)
+    for nid in (prim, other):
+        r = env.cm("--action", "kill", "--node", nid)
+        assert r.returncode == 0, out(r)
+    new = wait_for(lambda: env.primary(), 30, "a new primary among the three left")
+    assert new not in (prim, other)
+    port = env.base_port + int(new[4:]) - 1
+    assert cm.call("127.0.0.1", port, ["GET f19", "SET after 1"]) == [
+        {"status": "OK", "value": 19}, {"status": "OK", "message": "Key 'after' set"}]
+    stop_and_check(env, env.state())
+
+
 class RetryingWriter(threading.Thread):
     """A client that keeps writing w<i> = i to the primary, following NOT_PRIMARY hints.  A write
     counts as failed only on an indefinite or unexpected answer, or when it cannot get through

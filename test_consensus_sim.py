@@ -31,7 +31,15 @@ Safety checked after every step (any event: tick, delivery, client call, fault):
       read_ok() knows every committed index; a read kv_store_server would serve then (read_ok()
       and the store has applied the leader's first entry) sees every acknowledged write and
       everything an earlier read saw (no stale read)
-Liveness after healing: one leader, identical state everywhere, and a new write commits everywhere.
+    - membership (§4): no two disjoint majorities (two live leaders of different terms each backed
+      by a majority of its own configuration's voters at its own durable term); every commit is
+      durable on a majority of the committing leader's voters (learners and removed nodes do not
+      count); each configuration entry changes at most one voter; the configuration in force is
+      the latest one in the durable log (or the snapshot meta's), after every append, truncation,
+      snapshot and restart; the host is told of every change (Ready.config)
+Liveness after healing: one leader, identical state everywhere, and a new write commits everywhere;
+with membership changes also: every learner promoted, one configuration on every member, and a
+removed node that still runs learns it was removed.
 
 Fault model of the random schedules: message loss, duplication, reordering (random delays), rare
 long delays (up to 3 election timeouts), stale replays of old messages, symmetric cuts, isolation,
@@ -39,9 +47,14 @@ majority/minority splits, crashes (immediately, or inside the host loop: before 
 persisting but before sending, or after a leader's early REPLICATE as kv_store_server sends before
 its fsync), quick restarts ("bounce"), restarts with start_election, snapshots/compaction,
 leadership transfers, link-down reports, clock-rate drift, batched steps per ready().
+Membership schedules (test_random_membership_schedules, >= 1,000 seeds, SIM_MEMBERSHIP_SCHEDULES)
+add, on clusters starting with 1, 3 or 5 nodes: add (a new node with an empty data dir, a learner
+promoted automatically), remove (any member, the leader itself), replace (kill a voter, remove it,
+add a new node), decommissioning removed nodes or leaving them running, an operator that retries
+the moment a new leader appears, and a restart of every node from disk at the end.
 
 Replay one randomized schedule with its event trace:
-    python test_consensus_sim.py --seed 123 -v
+    python test_consensus_sim.py --seed 123 -v    (add --membership for a membership schedule)
 Run the module:  python test_consensus_sim.py   (or python -m pytest test_consensus_sim.py)
 Soak:            SIM_SCHEDULES=20000 python -m pytest test_consensus_sim.py -k random
 """
@@ -61,7 +74,8 @@ from typing import Any, Callable
 
 import pytest
 
-from kv_raft import LEADER, PRECANDIDATE, NotLeader, RaftCore, handle_ready
+from kv_raft import (CONFIG, LEADER, PRECANDIDATE, Membership, MembershipError, NotLeader, RaftCore,
+                     handle_ready, majorities_can_be_disjoint)
 
 try:
     from kv_storage import ReplicationLog
@@ -98,7 +112,7 @@ class FakeStorage:
     """What survives a crash: (term, voted_for), the log after the snapshot, the snapshot itself.
     Invariant: entries are contiguous and start at snap_index + 1."""
 
-    __slots__ = ("term", "vote", "entries", "snap_index", "snap_term", "snap_state")
+    __slots__ = ("term", "vote", "entries", "snap_index", "snap_term", "snap_state", "snap_config")
 
     def __init__(self):
         self.term = 0
@@ -107,6 +121,7 @@ class FakeStorage:
         self.snap_index = 0
         self.snap_term = 0
         self.snap_state: dict = {}
+        self.snap_config: Membership | None = None   # in the snapshot's meta (None: no snapshot)
 
     def last_index(self) -> int:
         return self.entries[-1].index if self.entries else self.snap_index
@@ -121,13 +136,23 @@ class FakeStorage:
     def entry_at(self, index: int):
         return self.entries[index - self.snap_index - 1]
 
+    def config(self, boot: Membership) -> Membership:
+        """The configuration this durable state restores: the last CONFIG entry of the log, else
+        the snapshot's, else the bootstrap one (--peers / --join)."""
+        for e in reversed(self.entries):
+            if e.op == CONFIG:
+                return Membership.from_dict(e.value)
+        return self.snap_config if self.snap_config is not None else boot
+
 
 class SimNode:
     """One simulated node.  core is None while crashed.  sm_state/applied is the state machine,
     rebuilt from the snapshot on restart.  Local clock = offset + rate * global time."""
 
-    def __init__(self, nid: str):
+    def __init__(self, nid: str, boot_config: Membership):
         self.id = nid
+        self.boot_config = boot_config          # what --peers (or --join: empty) gives at boot
+        self.retired = False                    # removed from the cluster and stopped for good
         self.core: RaftCore | None = None
         self.store = FakeStorage()
         self.sm_state: dict = {}
@@ -147,9 +172,12 @@ class SimNode:
     def __repr__(self):
         c = self.core
         if c is None:
-            return f"<{self.id} down>"
-        return (f"<{self.id} {c.role} t{c.current_term} lead={c.leader_id} last={c.last_index}/"
-                f"{c.last_term} commit={c.commit_index} applied={self.applied} snap={c.snapshot_index}>")
+            return f"<{self.id} {'retired' if self.retired else 'down'}>"
+        ms = c.membership_state
+        return (f"<{self.id} {c.role}{'' if ms == 'voter' else '/' + ms} t{c.current_term} "
+                f"lead={c.leader_id} last={c.last_index}/{c.last_term} commit={c.commit_index} "
+                f"applied={self.applied} snap={c.snapshot_index}"
+                f"{' cfg=' + ','.join(sorted(c.voters)) if ms != 'voter' or c.role == LEADER else ''}>")
 
 
 def fmt_msg(m: dict) -> str:
@@ -202,6 +230,9 @@ class _SimHost:
     def apply(self, entries):
         self.net._host_apply(self.node, entries)
 
+    def config_changed(self, config):
+        self.net._host_config_changed(self.node, config)
+
 
 class FakeNetwork:
     """A simulated cluster of RaftCore objects on a lossy network, driven by one seeded RNG.
@@ -224,7 +255,7 @@ class FakeNetwork:
                  max_batch: int = 512, max_inflight: int = 64, snapshot_threshold: int = 0,
                  check_lease: bool = True, core_cls=RaftCore, tick_interval: float | None = None,
                  batch: float = 0.0, replay_hint: str | None = None, verbose: bool = False,
-                 trace_len: int = 60):
+                 trace_len: int = 60, auto_promote: bool = True, promote_lag: int = 4):
         self.seed = seed
         self.drift = drift
         self.rng = random.Random(seed)
@@ -244,10 +275,13 @@ class FakeNetwork:
         self.check_lease = check_lease
         self.batch = batch
         self.core_cls = core_cls
+        self.auto_promote = auto_promote
+        self.promote_lag = promote_lag
         self.replay_hint = replay_hint or f"python test_consensus_sim.py --seed {seed} -v"
         self.verbose = verbose
-        self.ids = [f"n{i}" for i in range(1, n + 1)]
-        self.nodes = {nid: SimNode(nid) for nid in self.ids}
+        self.ids = [f"n{i}" for i in range(1, n + 1)]     # every node ever created (add_node grows it)
+        boot = Membership.of(self.ids)
+        self.nodes = {nid: SimNode(nid, boot) for nid in self.ids}
         self.node_list = list(self.nodes.values())
         self.queue: list = []
         self.seq = 0
@@ -268,6 +302,11 @@ class FakeNetwork:
         self.max_applied = 0
         self.max_visible = 0                         # highest index a client has seen (ack or read)
         self.acks: list[tuple[int, tuple]] = []     # writes acknowledged to a client
+        self.committed_config: tuple[int, Membership] = (0, boot)   # latest committed CONFIG
+        self.retire_when_removed: set[str] = set()  # stop these once their removal commits
+        self.last_refusal: Exception | None = None   # why the last change() was refused
+        self.on_new_leader: Callable[[], None] | None = None   # called (as an event) per new leader
+        self.leader_nodes: set[str] = set()         # nodes seen in the leader role (may be stale)
         starters = (start_election,) if isinstance(start_election, str) else (start_election or ())
         for node in self.node_list:
             if drift:
@@ -325,6 +364,7 @@ class FakeNetwork:
                 a(*b)
             self.steps += 1
             self._global_check()
+            self._check_majorities()
             if pred is not None and pred():
                 return True
         self.now = deadline
@@ -337,8 +377,10 @@ class FakeNetwork:
     def _boot(self, node: SimNode, start_election: bool = False) -> None:
         st = node.store
         node.incarnation += 1
+        config = st.snap_config if st.snap_config is not None else node.boot_config
         node.core = self.core_cls(
-            node.id, [p for p in self.ids if p != node.id], heartbeat_interval=self.hb,
+            node.id, [], config=config, auto_promote=self.auto_promote,
+            promote_lag=self.promote_lag, heartbeat_interval=self.hb,
             election_timeout=self.et, rng=random.Random(self.rng.getrandbits(64)),
             now=self.local(node), term=st.term, voted_for=st.vote, entries=list(st.entries),
             snapshot_index=st.snap_index, snapshot_term=st.snap_term, start_election=start_election,
@@ -351,9 +393,13 @@ class FakeNetwork:
         node.crash_point = None
         node.pending = {}
         node.up = True
+        node.host_config = node.core.config
         self._push(self.now + self.tick_interval * self.rng.random(), _TICK, node, node.incarnation)
         self.note("boot", f"{node.id} term={st.term} vote={st.vote} snap={st.snap_index} "
                           f"log={st.last_index()}{' start_election' if start_election else ''}")
+        if node.core.config != st.config(node.boot_config):
+            self.fail(f"{node.id} restarts with configuration {node.core.config}, its disk holds "
+                      f"{st.config(node.boot_config)} (§4.1: the latest one in the log)")
         self._process(node)
 
     def crash(self, nid: str, point: str | None = None) -> None:
@@ -380,7 +426,7 @@ class FakeNetwork:
 
     def restart(self, nid: str, start_election: bool = False) -> None:
         node = self.nodes[nid]
-        if node.up:
+        if node.up or node.retired:
             return
         node.restarts += 1
         self._boot(node, start_election)
@@ -458,6 +504,10 @@ class FakeNetwork:
                               f"snapshot is only {st.snap_index}/{st.snap_term}")
                 self.stats["sync_header_rewritten"] += 1
                 m["last_index"], m["last_term"] = st.snap_index, st.snap_term
+                m["config"] = st.snap_config.to_dict()
+            elif Membership.from_dict(m["config"]) != st.snap_config:
+                self.fail(f"{node.id} sends SYNC {m['last_index']} with configuration {m['config']} but "
+                          f"its snapshot's meta holds {st.snap_config}")
             m["state"] = dict(st.snap_state)
             self.stats["sync_sent"] += 1
             # like kv_cluster: one snapshot stream per peer; a SYNC while one runs is ignored
@@ -633,6 +683,8 @@ class FakeNetwork:
         for e in entries:
             if e.index != st.last_index() + 1:
                 self.fail(f"{node.id}: Ready.entries not contiguous at {e.index}")
+            if e.op == CONFIG:
+                self._check_config_entry(node, e)
             rec = (content(e), prev_term)
             old = lm.setdefault((e.index, e.term), rec)
             if old != rec:
@@ -640,6 +692,19 @@ class FakeNetwork:
                           f"elsewhere {old}")
             st.entries.append(e)
             prev_term = e.term
+
+    def _check_config_entry(self, node: SimNode, e) -> None:
+        """§4.1: a configuration entry changes at most one voter from the configuration before
+        it in the log (skipped on a joining node that has no configuration before it yet)."""
+        prev = node.store.config(node.boot_config)
+        new = Membership.from_dict(e.value)
+        if prev.voters and len(prev.voters.keys() ^ new.voters.keys()) > 1:
+            self.fail(f"{node.id} appends configuration {e.index}/{e.term} {new} that changes more "
+                      f"than one voter of {prev} (§4.1 single-server changes)")
+        self.stats["config_entries"] += 1
+
+    def _host_config_changed(self, node: SimNode, config: Membership) -> None:
+        node.host_config = config
 
     def _host_apply(self, node: SimNode, entries: list) -> None:
         if node.crash_point == "after_persist":
@@ -669,6 +734,13 @@ class FakeNetwork:
             node.sm_state[e.key] = e.value
         elif e.op == "DEL":
             node.sm_state.pop(e.key, None)
+        elif e.op == CONFIG:
+            if e.index > self.committed_config[0]:
+                old, new = self.committed_config[1], Membership.from_dict(e.value)
+                self.committed_config = (e.index, new)
+                kind = ("promote" if new.voters.keys() - old.voters.keys() and len(new.members) == len(old.members)
+                        else "add" if len(new.members) > len(old.members) else "remove")
+                self.stats["committed_" + kind] += 1
         elif e.op != "NOOP":
             self.fail(f"unknown op {e.op!r} at {e.index}")
         node.applied = e.index
@@ -702,6 +774,7 @@ class FakeNetwork:
                 self.fail(f"{node.id} keeps its log after snapshot {li}/{lt} but holds term {st.term_at(li)} there")
             st.entries = [e for e in st.entries if e.index > li]
         st.snap_index, st.snap_term, st.snap_state = li, lt, dict(state)
+        st.snap_config = Membership.from_dict(msg["config"])
         if st.entries and st.entries[0].index != li + 1:
             self.fail(f"{node.id}: log does not continue the snapshot at {li}")
         node.sm_state = dict(state)
@@ -735,15 +808,64 @@ class FakeNetwork:
         node.last_term = t
         if core.commit_index < node.last_commit:
             self.fail(f"{node.id} commit_index went back from {node.last_commit} to {core.commit_index}")
+        if core.role == LEADER and core.commit_index > node.last_commit:
+            self._check_commit_quorum(node)
         node.last_commit = core.commit_index
+        if node.host_config is not core.config and node.host_config != core.config:
+            self.fail(f"{node.id}'s host was not told of its configuration {core.config} "
+                      f"(Ready.config; it still has {node.host_config})")
         if core.commit_index > core.last_index:
             self.fail(f"{node.id} commit_index {core.commit_index} > last_index {core.last_index}")
         if node.applied != core.commit_index:
             self.fail(f"{node.id} applied {node.applied} != commit_index {core.commit_index} after ready()")
         if core.role == LEADER:
+            self.leader_nodes.add(node.id)
             self._saw_leader(t, node.id, "role")
+        else:
+            self.leader_nodes.discard(node.id)
         if t > node.store.term:
             self.fail(f"{node.id} is at term {t} but never handed that term out in Ready.hard_state")
+
+    def _check_commit_quorum(self, node: SimNode) -> None:
+        """§4.1: a leader commits an entry once it is durable on a majority of the voters of its
+        configuration (learners and removed nodes do not count, §4.2.1).  The configuration
+        when the commit was decided is the current one or, if a change was appended in the same
+        batch of steps, the one before it (config_at the committed index)."""
+        core = node.core
+        ci = core.commit_index
+        term = core.term_at(ci)
+        tried = []
+        for cfg in (core.config, core.config_at(ci)):
+            have = []
+            for v in cfg.voters:
+                st = self.nodes[v].store if v in self.nodes else None
+                if st is not None and (st.snap_index >= ci or st.term_at(ci) == term):
+                    have.append(v)
+            if len(have) >= cfg.quorum:
+                return
+            tried.append(f"{sorted(have)} of the voters {sorted(cfg.voters)}")
+        self.fail(f"{node.id} commits {ci}/{term} held durably by " + " / ".join(tried) +
+                  ": not a majority of the voters (§4.1)")
+
+    def _check_majorities(self) -> None:
+        """No two disjoint majorities: two leaders (of different terms) may not both have a
+        majority of their configuration's voters at their own term (durable terms: a node
+        acknowledges only the leader of its term), for then both could commit different
+        entries at once.  Single-server changes with the own-term-commit rule (§4.1) make any
+        two configurations that can be in force on live leaders overlap."""
+        if len(self.leader_nodes) < 2:
+            return
+        leaders = [n for n in self.node_list if n.up and n.core.role == LEADER]
+        if len(leaders) < 2:
+            return
+        strong = []
+        for lead in leaders:
+            t, cfg = lead.core.current_term, lead.core.config
+            sup = sorted(v for v in cfg.voters if v in self.nodes and self.nodes[v].store.term == t)
+            if len(sup) >= cfg.quorum:
+                strong.append(f"{lead.id} (term {t}) with {sup} of {sorted(cfg.voters)}")
+        if len(strong) >= 2:
+            self.fail("two disjoint majorities (§4.1): " + "; ".join(strong))
 
     def _saw_leader(self, term: int, nid: str, how: str) -> None:
         prev = self.leaders.get(term)
@@ -755,8 +877,12 @@ class FakeNetwork:
         self.leader_log.append((self.now, term, nid))
         self.stats["leaders"] += 1
         self.note("leader", f"{nid} term {term} ({how})")
+        if self.on_new_leader is not None:
+            self._push(self.now, _CALL, self.on_new_leader, ())
         node = self.nodes[nid]
         if node.up:
+            self.leader_nodes.add(nid)
+            self._check_majorities()   # the cause, if two configurations let two leaders win
             self._check_leader_complete(node, term)
 
     def _check_leader_complete(self, node: SimNode, term: int) -> None:
@@ -820,6 +946,12 @@ class FakeNetwork:
                           f"stored {st.snap_index}/{st.snap_term}")
             if [(e.index, e.term) for e in core.log] != [(e.index, e.term) for e in st.entries]:
                 self.fail(f"{node.id} in-memory log differs from its durable log")
+            if core.config != st.config(node.boot_config):
+                self.fail(f"{node.id} uses configuration {core.config} but the latest in its log is "
+                          f"{st.config(node.boot_config)} (§4.1: in force once appended, undone if cut)")
+            if st.snap_config is not None and core.snapshot_config != st.snap_config:
+                self.fail(f"{node.id} core snapshot configuration {core.snapshot_config} != the "
+                          f"snapshot meta's {st.snap_config}")
             prev = core.snapshot_term
             for e in core.log:
                 if self.lm.get((e.index, e.term)) != (content(e), prev):
@@ -870,6 +1002,14 @@ class FakeNetwork:
         node = self.leader()
         if node is None or target == node.id:
             return None
+        if target is not None and target not in node.core.voters:
+            try:                              # leadership goes to voters only
+                got = node.core.transfer_leadership(target, self.local(node))
+            except ValueError:
+                return None
+            if got is not None:
+                self.fail(f"{node.id} transfers leadership to {got}, not a voter of {node.core.config}")
+            return None
         got = node.core.transfer_leadership(target, self.local(node))
         self.note("transfer", f"{node.id} -> {target} chose {got}")
         self._process(node)
@@ -889,6 +1029,7 @@ class FakeNetwork:
         if term is None or st.term_at(idx) != term:
             self.fail(f"{nid} cannot snapshot at applied {idx}: core term {term}, stored {st.term_at(idx)}")
         st.snap_index, st.snap_term, st.snap_state = idx, term, dict(node.sm_state)
+        st.snap_config = core.config_at(idx)     # the host writes it into the snapshot's meta
         st.entries = [e for e in st.entries if e.index > idx]
         core.compacted(idx, term)
         self.stats["snapshots_taken"] += 1
@@ -896,13 +1037,24 @@ class FakeNetwork:
         self._process(node)
         return True
 
+    def members(self) -> list[SimNode]:
+        """The nodes of the current leader's configuration (every node not retired if no leader)."""
+        lead = self.leader()
+        if lead is None:
+            return [n for n in self.node_list if not n.retired]
+        return [self.nodes[m] for m in sorted(lead.core.config.members)]
+
     def applied_everywhere(self, index: int, nodes=None) -> bool:
-        return all(n.up and n.applied >= index for n in (nodes or self.node_list))
+        return all(n.up and n.applied >= index for n in (nodes or self.members()))
 
     def converged(self) -> bool:
-        ups = self.node_list
+        """One leader among the live nodes; its configuration committed, without learners
+        (auto-promotion done), and every member up with the leader's term, log, state and
+        configuration.  Nodes outside the configuration (removed, still running) are ignored."""
         lead = None
-        for n in ups:
+        for n in self.node_list:
+            if n.retired:
+                continue
             if not n.up:
                 return False
             if n.core.role == LEADER:
@@ -913,11 +1065,14 @@ class FakeNetwork:
             return False
         lc = lead.core
         li, t = lc.last_index, lc.current_term
-        if lc.commit_index != li:
+        if lc.commit_index != li or (lc.config.learners and self.auto_promote) or \
+                lead.id not in lc.voters:
             return False
+        ups = [self.nodes[m] for m in lc.config.members]
         for n in ups:
             c = n.core
-            if c.current_term != t or c.leader_id != lead.id or n.applied != li or c.last_index != li:
+            if not n.up or c.current_term != t or c.leader_id != lead.id or n.applied != li or \
+                    c.last_index != li or c.config != lc.config:
                 return False
         return all(n.sm_state == lead.sm_state for n in ups)
 
@@ -927,8 +1082,65 @@ class FakeNetwork:
         self.loss = self.dup = self.long_delay = 0.0
         for n in self.node_list:
             n.crash_point = None
-            if not n.up:
+            if not n.up and not n.retired:
                 self.restart(n.id)
+
+    # ------------------------------------------------------------------ membership verbs (§4)
+    def add_node(self, nid: str | None = None) -> str:
+        """Start a new node with an empty data dir and no configuration (--join): it waits to be
+        added and sent the log.  Returns its id; the cluster does not know it yet (see change)."""
+        nid = nid or f"n{len(self.ids) + 1}"
+        node = SimNode(nid, Membership())
+        if self.drift:
+            node.rate = 1.0 + self.rng.uniform(-self.drift, self.drift)
+            node.offset = self.rng.uniform(0, 1000)
+        self.ids.append(nid)
+        self.nodes[nid] = node
+        self.node_list.append(node)
+        self._boot(node)
+        for p in self.ids:
+            if p != nid and (nid, p) not in self.cut_links:
+                self._link_up(nid, p)
+                self._link_up(p, nid)
+        return nid
+
+    def change(self, action: str, nid: str):
+        """propose_config on the leader; returns the entry, or None when refused (NotLeader, or
+        a MembershipError: nothing appended)."""
+        node = self.leader()
+        self.last_refusal = None
+        if node is None:
+            return None
+        core = node.core
+        before = (core.last_index, core.config)
+        try:
+            e = core.propose_config(action, nid, None, self.local(node))
+        except (NotLeader, MembershipError) as ex:
+            if (core.last_index, core.config) != before:
+                self.fail(f"{node.id} refused {action} {nid} ({ex}) but changed its log/configuration")
+            self.note("config-refused", f"{node.id} {action} {nid}: {ex}")
+            self.last_refusal = ex
+            self._process(node)
+            return None
+        self.stats["config_" + action] += 1
+        self.note("config", f"{node.id} {action} {nid} -> {e.index}/{e.term} {core.config}")
+        self._process(node)
+        self._global_check(everyone=True)
+        return e
+
+    def retire(self, nid: str) -> None:
+        """Stop a node for good (an operator decommissioning a removed machine)."""
+        self.crash(nid)
+        self.nodes[nid].retired = True
+        self.note("retire", nid)
+
+    def retire_removed(self) -> None:
+        """Retire the nodes marked for it once a committed configuration leaves them out."""
+        cfg = self.committed_config[1]
+        for nid in sorted(self.retire_when_removed):
+            if nid not in cfg.members:
+                self.retire_when_removed.discard(nid)
+                self.retire(nid)
 
     def heal_and_converge(self, timeout: float | None = None) -> None:
         """Liveness: after healing, one leader and identical state everywhere within `timeout`
@@ -947,7 +1159,26 @@ class FakeNetwork:
         if e is None or not self.run_until(lambda: self.converged() and self.applied_everywhere(e.index),
                                            timeout):
             self.fail("liveness: a write after healing did not commit everywhere")
+        self.check_removed_learn()
         self.final_checks()
+
+    def check_removed_learn(self, timeout: float | None = None) -> None:
+        """§4.2.3: a removed node that still runs learns it was removed (it stops campaigning),
+        provided some voter of the configuration it holds is still a member to tell it."""
+        lead = self.leader()
+        cfg = lead.core.config
+        outs = [n for n in self.node_list if n.up and n.id not in cfg.members
+                and n.id in n.core.voters       # the ones that would campaign (not learners)
+                and any(v in cfg.members for v in n.core.voters if v != n.id)]
+        if not outs:
+            return
+        ok = self.run_until(lambda: all(n.core.membership_state == "removed" for n in outs if n.up),
+                            timeout or 20 * self.et)
+        if not ok:
+            self.fail(f"liveness: removed nodes never learned they were removed: {outs}")
+        if any(n.core.role != "follower" for n in outs if n.up):
+            self.fail(f"a removed node still campaigns: {outs}")
+        self.stats["removed_learned"] += len(outs)
 
     def final_checks(self) -> None:
         self.check_logs()
@@ -1532,6 +1763,390 @@ def test_election_timeout_must_exceed_heartbeat():
         RaftCore("n1", ["n2"], heartbeat_interval=0.3, election_timeout=0.3, entry_factory=Entry)
 
 
+# ====================================================================================== membership (§4)
+def _change_and_wait(sim: FakeNetwork, action: str, nid: str, done, timeout: float | None) -> None:
+    """Propose until the leader accepts, then wait until a leader's configuration satisfies
+    done(config) and is committed."""
+    for _ in range(40):
+        if sim.change(action, nid) is not None:
+            break
+        sim.run_for(sim.et / 4)
+    else:
+        sim.fail(f"{action} {nid} refused 40 times: {sim.last_refusal}")
+    ok = sim.run_until(lambda: (lead := sim.leader()) is not None and done(lead.core.config)
+                       and lead.core.config_index <= lead.core.commit_index, timeout or 20 * sim.et)
+    assert ok, f"{action} {nid} never committed: {sim.node_list}"
+
+
+def _grow(sim: FakeNetwork, nid: str | None = None, timeout: float | None = None) -> str:
+    """Add a new node and wait until the leader has promoted it to voter (§4.2.1)."""
+    nid = sim.add_node(nid)
+    _change_and_wait(sim, "add", nid, lambda cfg: nid in cfg.voters, timeout)
+    return nid
+
+
+def _shrink(sim: FakeNetwork, nid: str, timeout: float | None = None) -> None:
+    """Remove nid and wait until a leader has the removal committed."""
+    _change_and_wait(sim, "remove", nid, lambda cfg: nid not in cfg.members, timeout)
+
+
+def test_configuration_in_force_when_appended_and_undone_when_truncated():
+    """§4.1: a server uses the latest configuration in its log, committed or not, from the moment
+    it is appended; when a new leader truncates that entry the previous configuration is back.
+    Each change is handed to the host in Ready.config (before any message to a new member)."""
+    # init: follower n1 of {n1,n2,n3}
+    core = single_core(prevote=False)
+    core.step({"type": "REPLICATE", "from": "n2", "to": "n1", "term": 1, "prev_index": 0,
+               "prev_term": 0, "entries": [Entry(1, 1, "NOOP")], "commit": 1, "ts": 0.0}, now=1.0)
+    core.ready()
+    # step: the leader appends "n4 joins as a learner" (uncommitted)
+    cfg = {"voters": {"n1": None, "n2": None, "n3": None}, "learners": {"n4": None}}
+    core.step({"type": "REPLICATE", "from": "n2", "to": "n1", "term": 1, "prev_index": 1,
+               "prev_term": 1, "entries": [Entry(2, 1, CONFIG, None, cfg)], "commit": 1, "ts": 0.1},
+              now=1.1)
+    rd = core.ready()
+    # check: in force at once, though commit_index is 1
+    assert core.commit_index == 1 and core.config.learners == {"n4": None}
+    assert rd.config == core.config and core.membership_state == "voter"
+    assert core.peers == ["n2", "n3", "n4"]
+    # step: n3 wins term 2 without that entry and overwrites index 2
+    core.step({"type": "REPLICATE", "from": "n3", "to": "n1", "term": 2, "prev_index": 1,
+               "prev_term": 1, "entries": [Entry(2, 2, "NOOP")], "commit": 1, "ts": 0.2}, now=1.2)
+    rd = core.ready()
+    # check: truncated with the log, the old configuration is back, and the host is told
+    assert rd.truncate_from == 2 and core.config == Membership.of(["n1", "n2", "n3"])
+    assert rd.config == core.config and core.peers == ["n2", "n3"]
+
+
+def test_leader_changes_membership_only_after_committing_an_entry_of_its_term():
+    """§4.1 (the fix for the 2015 single-server-change bug): a new leader refuses membership
+    changes until its own first entry (NOOP) is committed; nothing is appended meanwhile."""
+    sim = make(3, seed=301, start_election="n1", name="own_term_commit")
+    hold = [True]
+    sim.filters.append(lambda m: hold[0] and m["type"] == "REPLICATE_RESP")
+    lead = sim.wait_leader()
+    sim.run_for(2 * ET)
+    assert lead.core.commit_index < lead.core.term_start_index, "the NOOP committed too early"
+    assert sim.change("add", sim.add_node()) is None
+    assert isinstance(sim.last_refusal, MembershipError) and sim.last_refusal.transient
+    assert "committed an entry of its term" in str(sim.last_refusal)
+    hold[0] = False
+    assert sim.run_until(lambda: lead.core.commit_index >= lead.core.term_start_index, 2 * ET)
+    assert sim.change("add", "n4") is not None
+    sim.heal_and_converge()
+    assert sorted(sim.leader().core.voters) == ["n1", "n2", "n3", "n4"]
+
+
+def test_one_membership_change_at_a_time():
+    """§4.1: a leader appends a configuration entry only when the previous one is committed, so
+    at most one uncommitted configuration exists in its log; invalid changes are refused as
+    definite errors (nothing appended): an existing member, an unknown node, the last voter."""
+    sim = make(3, seed=303, start_election="n1", name="one_change_at_a_time", auto_promote=False)
+    lead = sim.wait_leader()
+    sim.run_for(ET)
+    n4, n5 = sim.add_node(), sim.add_node()
+    hold = [True]
+    sim.filters.append(lambda m: hold[0] and m["type"] == "REPLICATE_RESP")
+    assert sim.change("add", n4) is not None
+    assert sim.change("add", n5) is None and sim.last_refusal.transient
+    assert "still in progress" in str(sim.last_refusal)
+    hold[0] = False
+    assert sim.run_until(lambda: lead.core.config_index <= lead.core.commit_index, 2 * ET)
+    assert sim.change("add", n5) is not None
+    assert sim.run_until(lambda: lead.core.config_index <= lead.core.commit_index, 2 * ET)
+    for action, nid, why in (("add", n4, "already a learner"), ("remove", "n9", "not a member"),
+                             ("promote", "n2", "not a learner")):
+        assert sim.change(action, nid) is None and not sim.last_refusal.transient
+        assert why in str(sim.last_refusal)
+    solo = make(1, seed=305, name="last_voter")
+    solo.wait_leader()
+    solo.run_for(ET)
+    assert solo.change("remove", "n1") is None and "last voter" in str(solo.last_refusal)
+
+
+def test_learner_gets_the_log_but_neither_votes_nor_counts():
+    """§4.2.1: a new server joins as a non-voting learner: it receives and applies the log, but
+    its acknowledgements do not count towards a commit and it never campaigns (nor do voters
+    grant it a vote)."""
+    sim = make(3, seed=307, start_election="n1", name="learner_no_vote", auto_promote=False)
+    lead = sim.wait_leader()
+    sim.run_for(ET)
+    n4 = sim.add_node()
+    assert sim.change("add", n4) is not None
+    es = [sim.write(f"k{i}", i) for i in range(5)]
+    assert sim.run_until(lambda: sim.applied_everywhere(es[-1].index), 2 * ET)
+    assert sim.nodes[n4].core.membership_state == "learner"
+    # the two other voters die: leader + learner are not a majority of {n1,n2,n3}
+    sim.crash("n2")
+    sim.crash("n3")
+    e = sim.write("lost-quorum", 1)
+    assert e is not None
+    sim.run_for(3 * ET)
+    assert lead.core.commit_index < e.index and e.index not in sim.applied_log
+    # the learner never campaigns, even with no leader for many election timeouts
+    campaigns = count_msgs(sim, lambda m: m["type"] == "ELECTION" and m["from"] == n4)
+    sim.isolate(lead.id)
+    sim.run_for(10 * ET)
+    assert campaigns["n"] == 0 and sim.nodes[n4].core.role == "follower"
+    # a candidate asks only voters and does not count a learner's vote
+    cfg = {"voters": {"n1": None, "n2": None, "n3": None}, "learners": {"n4": None}}
+    cand = single_core(prevote=False, peers=(), config=cfg)
+    cand.campaign(transfer=False)
+    rd = cand.ready()
+    assert sorted(m["to"] for m in rd.messages if m["type"] == "ELECTION") == ["n2", "n3"]
+    vote = {"type": "ELECTION_RESP", "to": "n1", "term": cand.current_term, "prevote": False,
+            "granted": True}
+    cand.step({**vote, "from": "n4"}, now=0.01)
+    assert cand.role == "candidate", "a learner's vote was counted"
+    cand.step({**vote, "from": "n2"}, now=0.02)
+    assert cand.role == LEADER
+    sim.heal_and_converge()
+
+
+def test_learner_promoted_automatically_once_caught_up():
+    """§4.2.1: the leader promotes a learner to voter only once it holds the latest
+    configuration and is within promote_lag entries of the leader's log; a learner that cannot
+    keep up (here: cut off) stays a learner.  The new node is brought up by a snapshot (§7)
+    whose meta carries the configuration."""
+    sim = make(3, seed=309, start_election="n1", name="learner_promoted", promote_lag=4)
+    lead = sim.wait_leader()
+    for i in range(60):
+        sim.write(f"k{i % 7}", i)
+        if i % 10 == 9:
+            sim.run_for(HB)
+    assert sim.run_until(lambda: sim.applied_everywhere(lead.core.last_index), 2 * ET)
+    assert sim.take_snapshot(lead.id)
+    n4 = sim.add_node()
+    sim.cut(lead.id, n4)
+    e = sim.change("add", n4)
+    assert e is not None
+    sim.run_for(10 * ET)
+    assert n4 in lead.core.config.learners, "a learner that never answered was promoted"
+    promoted_at = []
+
+    def promoted():   # checked after every step: the step that appended the promotion
+        if n4 in lead.core.voters and not promoted_at:
+            promoted_at.append((lead.core.config_index, sim.nodes[n4].store.last_index()))
+        return bool(promoted_at)
+    sim.recover()
+    assert sim.run_until(promoted, 5 * ET), sim.node_list
+    assert sim.nodes[n4].snapshots_installed == 1
+    assert sim.nodes[n4].store.snap_config == lead.store.snap_config   # from the snapshot's meta
+    index, learner_last = promoted_at[0]
+    assert learner_last + sim.promote_lag >= index - 1, (index, learner_last)
+    sim.heal_and_converge()
+    assert sorted(sim.leader().core.voters) == ["n1", "n2", "n3", n4]
+
+
+def test_grow_3_to_5_and_back_to_3_under_writes():
+    """§4.1: a cluster grows one server at a time from 3 to 5 voters and shrinks back to 3
+    (removing two original members, the leader among them) while clients keep writing; no
+    acknowledged write is lost and every remaining member ends with the same state."""
+    sim = make(3, seed=311, start_election="n1", name="grow_shrink", loss=0.02, delay=(0.001, 0.01))
+    sim.wait_leader()
+    counter = [0]
+
+    def writes(k):
+        for _ in range(k):
+            counter[0] += 1
+            sim.write(f"k{counter[0] % 11}", counter[0])
+            sim.run_for(0.01)
+    writes(20)
+    n4 = _grow(sim)
+    writes(20)
+    n5 = _grow(sim)
+    writes(20)
+    assert sorted(sim.leader().core.voters) == ["n1", "n2", "n3", n4, n5]
+    _shrink(sim, "n2")
+    writes(20)
+    _shrink(sim, sim.leader().id)      # the leader removes itself
+    writes(20)
+    sim.heal_and_converge()
+    lead = sim.leader()
+    assert len(lead.core.voters) == 3 and "n2" not in lead.core.voters
+    assert len(sim.acks) >= 60, len(sim.acks)
+
+
+def test_leader_removing_itself_commits_then_hands_over():
+    """§4.2.2: a leader that removes itself keeps leading without counting itself until the
+    entry commits, then hands leadership to the most caught-up voter (TIMEOUT_NOW) and steps
+    down; it then knows it was removed and never campaigns again."""
+    sim = make(3, seed=313, start_election="n1", name="leader_removes_itself")
+    lead = sim.wait_leader()
+    es = [sim.write(f"k{i}", i) for i in range(5)]
+    assert sim.run_until(lambda: sim.applied_everywhere(es[-1].index), 2 * ET)
+    e = sim.change("remove", lead.id)
+    assert e is not None and lead.core.role == LEADER and lead.id not in lead.core.voters
+    assert sim.run_until(lambda: e.index in sim.applied_log, 2 * ET)
+    t_commit = sim.now
+    new = sim.wait_leader(timeout=10 * ET, among=("n2", "n3"))
+    assert sim.now - t_commit < ET, f"no new leader {sim.now - t_commit:.3f}s after the removal committed"
+    assert lead.core.role == "follower" and lead.core.membership_state == "removed"
+    after = sim.write("after", 1)
+    assert after is not None and sim.run_until(lambda: after.index in sim.applied_log, 2 * ET)
+    campaigns = count_msgs(sim, lambda m: m["type"] == "ELECTION" and m["from"] == lead.id)
+    sim.run_for(10 * ET)
+    assert campaigns["n"] == 0 and sim.leader() is new
+    sim.heal_and_converge()
+
+
+@pytest.mark.parametrize("prevote", [True, False])
+def test_removed_node_does_not_disrupt_and_learns_it_was_removed(prevote):
+    """§4.2.3: a server removed while cut off (it never got the entry) campaigns when it comes
+    back; the members ignore its (Pre)Votes without taking its term, so the leader keeps its
+    term, and the refusal tells it it was removed, after which it stops campaigning."""
+    sim = make(3, seed=317, start_election="n1", prevote=prevote, name="removed_no_disrupt")
+    lead = sim.wait_leader()
+    sim.run_for(ET)
+    sim.isolate("n3")
+    _shrink(sim, "n3")
+    sim.run_for(10 * ET)
+    term = lead.core.current_term
+    assert sim.nodes["n3"].core.membership_state == "voter"   # it does not know yet
+    if not prevote:
+        assert sim.nodes["n3"].core.current_term > term
+    sim.recover()
+    assert sim.run_until(lambda: sim.nodes["n3"].core.membership_state == "removed", 10 * ET), \
+        sim.node_list
+    campaigns = count_msgs(sim, lambda m: m["type"] == "ELECTION" and m["from"] == "n3")
+    sim.run_for(10 * ET)
+    assert campaigns["n"] == 0
+    assert sim.leader() is lead and lead.core.current_term == term, sim.node_list
+    sim.heal_and_converge()
+    # the rule at one voter: a non-member whose log is behind is refused without its term, with
+    # the notice; one whose log is not behind is answered as Raft answers (we may be behind)
+    voter = single_core(prevote=False, term=3, entries=_log(1, 2, 3), commit_index=3, peers=(),
+                        config={"voters": {"n1": None, "n2": None}, "learners": {}})
+    voter.step(vote_req("n3", "n1", 9, 2, 2), now=10.0)
+    (resp,) = answers(voter.ready())
+    assert not resp["granted"] and resp["removed"] == 3 and voter.current_term == 3
+    voter.step(vote_req("n3", "n1", 9, 3, 3), now=10.01)
+    (resp,) = answers(voter.ready())
+    assert resp["granted"] and resp.get("removed") is None and voter.current_term == 9
+
+
+def test_configuration_restored_from_disk_after_restart_and_compaction():
+    """§4.1 + §7: the configuration comes back from disk: the snapshot's meta holds the
+    configuration at its index, later CONFIG entries of the log apply on top (checked by the
+    harness at every boot), after a restart of every node at once."""
+    sim = make(3, seed=319, start_election="n1", name="config_restart")
+    sim.wait_leader()
+    n4 = _grow(sim)
+    assert sim.run_until(lambda: sim.applied_everywhere(sim.leader().core.commit_index), ET)
+    for nid in list(sim.ids):
+        assert sim.take_snapshot(nid)
+    _shrink(sim, "n2")
+    sim.retire("n2")
+    for nid in ("n1", "n3", n4):
+        sim.crash(nid)
+    for nid in ("n1", "n3", n4):
+        sim.restart(nid)
+    for nid in ("n1", "n3", n4):
+        core = sim.nodes[nid].core
+        assert sorted(core.voters) == ["n1", "n3", n4], (nid, core.config)
+        assert n4 in core.snapshot_config.voters and "n2" in core.snapshot_config.voters
+    sim.heal_and_converge()
+
+
+def test_cluster_of_one_grows_to_three_and_hands_over():
+    """§4.1 from a cluster of one: it commits alone, grows to 3 (each new server a learner first),
+    then the original node removes itself and the other two carry on."""
+    sim = make(1, seed=321, name="cluster_of_one")
+    sim.wait_leader()
+    e = sim.write("solo", 1)
+    assert sim.run_until(lambda: e.index in sim.applied_log, ET)
+    n2 = _grow(sim)
+    n3 = _grow(sim)
+    _shrink(sim, "n1")
+    sim.heal_and_converge()
+    assert sorted(sim.leader().core.voters) == [n2, n3]
+    assert sim.nodes[n2].sm_state.get("solo") == 1
+
+
+def test_replace_dead_node_remove_first():
+    """§4.1, the operator's replace: a dead voter is removed first (the two survivors commit
+    it), then a fresh node with an empty data dir is added under a new id and promoted; the
+    cluster is back to 3 voters and survives losing another node."""
+    sim = make(3, seed=323, start_election="n1", name="replace_dead")
+    lead = sim.wait_leader()
+    es = [sim.write(f"k{i}", i) for i in range(10)]
+    assert sim.run_until(lambda: sim.applied_everywhere(es[-1].index), 2 * ET)
+    dead = "n3"
+    sim.retire(dead)
+    _shrink(sim, dead)
+    n4 = _grow(sim)
+    assert sorted(sim.leader().core.voters) == ["n1", "n2", n4]
+    sim.crash("n2")
+    e = sim.write("after-replace", 1)
+    assert e is not None and sim.run_until(lambda: e.index in sim.applied_log, 2 * ET)
+    assert lead.core.role == LEADER
+    sim.heal_and_converge()
+
+
+def test_five_node_cluster_survives_two_nodes_killed_at_once():
+    """§5.2 with 5 voters: the leader and a follower killed at the same instant; the other three
+    elect a leader and commit, and nothing committed is lost."""
+    sim = make(5, seed=325, name="five_two_killed")
+    lead = sim.wait_leader()
+    es = [sim.write(f"k{i}", i) for i in range(10)]
+    assert sim.run_until(lambda: sim.applied_everywhere(es[-1].index), 2 * ET)
+    other = next(n.id for n in sim.node_list if n is not lead)
+    sim.crash(lead.id)
+    sim.crash(other)
+    new = sim.wait_leader(timeout=10 * ET)
+    e = sim.write("after", 1)
+    assert e is not None and sim.run_until(lambda: e.index in sim.applied_log, 2 * ET)
+    assert new.id not in (lead.id, other)
+    sim.heal_and_converge()
+
+
+def _disjoint_majorities_scenario(core_cls) -> FakeNetwork:
+    """The 2015 single-server-change bug, replayed.  Voters n1..n4 with learners n5, n6.
+    (1) n1 (cut off from n2..n4) promotes n5: C1 = {n1..n5} reaches only n5; n1 dies.
+    (2) n2..n4 elect X; before X's first entry commits, X promotes n6: C2 = {n1..n4, n6}.
+    (3) partition {X, Y, n6} | {Z, n5, n1}: X commits C2 with X, Y, n6 (3 of 5); n1 restarts
+        and wins with Z and n5 (3 of C1's 5).  Two disjoint majorities, two leaders that can
+        both commit.  With the rule (commit an entry of your term first), step (2) is refused."""
+    sim = make(4, seed=331, start_election="n1", core_cls=core_cls, auto_promote=False,
+               name="disjoint_majorities")
+    n1 = sim.wait_leader(among=("n1",)).core
+    assert sim.run_until(lambda: n1.commit_index >= n1.term_start_index, ET)
+    for nid in ("n5", "n6"):
+        sim.add_node(nid)
+        assert sim.change("add", nid) is not None
+        assert sim.run_until(lambda: sim.nodes["n1"].core.config_index <= sim.nodes["n1"].core.commit_index
+                             and sim.nodes[nid].core.membership_state == "learner", 2 * ET)
+    assert sim.run_until(lambda: sim.applied_everywhere(sim.nodes["n1"].core.last_index), 2 * ET)
+    for p in ("n2", "n3", "n4", "n6"):
+        sim.cut("n1", p)
+    assert sim.change("promote", "n5") is not None        # C1, in force on n1 at once
+    assert sim.run_until(lambda: "n5" in sim.nodes["n5"].core.voters, ET)
+    sim.crash("n1")
+    for p in ("n2", "n3", "n4", "n6"):
+        sim.cut("n5", p)
+    x = sim.wait_leader(timeout=20 * ET, among=("n2", "n3", "n4"))
+    y, z = [p for p in ("n2", "n3", "n4") if p != x.id]
+    sim.recover()          # and at the same instant (no time passes) the new partition:
+    for a in (x.id, y, "n6"):
+        for b in (z, "n5", "n1"):
+            sim.cut(a, b)
+    refused = sim.change("promote", "n6") is None
+    if refused:
+        assert "committed an entry of its term" in str(sim.last_refusal)
+    sim.restart("n1")
+    sim.run_until(lambda: sim.nodes["n1"].up and sim.nodes["n1"].core.role == LEADER, 20 * ET)
+    sim.run_for(3 * ET)
+    return sim
+
+
+def test_membership_change_waits_for_own_term_commit_in_the_2015_scenario():
+    """§4.1 (bug found in 2015, fixed by the own-term-commit rule): in the replayed scenario the
+    new leader's change is refused, no two disjoint majorities ever form, and the cluster heals."""
+    sim = _disjoint_majorities_scenario(RaftCore)
+    assert sim.stats["config_promote"] == 1, "only n1's promotion of n5 may have been appended"
+    sim.heal_and_converge()
+
+
 # ====================================================================================== harness self-test
 class _NoElectionRestriction(RaftCore):
     """A deliberately broken core: votes for any candidate (violates §5.4.1)."""
@@ -1593,17 +2208,71 @@ def test_harness_catches_a_broken_core():
     pytest.fail("200 schedules did not catch a core that ignores the election restriction")
 
 
+class _ChangesMembershipBeforeOwnTermCommit(RaftCore):
+    """A deliberately broken core: changes membership before committing an entry of its term
+    (skips the §4.1 rule: the 2015 single-server-change bug)."""
+
+    def _own_term_committed(self):
+        return True
+
+
+@pytest.mark.skipif(not hasattr(RaftCore, "_own_term_committed"), reason="core internals renamed")
+def test_harness_catches_membership_change_before_own_term_commit():
+    """The membership checks are not vacuous: a core without the own-term-commit rule forms two
+    disjoint majorities in the replayed 2015 scenario, and the harness reports it."""
+    with pytest.raises(SafetyViolation, match="disjoint majorities"):
+        _disjoint_majorities_scenario(_ChangesMembershipBeforeOwnTermCommit)
+
+
+class _CountsLearners(RaftCore):
+    """A deliberately broken core: counts learners' acknowledgements towards a commit
+    (violates §4.2.1)."""
+
+    def _maybe_commit(self):
+        matches = sorted([self.persisted_index] + [pr.match_index for pr in self.progress.values()],
+                         reverse=True)
+        n = matches[self.quorum - 1]
+        if n > self.commit_index and self.term_at(n) == self.current_term:
+            self.commit_index = n
+
+
+def test_harness_catches_learner_counted_for_quorum():
+    """The commit-quorum check is not vacuous: a leader that counts learners commits with the
+    voters down, and the harness reports a commit without a majority of the voters."""
+    sim = make(3, seed=335, start_election="n1", core_cls=_CountsLearners, auto_promote=False,
+               name="counts_learners")
+    sim.wait_leader()
+    for nid in ("n4", "n5"):
+        sim.add_node(nid)
+        sim.change("add", nid)
+        sim.run_for(ET)
+    sim.crash("n2")
+    sim.crash("n3")
+    with pytest.raises(SafetyViolation, match="not a majority of the voters"):
+        sim.write("k", 1)
+        sim.run_for(2 * ET)
+
+
 # ====================================================================================== randomized
 ACTION_WEIGHTS = {"write": 40, "cut": 6, "isolate": 4, "split": 4, "recover": 8, "crash": 6,
                   "bounce": 4, "restart": 7, "snapshot": 5, "transfer": 4, "replay": 5, "link_down": 3}
+# membership schedules add these (§4): an operator adds, removes and replaces servers
+MEMBERSHIP_WEIGHTS = {"add": 7, "remove": 5, "remove_leader": 2, "replace": 3}
 
 
 def run_schedule(seed: int, actions: int | None = None, verbose: bool = False,
-                 core_cls=RaftCore) -> FakeNetwork:
+                 core_cls=RaftCore, membership: bool = False) -> FakeNetwork:
     """One randomized schedule: a cluster of 3 or 5 with seed-chosen network faults, then
-    `actions` random operator/client actions separated by random gaps, then heal + liveness."""
-    rng = random.Random(seed * 7919 + 17)
-    n = 3 if rng.random() < 0.6 else 5
+    `actions` random operator/client actions separated by random gaps, then heal + liveness.
+    membership=True: a cluster of 1, 3 or 5 whose membership also changes (§4): add (a new node
+    with an empty data dir, a learner until promoted), remove (any member, the leader too, then
+    maybe decommission it), replace (kill a voter, remove it, add a new node), all amid the
+    same faults; at the end sometimes every node restarts from disk and converges again."""
+    rng = random.Random(seed * 7919 + 17 + (104729 if membership else 0))
+    if membership:
+        n = rng.choice([1, 3, 3, 5])
+    else:
+        n = 3 if rng.random() < 0.6 else 5
     fast = rng.random() < 0.3
     sim = FakeNetwork(
         n, seed,
@@ -1619,9 +2288,12 @@ def run_schedule(seed: int, actions: int | None = None, verbose: bool = False,
         max_inflight=rng.choice([64, 64, 2]),
         snapshot_threshold=rng.choice([0, 0, 6, 25]),
         batch=rng.choice([0.0, 0.0, 0.5, 0.9]),
-        core_cls=core_cls, verbose=verbose)
+        core_cls=core_cls, verbose=verbose,
+        promote_lag=rng.choice([0, 4, 64]) if membership else 4)
+    if membership:
+        sim.replay_hint = f"python test_consensus_sim.py --membership --seed {seed} -v"
     try:
-        _drive(sim, rng, actions if actions is not None else 40)
+        _drive(sim, rng, actions if actions is not None else 40, membership)
     except SafetyViolation:
         raise
     except Exception as e:   # an exception raised inside the core still reports seed and trace
@@ -1630,17 +2302,25 @@ def run_schedule(seed: int, actions: int | None = None, verbose: bool = False,
     return sim
 
 
-def _drive(sim: FakeNetwork, rng: random.Random, actions: int) -> None:
+def _drive(sim: FakeNetwork, rng: random.Random, actions: int, membership: bool = False) -> None:
     """The random actions of one schedule, then heal + liveness + final checks."""
     et = sim.et
-    ids = sim.ids
+    ids = sim.ids          # grows as nodes are added
     key_space = [f"k{i}" for i in range(5)]
     counter = 0
     # each schedule has its own mix of actions (some are partition-heavy, some crash-heavy, ...)
-    names = list(ACTION_WEIGHTS)
-    weights = [w * rng.choice((0, 0.5, 1, 1, 2, 4)) for w in ACTION_WEIGHTS.values()]
+    table = {**ACTION_WEIGHTS, **(MEMBERSHIP_WEIGHTS if membership else {})}
+    names = list(table)
+    weights = [w * rng.choice((0, 0.5, 1, 1, 2, 4)) for w in table.values()]
     weights[names.index("write")] += 5
     weights[names.index("recover")] += 2
+    if membership:
+        weights[names.index("add")] += 3
+    goals: deque = deque()  # the operator's membership changes, tried in order until accepted
+    if membership and rng.random() < 0.5:
+        # an eager operator retries the moment a new leader appears (the window the
+        # own-term-commit rule closes: a leader whose first entry is not committed yet)
+        sim.on_new_leader = lambda: _operate(sim, goals)
     for step in range(actions):
         sim.run_for(rng.expovariate(3.0 / et))
         act = rng.choices(names, weights)[0]
@@ -1655,11 +2335,12 @@ def _drive(sim: FakeNetwork, rng: random.Random, actions: int) -> None:
                     if nid is None or (sim.nodes[nid].up and sim.nodes[nid].core.role == LEADER):
                         sim.write(rng.choice(key_space), counter, nid=nid)
         elif act == "cut":
-            a, b = rng.sample(ids, 2)
-            sim.cut(a, b)
+            if len(ids) >= 2:
+                a, b = rng.sample(ids, 2)
+                sim.cut(a, b)
         elif act == "isolate":
             sim.isolate(rng.choice(ids))
-        elif act == "split":
+        elif act == "split" and len(ids) >= 2:
             side = set(rng.sample(ids, rng.randint(1, len(ids) // 2)))
             for a in side:
                 for b in ids:
@@ -1687,12 +2368,68 @@ def _drive(sim: FakeNetwork, rng: random.Random, actions: int) -> None:
         elif act == "replay":
             sim.replay_old()
         elif act == "link_down":
-            a, b = rng.sample(ids, 2)
-            sim._link_down(a, b)
+            if len(ids) >= 2:
+                a, b = rng.sample(ids, 2)
+                sim._link_down(a, b)
+        elif act in MEMBERSHIP_WEIGHTS:
+            _plan_membership(sim, rng, act, goals)
+        if membership:
+            _operate(sim, goals)
+            sim.retire_removed()
         sim._global_check(everyone=True)
         if step % 10 == 9:
             sim.check_logs()
     sim.heal_and_converge()
+    if membership and rng.random() < 0.3:
+        # every node restarts at once: the configuration must come back from disk (§4.1)
+        alive = [n.id for n in sim.node_list if n.up]
+        for nid in alive:
+            sim.crash(nid)
+        for nid in alive:
+            sim.restart(nid)
+        sim.stats["full_restarts"] += 1
+        sim.heal_and_converge()
+
+
+def _plan_membership(sim: FakeNetwork, rng: random.Random, act: str, goals: deque) -> None:
+    """Queue an operator's membership change (goals are [action, node, attempts, retire])."""
+    lead = sim.leader()
+    if act == "add":
+        if len(sim.members()) < 7:
+            goals.append(["add", None, 0, False])
+    elif lead is None:
+        return
+    elif act == "remove":
+        goals.append(["remove", rng.choice(sorted(lead.core.config.members)), 0, rng.random() < 0.6])
+    elif act == "remove_leader":
+        goals.append(["remove", lead.id, 0, rng.random() < 0.6])
+    elif act == "replace":
+        # the operator's replace: the dead voter is removed first, then a fresh node is added
+        others = sorted(lead.core.voters - {lead.id})
+        if others:
+            victim = rng.choice(others)
+            sim.crash(victim)
+            goals.append(["remove", victim, 0, True])
+            goals.append(["add", None, 0, False])
+
+
+def _operate(sim: FakeNetwork, goals: deque) -> None:
+    """Try the first queued membership change on the current leader, as cluster_manager does:
+    retry after a transient refusal (a change in progress, a young term, no leader), give up on
+    a definite one (no longer a member, already one, the last voter) or after 20 tries."""
+    if not goals:
+        return
+    g = goals[0]
+    g[2] += 1
+    if g[0] == "add" and g[1] is None:
+        g[1] = sim.add_node()
+    e = sim.change(g[0], g[1])
+    if e is not None:
+        goals.popleft()
+        if g[0] == "remove" and g[3]:
+            sim.retire_when_removed.add(g[1])
+    elif (isinstance(sim.last_refusal, MembershipError) and not sim.last_refusal.transient) or g[2] > 20:
+        goals.popleft()
 
 
 
@@ -1708,20 +2445,47 @@ def test_random_schedules(first):
     several points of the host loop, restarts, snapshots, transfers, stale replays, clock drift):
     all safety properties after every step, then liveness after healing.  Every seed is run; the
     failure lists each failing seed with its replay command."""
+    _run_chunk(range(first, min(first + CHUNK, SEED_BASE + SCHEDULES)), False,
+               ("crashes", "truncations", "snapshots_installed", "leaders", "replayed"))
+
+
+def _run_chunk(seeds, membership: bool, required: tuple) -> None:
+    """Run every seed; fail listing each failing seed with its replay command, or when the
+    chunk never exercised one of the `required` stats (the schedules must do the work)."""
     failures = []
     totals: Counter = Counter()
-    for seed in range(first, min(first + CHUNK, SEED_BASE + SCHEDULES)):
+    for seed in seeds:
         try:
-            sim = run_schedule(seed)
+            sim = run_schedule(seed, membership=membership)
         except SafetyViolation as e:
             failures.append(str(e))
             continue
         totals.update(sim.stats)
     assert not failures, f"{len(failures)} failing schedule(s); first:\n" + failures[0] + \
         "\nall failing seeds: " + ", ".join(f.split(" ", 1)[0] for f in failures)
-    # the schedules must actually exercise the machinery
-    for what in ("crashes", "truncations", "snapshots_installed", "leaders", "replayed"):
+    for what in required:
         assert totals[what] > 0, f"no schedule in this chunk had any {what}: {dict(totals)}"
+
+
+MEMBERSHIP_SCHEDULES = int(os.environ.get("SIM_MEMBERSHIP_SCHEDULES", "1000"))
+
+
+@pytest.mark.parametrize("first", range(SEED_BASE, SEED_BASE + MEMBERSHIP_SCHEDULES, CHUNK),
+                         ids=lambda f: f"seeds{f}-{min(f + CHUNK, SEED_BASE + MEMBERSHIP_SCHEDULES) - 1}")
+def test_random_membership_schedules(first):
+    """§4.1-§4.2: randomized schedules that change membership (add as learner + automatic
+    promotion, remove, the leader removing itself, replace a killed node, decommission removed
+    nodes or leave them running) amid loss, duplication, reordering, partitions, crashes,
+    snapshots and transfers.  Every step checks, besides §5's properties: one leader per term,
+    no two disjoint majorities (two live leaders each backed by a majority of its configuration
+    at its term), every commit held by a majority of the committing leader's voters, one voter
+    changed per configuration entry, the configuration in force = the latest in the log (also
+    after every restart, from the snapshot's meta and the log), Ready.config handed to the host;
+    then liveness: learners promoted, one configuration everywhere, removed nodes that still run
+    know it."""
+    _run_chunk(range(first, min(first + CHUNK, SEED_BASE + MEMBERSHIP_SCHEDULES)), True,
+               ("committed_add", "committed_promote", "committed_remove", "crashes", "leaders",
+                "snapshots_installed", "truncations", "full_restarts"))
 
 
 # ====================================================================================== CLI
@@ -1731,11 +2495,13 @@ def main(argv=None) -> int:
     ap.add_argument("--actions", type=int, default=None)
     ap.add_argument("-v", "--verbose", action="store_true", help="print every event")
     ap.add_argument("--schedules", type=int, help="run N randomized schedules and report")
+    ap.add_argument("--membership", action="store_true", help="the membership-change schedules")
     args, rest = ap.parse_known_args(argv)
+    mem = args.membership
     if args.seed is not None:
         t = time.perf_counter()
         try:
-            sim = run_schedule(args.seed, args.actions, verbose=args.verbose)
+            sim = run_schedule(args.seed, args.actions, verbose=args.verbose, membership=mem)
         except SafetyViolation as e:
             print(e)
             return 1
@@ -1749,7 +2515,7 @@ def main(argv=None) -> int:
         steps = 0
         for s in range(SEED_BASE, SEED_BASE + args.schedules):
             try:
-                steps += run_schedule(s, args.actions).steps
+                steps += run_schedule(s, args.actions, membership=mem).steps
             except SafetyViolation as e:
                 bad.append(s)
                 print(str(e).split("\n  nodes")[0])

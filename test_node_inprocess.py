@@ -124,7 +124,8 @@ class FakeLink:
     """kv_transport.PeerLink's interface over FakeNet: each batch goes through the real wire
     encoding and into the peer's deliver(), unless the link is cut or an end is dead."""
 
-    def __init__(self, net: FakeNet, node_id, peer_id, addr, secret, *, on_down, on_up, on_dead, stop_event):
+    def __init__(self, net: FakeNet, node_id, peer_id, addr, secret, *, on_down, on_up, on_dead, stop_event,
+                 self_addr=None):
         self.net, self.owner, self.peer_id = net, node_id, peer_id
         self.on_down, self.on_up, self.on_dead = on_down, on_up, on_dead
         self.stop_event = stop_event

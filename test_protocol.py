@@ -639,7 +639,7 @@ def test_line_error_has_definite_flag():
     e = json.loads(P.line_error(P.TIMEOUT, "timed out", primary="node2"))
     assert e["definite"] is False and e["primary"] == "node2"
     assert P.DEFINITE_CODES == {"NOT_PRIMARY", "BAD_REQUEST", "UNKNOWN_COMMAND", "TOO_LARGE",
-                                "AUTH_REQUIRED", "AUTH_FAILED", "NOT_FOUND"}
+                                "AUTH_REQUIRED", "AUTH_FAILED", "NOT_FOUND", "CHANGE_IN_PROGRESS"}
     assert not (P.DEFINITE_CODES & P.INDEFINITE_CODES)
 
 
@@ -998,3 +998,27 @@ def test_redis_py_client_speaks_to_these_encoders(protocol):
         client.close()
         srv.close()
         t.join(10)
+
+
+@pytest.mark.parametrize("line,want", [
+    (b"CLUSTER ADD node4 127.0.0.1:7004", P.ClusterCmd("ADD", "node4", "127.0.0.1:7004")),
+    (b"cluster remove node2", P.ClusterCmd("REMOVE", "node2")),
+    (b"CLUSTER MEMBERS", P.ClusterCmd("MEMBERS")),
+])
+def test_cluster_command_parses_on_both_protocols(line, want):
+    """CLUSTER ADD/REMOVE/MEMBERS (membership changes) parse the same on the line protocol and RESP."""
+    assert P.parse_line(line) == want
+    assert P.parse_resp(line.split()) == want
+
+
+@pytest.mark.parametrize("line,why", [
+    (b"CLUSTER", "Wrong number of arguments"), (b"CLUSTER ADD node4", "Wrong number of arguments"),
+    (b"CLUSTER REMOVE", "Wrong number of arguments"), (b"CLUSTER INFO", "Unknown CLUSTER subcommand"),
+    (b"CLUSTER ADD no#de 127.0.0.1:1", "Invalid node id"), (b"CLUSTER ADD n4 localhost", "Invalid address"),
+    (b"CLUSTER ADD n4 h:70000", "Invalid address"), (b"CLUSTER MEMBERS x", "Wrong number of arguments"),
+])
+def test_cluster_command_bad_input_is_a_definite_bad_request(line, why):
+    cmd = P.parse_line(line)
+    assert isinstance(cmd, P.Invalid) and cmd.code == P.BAD_REQUEST and why in cmd.message
+    r = P.parse_resp(line.split())
+    assert isinstance(r, P.Invalid) and r.message.startswith("ERR ") and why in r.message

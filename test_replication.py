@@ -624,34 +624,40 @@ class ClusterTestCase(unittest.TestCase):
         self.assertFalse(w.is_alive(), f"{w.name} did not stop")
 
     def verify_acknowledged(self, cl: LineClient, writers) -> tuple[int, int]:
-        """Every key a writer touched, read through cl (the primary): an acknowledged key holds
-        its last acknowledged value or a later value whose outcome was unknown; a key only ever
-        written with unknown outcome holds one of those values or is absent.
-        Returns (acknowledged keys checked, keys holding an unknown-outcome value)."""
-        expect = []
-        for w in writers:
-            for k in set(w.acked) | set(w.pending):
-                allowed = set(w.pending.get(k, ()))
-                if k in w.acked:
-                    allowed.add(w.acked[k])
-                expect.append((k, k in w.acked, allowed, w.acked.get(k)))
-        replies = cl.pipeline([f"GET {k}" for k, *_ in expect])
-        problems, checked, later = [], 0, 0
-        for (k, was_acked, allowed, acked_value), r in zip(expect, replies):
-            if was_acked:
-                checked += 1
-            if r.get("status") == "OK":
-                if r.get("value") not in allowed:
-                    problems.append(f"{k} = {r.get('value')!r}, expected one of {sorted(allowed)}")
-                elif was_acked and r.get("value") != acked_value:
-                    later += 1
-            elif r.get("code") == "NOT_FOUND":
-                if was_acked:
-                    problems.append(f"{k}: acknowledged value {acked_value} LOST (NOT_FOUND)")
-            else:
-                problems.append(f"{k}: unexpected answer {r}")
+        """check_acknowledged(), failing the test on any wrong or lost acknowledged write."""
+        problems, checked, later = check_acknowledged(cl, writers)
         self.assertEqual(problems[:10], [], f"{len(problems)} acknowledged writes wrong or lost")
         return checked, later
+
+
+def check_acknowledged(cl: LineClient, writers) -> tuple[list, int, int]:
+    """Every key a writer touched, read through cl (the primary): an acknowledged key holds
+    its last acknowledged value or a later value whose outcome was unknown; a key only ever
+    written with unknown outcome holds one of those values or is absent.
+    Returns (problems, acknowledged keys checked, keys holding an unknown-outcome value)."""
+    expect = []
+    for w in writers:
+        for k in set(w.acked) | set(w.pending):
+            allowed = set(w.pending.get(k, ()))
+            if k in w.acked:
+                allowed.add(w.acked[k])
+            expect.append((k, k in w.acked, allowed, w.acked.get(k)))
+    replies = cl.pipeline([f"GET {k}" for k, *_ in expect])
+    problems, checked, later = [], 0, 0
+    for (k, was_acked, allowed, acked_value), r in zip(expect, replies):
+        if was_acked:
+            checked += 1
+        if r.get("status") == "OK":
+            if r.get("value") not in allowed:
+                problems.append(f"{k} = {r.get('value')!r}, expected one of {sorted(allowed)}")
+            elif was_acked and r.get("value") != acked_value:
+                later += 1
+        elif r.get("code") == "NOT_FOUND":
+            if was_acked:
+                problems.append(f"{k}: acknowledged value {acked_value} LOST (NOT_FOUND)")
+        else:
+            problems.append(f"{k}: unexpected answer {r}")
+    return problems, checked, later
 
 
 # ==================================================================================== the seed's

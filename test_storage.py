@@ -482,6 +482,34 @@ def test_snapshot_write_read_roundtrip(tmp_path):
     assert sorted(got, key=lambda t: t[0]) == sorted(items, key=lambda t: t[0])
 
 
+def test_snapshot_meta_carries_the_cluster_configuration(tmp_path):
+    """Raft §4.1: the configuration in force at the snapshot point is stored in its header and
+    comes back from write/read, install and load (a restart restores membership from it)."""
+    cfg = {"voters": {"node1": "127.0.0.1:7001", "node4": "127.0.0.1:7004"},
+           "learners": {"node5": "127.0.0.1:7005"}}
+    st, _ = open_storage(tmp_path)
+    for i in range(1, 6):
+        st.append(filler(i, 1))
+    meta = SnapshotMeta(3, 1, 1, "d", cfg)
+    tmp = st.snapshot_path + ".tmp-3"
+    write_snapshot_file(tmp, meta, [("a", "json", 1)])
+    assert verify_snapshot_file(tmp).config == cfg
+    assert st.install_snapshot(tmp, meta) is True
+    st.close()
+    rec = reload(tmp_path)
+    assert rec.snapshot_meta == meta and rec.snapshot_meta.config == cfg
+
+
+def test_snapshot_without_configuration_still_loads(tmp_path):
+    """A snapshot written before membership changes existed has no "config": it loads with
+    config None (the node then uses its bootstrap membership)."""
+    path = str(tmp_path / "s")
+    write_snapshot_file(path, SnapshotMeta(2, 1, 0, "d"), [])
+    with open(path, "rb") as f:
+        assert b"config" not in f.readline()
+    assert verify_snapshot_file(path).config is None
+
+
 def test_empty_snapshot(tmp_path):
     path = str(tmp_path / "s")
     meta = SnapshotMeta(0, 0, 0, "0" * 16)
