@@ -82,10 +82,7 @@ class FakeNet:
         """The node's process is gone: its loop stops, peers' links to it break and refuse."""
         self.dead.add(nid)
         node = self.nodes[nid]
-        node.manager.stop()
-        node.manager.join(5)
-        assert not node.manager.is_alive(), f"{nid}'s cluster manager did not stop"
-        node.storage.close()
+        node.shutdown(transfer=False)   # its loop stops and its files close (the facade's stop)
         for link in self.links:
             if link.peer_id == nid and link.connected and link.owner not in self.dead:
                 link.down(dead=True)
@@ -115,9 +112,7 @@ class FakeNet:
         assert not self.fatal_errors, self.fatal_errors
         for nid, node in self.nodes.items():
             if nid not in self.dead:
-                node.manager.stop()
-                node.manager.join(5)
-                node.storage.close()
+                node.shutdown(transfer=False)
 
 
 class FakeLink:
@@ -271,9 +266,7 @@ def served(tmp_path):
     yield node, server.server_address
     server.shutdown()
     server.server_close()
-    node.manager.stop()
-    node.manager.join(5)
-    node.storage.close()
+    node.shutdown(transfer=False)
 
 
 def _read_replies(sock, n: int) -> list[bytes]:
