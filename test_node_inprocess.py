@@ -187,6 +187,7 @@ def test_writes_replicate_to_every_state_machine(net):
 def test_secondary_refuses_with_a_hint_and_reads_need_the_lease(net):
     p = net.wait_primary()
     other = next(n for n in net.ids if n != p)
+    wait_until(lambda: net.nodes[other].status()["primary"] == p, 5, f"{other} to learn the primary")
     with pytest.raises(CommandError) as e:
         net.nodes[other].write("SET", "x", 1, "json")
     assert e.value.code == "NOT_PRIMARY" and e.value.definite and e.value.fields["primary"] == p
