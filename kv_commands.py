@@ -3,10 +3,12 @@
 Layout (reading order)
     resolve()        a parsed command -> the state machine's [NAME, *args], relative times made
                      absolute with the primary's clock (the only clock that ever matters)
-    Transaction      one connection's MULTI queue and WATCHed keys
-    DataCommands     runs commands for a connection: reads on the primary's store behind the read
-                     barrier, writes as one "CMD" log entry, EXEC as one "EXEC" entry
-    reply encoders   resp_reply(result, proto) / line_reply(result, cmd)
+    execute()        one command outside MULTI: a read on the primary's store behind the read
+                     barrier, or a write as one "CMD" log entry
+    Transaction      one connection's MULTI queue and WATCHed keys (in its Session)
+    replies          resp_value(), line_fields(), reply(): kv_state results -> kv_protocol.Reply
+    the commands     registered in kv_handler's dispatch table: DataCommand, Set (options),
+                     Delete, MULTI/EXEC/DISCARD/WATCH/UNWATCH and Queued (anything inside MULTI)
     Expirer          the primary's active expiry: finds keys past their deadline a slice at a
                      time (like Redis's expire cycle) and deletes them through the log in batches
 
@@ -20,48 +22,43 @@ import logging
 import threading
 import time
 
+import kv_handler
 import kv_protocol as P
-from kv_state import (NULL_ARRAY, READ_COMMANDS, RedisError, Simple, Value, encode_args,
-                      now_ms)
+from kv_handler import command
+from kv_protocol import CommandError, Reply, Simple
+from kv_state import NULL_ARRAY, RedisError, Value, encode_args, now_ms
 
 log = logging.getLogger("kvstore")
 
 _INT64_MAX = (1 << 63) - 1
 EXECABORT = "EXECABORT Transaction discarded because of previous errors."
+QUEUEABLE = (P.DataCommand, P.Set, P.Get, P.Delete, P.Exists, P.Keys, P.DbSize, P.Unwatch,
+             P.Invalid)
 
-# command classes this module serves (the dispatch table maps each to DataCommands)
-DATA_CLASSES = (P.DataCommand, P.Multi, P.Exec, P.Discard, P.Watch, P.Unwatch)
 
-
-class CommandFailed(Exception):
-    """A command that is refused before it reaches the log (a Redis error line)."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+def failed(message: str) -> CommandError:
+    """A Redis error line as a definite BAD_REQUEST (the line protocol drops the "ERR ")."""
+    return CommandError("BAD_REQUEST", message[4:] if message.startswith("ERR ") else message,
+                        resp_message=message)
 
 
 # ---------------------------------------------------------------------------------------------
 def _abs(t, now: int) -> int:
     """RelMs -> absolute unix ms (Redis: overflow is 'invalid expire time')."""
-    if isinstance(t, P.RelMs):
-        if t.ms > _INT64_MAX - now:
-            raise CommandFailed(f"ERR invalid expire time in '{t.command}' command")
-        return now + t.ms
-    return t
+    if t.ms > _INT64_MAX - now:
+        raise failed(f"ERR invalid expire time in '{t.command}' command")
+    return now + t.ms
 
 
 def resolve(cmd, now: int) -> tuple[list, bool]:
-    """A parsed command -> ([NAME, *args] for kv_state, is_write).  Raises CommandFailed."""
+    """A parsed command -> ([NAME, *args] for kv_state, is_write).  Raises CommandError."""
     t = type(cmd)
     if t is P.DataCommand:
-        args = [_abs(a, now) if isinstance(a, P.RelMs) else a for a in cmd.args]
+        args = [_abs(a, now) if type(a) is P.RelMs else a for a in cmd.args]
         return [cmd.name, *args], cmd.write
     if t is P.Set:
         if cmd.ex_ms is not None:
-            if cmd.ex_ms > _INT64_MAX - now:
-                raise CommandFailed("ERR invalid expire time in 'set' command")
-            expiry = now + cmd.ex_ms
+            expiry = _abs(P.RelMs(cmd.ex_ms, "set"), now)
         elif cmd.exat_ms is not None:
             expiry = cmd.exat_ms
         else:
@@ -80,7 +77,9 @@ def resolve(cmd, now: int) -> tuple[list, bool]:
         return ["DBSIZE"], False
     if t is P.Unwatch:
         return ["UNWATCH"], False
-    raise CommandFailed(f"ERR Command not allowed inside a transaction")
+    if t is P.Invalid:
+        return ["ERROR", cmd.message if cmd.message.startswith("ERR") else "ERR " + cmd.message], False
+    raise failed("ERR Command not allowed inside a transaction")
 
 
 def is_plain_set(cmd) -> bool:
@@ -89,10 +88,29 @@ def is_plain_set(cmd) -> bool:
             and not cmd.nx and not cmd.xx)
 
 
+def entry_value(cmds: list, watches=None) -> dict:
+    """The value of a "CMD"/"EXEC" entry: the primary's time, the commands, the watches."""
+    value = {"t": now_ms(), "c": [[c[0], *encode_args(c[1:])] for c in cmds]}
+    if watches:
+        value["w"] = watches
+    return value
+
+
+def execute(node, cmd):
+    """Run one command outside MULTI: a read on the primary's store behind the read barrier, a
+    write as one "CMD" log entry.  Returns (state-machine name, result)."""
+    store = node.store
+    name_args, write = resolve(cmd, store.read_now())
+    if write:
+        return name_args[0], node.write("CMD", None, entry_value([name_args]), "json")
+    return name_args[0], node.read(lambda st: st.read(name_args[0], name_args[1:]))
+
+
 # ---------------------------------------------------------------------------------------------
 class Transaction:
-    """One connection's transaction state.  queue: parsed commands (or an Invalid to report at
-    EXEC); watches: key -> (applied index, primary time in ms) when WATCH ran."""
+    """One connection's transaction state (kept in its Session).  queue: the parsed commands;
+    dirty: a queue-time error was seen (EXEC answers EXECABORT); watches: key -> (applied index,
+    primary time in ms) when WATCH ran."""
     __slots__ = ("active", "queue", "dirty", "watches")
 
     def __init__(self):
@@ -101,170 +119,66 @@ class Transaction:
         self.dirty = False
         self.watches: dict[str, tuple[int, int]] = {}
 
-    def reset(self) -> None:
+    def end(self) -> None:
         self.active = False
         self.queue = []
         self.dirty = False
         self.watches = {}
 
 
-class DataCommands:
-    """Runs the data commands of one connection against a node.
-
-    The node provides: store (kv_state.KeyValueStore), read_barrier(), write(op, key, value,
-    kind) -> apply result (raises the handler's CommandError for NOT_PRIMARY / TIMEOUT / ...).
-    run(cmd) returns a result value (kv_state result types) or raises CommandFailed.
-    """
-
-    def __init__(self, node):
-        self.node = node
-        self.tx = Transaction()
-
-    # -- one command outside MULTI
-    def run(self, cmd):
-        name_args, write = resolve(cmd, self.node.store.read_now())
-        if write:
-            return self._write([name_args])
-        self.node.read_barrier()
-        return self.node.store.read(name_args[0], name_args[1:])
-
-    def _write(self, cmds: list, op: str = "CMD", watches=None):
-        value = {"t": now_ms(), "c": [[c[0], *encode_args(c[1:])] for c in cmds]}
-        if watches:
-            value["w"] = watches
-        return self.node.write(op, None, value, "json")
-
-    # -- transactions
-    def multi(self):
-        if self.tx.active:
-            raise CommandFailed("ERR MULTI calls can not be nested")
-        self.tx.active = True
-        return Simple("OK")
-
-    def queue(self, cmd):
-        """A command received inside MULTI: queue it (QUEUED) or refuse it (error; EXEC will
-        then abort with EXECABORT for queue-time errors, as Redis does)."""
-        if isinstance(cmd, P.Invalid):
-            if P.is_queue_time_error(cmd):
-                self.tx.dirty = True
-                raise CommandFailed(cmd.message)
-            self.tx.queue.append(cmd)
-            return Simple("QUEUED")
-        if type(cmd) not in (P.DataCommand, P.Set, P.Get, P.Delete, P.Exists, P.Keys, P.DbSize,
-                             P.Unwatch):
-            self.tx.dirty = True
-            raise CommandFailed("ERR Command not allowed inside a transaction")
-        self.tx.queue.append(cmd)
-        return Simple("QUEUED")
-
-    def discard(self):
-        if not self.tx.active:
-            raise CommandFailed("ERR DISCARD without MULTI")
-        self.tx.reset()
-        return Simple("OK")
-
-    def watch(self, cmd):
-        if self.tx.active:
-            raise CommandFailed("ERR WATCH inside MULTI is not allowed")
-        node = self.node
-        node.read_barrier()
-        store = node.store
-        with store.lock:
-            index = store.last_applied
-            ms = store.read_now()
-        for k in cmd.keys:
-            self.tx.watches.setdefault(k, (index, ms))
-        return Simple("OK")
-
-    def unwatch(self):
-        self.tx.watches = {}
-        return Simple("OK")
-
-    def exec(self):
-        """Returns (results, queued commands) - results a list (one per queued command) or
-        NULL_ARRAY when a watched key changed."""
-        tx = self.tx
-        if not tx.active:
-            raise CommandFailed("ERR EXEC without MULTI")
-        queue, dirty, watches = tx.queue, tx.dirty, tx.watches
-        tx.reset()
-        if dirty:
-            raise CommandFailed(EXECABORT)
-        now = self.node.store.read_now()
-        cmds = []
-        for c in queue:
-            if isinstance(c, P.Invalid):
-                cmds.append(["ERROR", c.message])
-                continue
-            try:
-                cmds.append(resolve(c, now)[0])
-            except CommandFailed as e:
-                cmds.append(["ERROR", e.message])
-        w = [[k, i, ms] for k, (i, ms) in watches.items()]
-        return self._write(cmds, "EXEC", w), queue
+def _tx(c) -> Transaction:
+    tx = c.session.tx
+    if tx is None:
+        tx = c.session.tx = Transaction()
+    return tx
 
 
 # ---------------------------------------------------------------------------------------------
-# Reply encoding
-def resp_reply(result, proto: int = 2) -> bytes:
-    """A kv_state result as RESP."""
-    if result is None:
-        return P.resp_null(proto)
+# Results -> replies
+def resp_value(result, proto: int = 2):
+    """A kv_state result as a Reply.resp value."""
     t = type(result)
-    if t is Simple:
-        return P.resp_simple(result)
-    if t is int:
-        return P.resp_int(result)
     if t is Value:
-        return P.resp_bulk(P.value_to_resp_bytes(result.value, result.kind))
-    if t is str:
-        return P.resp_bulk(result)
-    if t is RedisError:
-        return P.resp_error(result.message)
-    if result is NULL_ARRAY:
-        return P.RESP3_NULL if proto == 3 else P.RESP_NULL_ARRAY
+        return P.value_to_resp_bytes(result.value, result.kind)
     if t is list:
-        return b"*%d\r\n" % len(result) + b"".join(resp_reply(x, proto) for x in result)
-    if t is bool:
-        return P.resp_int(int(result))
-    raise TypeError(f"cannot encode {t.__name__} as RESP")
+        return [resp_value(x, proto) for x in result]
+    if t is RedisError:
+        return failed(result.message)
+    if result is NULL_ARRAY:
+        return P.RespRaw(P.RESP3_NULL if proto == 3 else P.RESP_NULL_ARRAY)
+    return result
 
 
 def _json_of(result):
     """A result as plain JSON for the line protocol (values keep their JSON form; RESP bytes
     read back as text, or {"base64": ...} when they are not UTF-8)."""
-    if type(result) is Value:
+    t = type(result)
+    if t is Value:
         v, extra = P.value_to_line_json(result.value, result.kind)
         return {"base64": v} if extra else v
-    if type(result) is list:
+    if t is list:
         return [_json_of(x) for x in result]
-    if type(result) is RedisError:
-        return {"error": _line_message(result.message)}
+    if t is RedisError:
+        return {"error": result.message[4:] if result.message.startswith("ERR ") else result.message}
     if result is NULL_ARRAY:
         return None
-    return result if not isinstance(result, str) else str(result)
+    return str(result) if isinstance(result, str) else result
 
 
-def _line_message(msg: str) -> str:
-    return msg[4:] if msg.startswith("ERR ") else msg
-
-
-# line-protocol field name of the result, per state-machine command
-_LINE_FIELD = {"INCRBY": "value", "INCRBYFLOAT": "value", "MGET": "values", "TTL": "ttl",
-               "PEXPIREAT": "set", "PERSIST": "persisted", "DEL": "deleted", "EXISTS": "count",
-               "TOUCH": "count", "APPEND": "length", "STRLEN": "length", "SETRANGE": "length",
-               "SETNX": "set", "MSETNX": "set", "RENAME": "renamed", "COPY": "copied",
-               "TYPE": "type", "KEYS": "keys", "DBSIZE": "size", "RANDOMKEY": "key"}
+# the line-protocol field of a result, per state-machine command
+_LINE_FIELD = {"INCRBY": "value", "MGET": "values", "TTL": "ttl", "PEXPIREAT": "set",
+               "PERSIST": "persisted", "DEL": "deleted", "EXISTS": "count", "TOUCH": "count",
+               "APPEND": "length", "STRLEN": "length", "SETRANGE": "length", "SETNX": "set",
+               "MSETNX": "set", "RENAME": "renamed", "COPY": "copied", "TYPE": "type",
+               "KEYS": "keys", "DBSIZE": "size", "RANDOMKEY": "key", "PURGE": "deleted"}
 _BOOL_FIELDS = {"set", "persisted", "renamed", "copied"}
 
 
 def line_fields(name: str, result) -> dict:
-    """A kv_state result as the fields of a line-protocol reply (without "status")."""
-    if type(result) is RedisError:
-        raise CommandFailed(result.message)
+    """A kv_state result as the fields of a line-protocol reply (besides "status")."""
     if name == "INCRBYFLOAT":
         text = P.value_to_resp_bytes(result.value, result.kind).decode()
-        return {"value": float(text) if "." in text or "e" in text.lower() else int(text)}
+        return {"value": float(text) if any(ch in text for ch in ".eE") else int(text)}
     if name == "SCAN":
         return {"cursor": result[0], "keys": result[1]}
     if name == "CAS":
@@ -285,8 +199,159 @@ def line_fields(name: str, result) -> dict:
     if field in _BOOL_FIELDS and type(result) is int:
         return {field: bool(result)}
     if type(result) is Simple:
-        return {field: str(result)} if field != "result" else {"message": str(result)}
+        return {"message": str(result)}
     return {field: _json_of(result)}
+
+
+def reply(c, name: str, result) -> Reply:
+    """One command's result as a Reply (an error result raises CommandError)."""
+    if type(result) is RedisError:
+        raise failed(result.message)
+    return Reply(resp_value(result, c.session.proto), lambda: line_fields(name, result))
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands (registered in kv_handler's dispatch table)
+@command(P.DataCommand)
+def cmd_data(c, cmd):
+    name, result = execute(c.node, cmd)
+    return reply(c, name, result)
+
+
+def _set_reply(c, cmd, result) -> Reply:
+    """The answer to a SET with options (or GETSET-like: with GET)."""
+    if type(result) is RedisError:
+        raise failed(result.message)
+    if result is None and not cmd.get:
+        return Reply(None, {"message": f"Key '{cmd.key}' not set (condition not met)", "written": False})
+    if type(result) is Simple:
+        return Reply(result, {"message": f"Key '{cmd.key}' set"})
+    return reply(c, "SET", result)
+
+
+def _propose_cmd(c, name_args: list, on_done, to_reply):
+    """Propose one "CMD" entry (kv_handler's propose contract: (waiter, to_reply))."""
+    w = c.node.submit("CMD", None, entry_value([name_args]), "json", on_done and on_done(to_reply))
+    return w, to_reply
+
+
+def propose_set(c, cmd, on_done):
+    if is_plain_set(cmd):
+        return kv_handler.propose_set(c, cmd, on_done)
+    name_args, _ = resolve(cmd, c.node.store.read_now())
+    return _propose_cmd(c, name_args, on_done, lambda result: _set_reply(c, cmd, result))
+
+
+@command(P.Set, propose=propose_set)
+def cmd_set(c, cmd):
+    """Plain SET keeps the fast path ("SET" entry); SET with options is a "CMD" entry."""
+    if is_plain_set(cmd):
+        return kv_handler.cmd_set(c, cmd)
+    _, result = execute(c.node, cmd)
+    return _set_reply(c, cmd, result)
+
+
+def _delete_reply(c, cmd, result) -> Reply:
+    if type(result) is RedisError:
+        raise failed(result.message)
+    if not result and not c.session.resp:   # RESP answers 0; the line protocol, NOT_FOUND
+        raise CommandError("NOT_FOUND", f"Key '{cmd.keys[0]}' not found")
+    return Reply(result, {"message": f"Key '{cmd.keys[0]}' deleted"})
+
+
+def propose_delete(c, cmd, on_done):
+    return _propose_cmd(c, ["DEL", *cmd.keys], on_done, lambda result: _delete_reply(c, cmd, result))
+
+
+@command(P.Delete, propose=propose_delete)
+def cmd_delete(c, cmd):
+    """DEL/UNLINK of any number of keys: one "CMD" entry (deleted atomically), timed by the
+    primary so that a key past its deadline counts as absent."""
+    return _delete_reply(c, cmd, c.node.write("CMD", None, entry_value([["DEL", *cmd.keys]]), "json"))
+
+
+@command(P.Multi)
+def cmd_multi(c, cmd):
+    tx = _tx(c)
+    if tx.active:
+        raise failed("ERR MULTI calls can not be nested")
+    tx.active = True
+    return Reply(Simple("OK"), {"message": "OK"})
+
+
+@command(P.Queued)
+def cmd_queued(c, cmd):
+    """A command received inside MULTI: queue it (QUEUED), or refuse it now - unknown commands
+    and wrong argument counts then make EXEC answer EXECABORT, as in Redis."""
+    tx = _tx(c)
+    inner = cmd.command
+    if type(inner) is P.Invalid and P.is_queue_time_error(inner):
+        tx.dirty = True
+        raise failed(inner.message if inner.message.startswith("ERR") else "ERR " + inner.message)
+    if not isinstance(inner, QUEUEABLE) or type(inner) is P.Hello:
+        tx.dirty = True
+        raise failed("ERR Command not allowed inside a transaction")
+    tx.queue.append(inner)
+    return Reply(Simple("QUEUED"), {"message": "QUEUED"})
+
+
+@command(P.Discard)
+def cmd_discard(c, cmd):
+    tx = _tx(c)
+    if not tx.active:
+        raise failed("ERR DISCARD without MULTI")
+    tx.end()
+    return Reply(Simple("OK"), {"message": "OK"})
+
+
+@command(P.Watch)
+def cmd_watch(c, cmd):
+    """WATCH: remember, per key, the applied index and the primary's time now; EXEC carries
+    them and every node checks them when it applies the EXEC entry."""
+    tx = _tx(c)
+    if tx.active:
+        raise failed("ERR WATCH inside MULTI is not allowed")
+
+    def mark(store):
+        with store.lock:
+            return store.last_applied, store.read_now()
+    seen = c.node.read(mark)
+    for k in cmd.keys:
+        tx.watches.setdefault(k, seen)
+    return Reply(Simple("OK"), {"message": "OK", "watching": sorted(tx.watches)})
+
+
+@command(P.Unwatch)
+def cmd_unwatch(c, cmd):
+    _tx(c).watches = {}
+    return Reply(Simple("OK"), {"message": "OK"})
+
+
+@command(P.Exec)
+def cmd_exec(c, cmd):
+    """EXEC: the queued commands (reads too) and the watches as ONE "EXEC" log entry."""
+    tx = _tx(c)
+    if not tx.active:
+        raise failed("ERR EXEC without MULTI")
+    queue, dirty, watches = tx.queue, tx.dirty, tx.watches
+    tx.end()
+    if dirty:
+        raise failed(EXECABORT)
+    now = c.node.store.read_now()
+    cmds, names = [], []
+    for q in queue:
+        try:
+            na = resolve(q, now)[0]
+        except CommandError as e:
+            na = ["ERROR", e.resp_message or e.message]
+        cmds.append(na)
+        names.append(na[0])
+    w = [[k, i, ms] for k, (i, ms) in watches.items()]
+    results = c.node.write("EXEC", None, entry_value(cmds, w), "json")
+    if results is NULL_ARRAY:
+        return Reply(resp_value(results, c.session.proto), {"aborted": True, "results": None})
+    return Reply(resp_value(results, c.session.proto),
+                 lambda: {"aborted": False, "results": [_json_of(r) for r in results]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,14 +386,11 @@ class Expirer(threading.Thread):
         while not self.stop_event.wait(self.interval):
             try:
                 self.cycle()
-            except Exception as e:   # noqa: BLE001 - the cycle must outlive any one failure
-                if type(e).__name__ != "CommandError":
-                    log.exception("%s expire cycle failed", self.node.node_id)
-                else:
-                    log.debug("%s expire cycle: %s", self.node.node_id, e)
+            except CommandError as e:   # lost leadership, no quorum, timeout: next cycle retries
+                log.debug("%s expire cycle: %s", self.node.node_id, e.message)
 
     def is_primary(self) -> bool:
-        return self.node.core.role == "leader"
+        return self.node.role == "primary"
 
     def cycle(self) -> int:
         """One cycle; returns the number of keys purged."""
@@ -349,23 +411,10 @@ class Expirer(threading.Thread):
             due = [k for k in sl if (d := exp.get(k)) is not None and d <= now]
             for i in range(0, len(due), self.batch):
                 chunk = due[i:i + self.batch]
-                self.node.write("CMD", None, {"t": now, "c": [["PURGE", *chunk]]}, "json")
+                self.node.write("CMD", None, entry_value([["PURGE", *chunk]]), "json")
                 purged += len(chunk)
             if len(due) * 4 <= len(sl) or time.monotonic() - t0 > self.budget or not store.expires:
                 break
         self.purged += purged
         return purged
 
-
-_expirers: dict = {}
-_expirers_lock = threading.Lock()
-
-
-def ensure_expirer(node) -> Expirer:
-    """TEMP: the node's Expirer, started on first use."""
-    with _expirers_lock:
-        e = _expirers.get(id(node))
-        if e is None:
-            e = _expirers[id(node)] = Expirer(node)
-            e.start()
-        return e

@@ -1311,6 +1311,16 @@ class Unwatch:
     """UNWATCH."""
 
 
+@dataclass(slots=True)
+class Queued:
+    """Any command received while the connection is inside MULTI (the handler wraps it)."""
+    command: Any
+
+
+# run at once even inside MULTI (everything else is wrapped in Queued)
+TX_IMMEDIATE = (Exec, Discard, Multi, Watch, Quit)
+
+
 def is_queue_time_error(inv: "Invalid") -> bool:
     """Inside MULTI, Redis rejects at once (and aborts EXEC with EXECABORT) only unknown
     commands and wrong argument counts; every other error is reported when EXEC runs."""

@@ -2,7 +2,8 @@
 executes (re-exported by kv_store_server under the same name).
 
 Layout (reading order)
-    Value, Simple, RedisError, NULL_ARRAY   result values (the handler encodes them per protocol)
+    Value, RedisError, NULL_ARRAY   result values besides None/int/str/list and kv_protocol.Simple
+                                    (kv_commands turns them into replies for either protocol)
     encode_args / decode_args               command arguments <-> the JSON form inside log entries
     parse_ld / format_ld / ld_add           INCRBYFLOAT's long-double arithmetic, as Redis does it
     KeyValueStore                           the dict, TTL deadlines, modification slots, digest,
@@ -55,7 +56,7 @@ import zlib
 from array import array
 from fractions import Fraction
 
-from kv_protocol import compile_glob, value_to_resp_bytes
+from kv_protocol import Simple, compile_glob, value_to_resp_bytes
 
 __all__ = ["KeyValueStore", "Value", "Simple", "RedisError", "NULL_ARRAY", "encode_args",
            "decode_args", "WRITE_COMMANDS", "READ_COMMANDS", "now_ms", "format_ld", "parse_ld",
@@ -93,11 +94,6 @@ class Value:
 
     def __repr__(self):
         return f"Value({self.kind!r}, {self.value!r})"
-
-
-class Simple(str):
-    """A RESP simple string (+OK, +string, +none)."""
-    __slots__ = ()
 
 
 class RedisError:
@@ -475,22 +471,28 @@ class KeyValueStore:
         given (the snapshot's own), is trusted instead of rehashing every item."""
         data = {}
         state = None
-        total = 0
-        h = self.item_hash
-        hashing = digest is None
         gc_was_on = gc.isenabled()
         gc.disable()   # millions of new tuples would trigger needless full collections
         try:
-            for key, kind, value in items:
-                if key is None:
-                    state = value
-                    continue
-                data[key] = (kind, value)
-                if hashing:
-                    total = (total + h(key, kind, value)) & _MASK64
+            if digest is not None:
+                for key, kind, value in items:
+                    if key is None:
+                        state = value
+                    else:
+                        data[key] = (kind, value)
+            else:
+                total = 0
+                h = self.item_hash
+                for key, kind, value in items:
+                    if key is None:
+                        state = value
+                    else:
+                        data[key] = (kind, value)
+                        total = (total + h(key, kind, value)) & _MASK64
         finally:
             if gc_was_on:
                 gc.enable()
+        hashing = digest is None
         state = state or {}
         expires = {k: int(v) for k, v in (state.get("expires") or {}).items() if k in data}
         if hashing:

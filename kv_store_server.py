@@ -82,6 +82,7 @@ from kv_state import KeyValueStore
 from kv_storage import LogStorage, ReplicationLog, StorageCorruption
 from kv_cluster import ClusterManager, Waiter, gc_freeze
 from kv_handler import ConnectionHandler
+from kv_commands import Expirer   # also registers the data commands in kv_handler's table
 from kv_protocol import CommandError
 
 __all__ = ["NodeRole", "NodeInfo", "ReplicationLog", "KeyValueStore", "ClusterManager", "KVNode",
@@ -203,11 +204,13 @@ class KVNode:
         self.sentinel.add_tick(kv_sentinel.DemotionWatch(
             self.node_id, lambda: self.core.role == LEADER,
             lambda: [cs.owner for cs in self.stats.live() if cs.owner is not None]))
+        self.expirer = Expirer(self)   # active expiry while primary (kv_commands)
 
     # -- lifecycle
     def start(self) -> None:
         self.manager.start()
         self.sentinel.start()
+        self.expirer.start()
         if self.config.join and self.core.membership_state == "joining":
             threading.Thread(target=self._join, args=(self.config.join,), daemon=True, name="join").start()
 
@@ -266,6 +269,7 @@ class KVNode:
             if target:
                 log.info("%s handed leadership to %s before shutting down", self.node_id, target)
         self.sentinel.stop()
+        self.expirer.stop()
         self.manager.stop()
         self.manager.join(timeout=5)
         try:
@@ -417,6 +421,23 @@ class KVNode:
     def size(self, stale_ok: bool = False) -> int:
         self._barrier(stale_ok)
         return len(self.store)
+    def get(self, key: str):
+        """(kind, value), or None when the key is missing or past its deadline."""
+        if self.stopping.is_set() or not self.manager.read_ok():
+            self._barrier()
+        return self.store.get(key)
+
+    def exists(self, keys) -> int:
+        self._barrier()
+        return self.store.read("EXISTS", list(keys))
+
+    def keys(self, pattern: str = "*") -> list:
+        self._barrier()
+        return self.store.read("KEYS", [pattern])
+
+    def size(self) -> int:
+        self._barrier()
+        return self.store.read("DBSIZE", [])
 
     def read(self, fn, stale_ok: bool = False):
         """fn(store) under a linearizable read barrier (for reads the methods above lack)."""
@@ -427,9 +448,10 @@ class KVNode:
         d = self.manager.status_fields()
         with self.store.lock:
             applied, digest, nkeys = self.store.last_applied, self.store.digest_hex(), len(self.store)
+            nttl = self.store.expires_count()
         if d["primary"] == self.node_id:
             d["primary_addr"] = self.info.addr
-        d.update(last_applied=applied, keys=nkeys, digest=digest, pid=os.getpid(),
+        d.update(last_applied=applied, keys=nkeys, keys_with_ttl=nttl, digest=digest, pid=os.getpid(),
                  uptime=round(time.time() - self.started, 3), fsync=self.config.fsync,
                  address=self.info.addr, clients=self.clients)
         return {"status": "OK", "node_id": self.node_id, "role": d.pop("role"), **d}
