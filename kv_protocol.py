@@ -9,6 +9,9 @@ Layout (reading order):
     ProtocolError   a framing violation (fatal: reply once, then close) or a request-level error
     Frame           one request as framed: a line (line protocol) or a list of bulk args (RESP2)
     FrameReader     socket -> Frame, enforcing max_request_bytes; detects the protocol by first byte
+    data commands   (issue 9, one block before the encoders) DataCommand + RelMs for every Redis
+                    data command beyond the fast-path classes, Multi, Exec, Discard, Watch,
+                    Unwatch, Queued; parsers shared by both protocols; is_queue_time_error
     commands        Set, Get, Delete, Exists, Keys, DbSize, Ping, Echo, Status, Info, Auth, Select,
                     Quit, Shutdown, Snapshot, Flush, Transfer, ClusterCmd, ConfigGet, ClientCmd, CommandCmd, Internal,
                     Invalid (+ Hello, a subclass of Invalid, see below)
