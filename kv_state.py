@@ -303,8 +303,7 @@ class KeyValueStore:
         return True/False (written / existed); NOOP None."""
         op = entry.op
         result = None
-        self._index = entry.index
-        if op == "SET":
+        if op == "SET":        # the hot path: keep it short
             key = entry.key
             data = self.data
             old = data.get(key)
@@ -316,9 +315,14 @@ class KeyValueStore:
                     self._drop_ttl(key)
             data[key] = new
             self.digest = (self.digest + h(key, *new)) & _MASK64
-            self.mod[_crc32(key.encode("utf-8", "surrogatepass")) & _SLOT_MASK] = entry.index
-            result = True
-        elif op == "CMD" or op == "EXEC":
+            try:
+                self.mod[_crc32(key.encode()) & _SLOT_MASK] = entry.index
+            except UnicodeEncodeError:
+                self.mod[key_slot(key)] = entry.index
+            self.last_applied = entry.index
+            return True
+        self._index = entry.index
+        if op == "CMD" or op == "EXEC":
             result = self._apply_cmds(op, entry.value)
         elif op == "DEL":
             result = self._lookup(entry.key, self.clock_ms, True) is not None
@@ -383,9 +387,14 @@ class KeyValueStore:
             return RedisError(e.message)
 
     def read(self, name: str, args: list, now: int | None = None):
-        """Run a read-only command on the primary's state (args as parsed, values as tuples)."""
+        """Run a read-only command on the primary's state (args as parsed, values as tuples).
+        Reads of a few keys hold `lock` (one consistent point); KEYS/SCAN/DBSIZE/RANDOMKEY do
+        not (they copy the key list at one instant, then check each key: holding the lock
+        through a million keys would stall apply() and with it the heartbeats)."""
         if now is None:
             now = self.read_now()
+        if name in _SCANS:
+            return self._run([name, *args], now, False)
         with self.lock:
             return self._run([name, *args], now, False)
 
@@ -832,10 +841,16 @@ def _c_dbsize(s, a, now, w):
 
 
 def _c_flushdb(s, a, now, w):
+    """Every key goes; a WATCH of a key that existed aborts.  Up to 65,536 keys their slots are
+    marked one by one (exact, as Redis); beyond, every slot is (one array fill, so apply() does
+    not stall on a huge keyspace; a WATCH of a key that did not exist then aborts too)."""
     idx = s._index
-    mod = s.mod
-    for k in s.data:
-        mod[key_slot(k)] = idx
+    if len(s.data) > 65536:
+        s.mod = array("q", [idx]) * MOD_SLOTS
+    else:
+        mod = s.mod
+        for k in s.data:
+            mod[key_slot(k)] = idx
     s.data = {}
     s.expires = {}
     s.digest = 0
@@ -928,6 +943,7 @@ _COMMANDS = {
     "DBSIZE": _c_dbsize, "FLUSHDB": _c_flushdb, "PEXPIREAT": _c_expire, "TTL": _c_ttl,
     "PERSIST": _c_persist, "TOUCH": _c_touch, "PURGE": _c_purge, "CAS": _c_cas,
 }
+_SCANS = frozenset({"KEYS", "SCAN", "DBSIZE", "RANDOMKEY"})
 WRITE_COMMANDS = frozenset({"SET", "GETDEL", "GETEX", "SETNX", "APPEND", "SETRANGE", "INCRBY",
                             "INCRBYFLOAT", "MSET", "MSETNX", "DEL", "RENAME", "COPY", "FLUSHDB",
                             "PEXPIREAT", "PERSIST", "PURGE", "CAS"})
