@@ -32,6 +32,7 @@ log = logging.getLogger("kvstore")
 
 _INT64_MAX = (1 << 63) - 1
 EXECABORT = "EXECABORT Transaction discarded because of previous errors."
+MAX_QUEUED = 100_000      # commands in one MULTI (EXEC is one log entry: keep it bounded)
 QUEUEABLE = (P.DataCommand, P.Set, P.Get, P.Delete, P.Exists, P.Keys, P.DbSize, P.Unwatch,
              P.Invalid)
 
@@ -291,6 +292,9 @@ def cmd_queued(c, cmd):
     if not isinstance(inner, QUEUEABLE) or type(inner) is P.Hello:
         tx.dirty = True
         raise failed("ERR Command not allowed inside a transaction")
+    if len(tx.queue) >= MAX_QUEUED:
+        tx.dirty = True
+        raise failed(f"ERR too many commands in one transaction (at most {MAX_QUEUED})")
     tx.queue.append(inner)
     return Reply(Simple("QUEUED"), {"message": "QUEUED"})
 

@@ -645,6 +645,7 @@ def test_redis_py_commands(rclient, node):
     assert r.get(f"rpxx-missing-{tag}") is None
     assert r.set(f"rpex-{tag}", "v", ex=10) is True
     assert 9 <= r.ttl(f"rpex-{tag}") <= 10
+    assert r.info("keyspace")["db0"]["expires"] >= 1
     assert r.incr(f"rpc-{tag}") == 1 and r.incrby(f"rpc-{tag}", 5) == 6
     assert r.mget(f"rpc-{tag}", f"rpex-{tag}", f"rp-missing-{tag}") == [b"6", b"v", None]
     with r.pipeline(transaction=True) as pipe:
