@@ -58,7 +58,7 @@ from fractions import Fraction
 
 from kv_protocol import Simple, compile_glob, value_to_resp_bytes
 
-__all__ = ["KeyValueStore", "Value", "Simple", "RedisError", "NULL_ARRAY", "encode_args",
+__all__ = ["KeyValueStore", "Value", "RedisError", "NULL_ARRAY", "encode_args",
            "decode_args", "WRITE_COMMANDS", "READ_COMMANDS", "now_ms", "format_ld", "parse_ld",
            "MOD_SLOTS", "key_slot", "to_bytes"]
 

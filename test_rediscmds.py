@@ -16,8 +16,10 @@ The differential test against redis-server is test_redis_diff.py.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import socket
 import sys
 import tempfile
 import threading
@@ -31,7 +33,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import kv_protocol as P  # noqa: E402
-from kv_localcluster import LocalCluster  # noqa: E402
+from kv_localcluster import LocalCluster, call  # noqa: E402
 from kv_state import NULL_ARRAY, KeyValueStore, Value, encode_args, now_ms  # noqa: E402
 from kv_storage import ReplicationLog, SnapshotMeta, read_snapshot_file, write_snapshot_file  # noqa: E402
 from test_redis_diff import Resp  # noqa: E402
@@ -214,6 +216,40 @@ def _resp(cluster, node_id) -> Resp:
     return Resp(cluster.port(node_id))
 
 
+def test_line_protocol_transactions_cross_protocol_rules_and_flush_vs_flushdb(cluster):
+    """MULTI/EXEC/WATCH over the line protocol; a JSON number set by line is INCRed over RESP and
+    reads back as a number; a RESP value that is not JSON reads back as a string; FLUSH (fsync)
+    deletes nothing, FLUSHDB deletes everything."""
+    p = cluster.wait_for_single_primary(timeout=15)
+    host, port = cluster.addr(p)
+    a = call(host, port, ["SET lx:n 41", "MULTI", "INCR lx:n", "GET lx:n", "EXEC"])
+    assert [x["status"] for x in a] == ["OK"] * 5 and a[2]["message"] == "QUEUED"
+    assert a[4] == {"status": "OK", "aborted": False, "results": [42, 42]}
+    r = _resp(cluster, p)
+    assert r.call(b"INCR", b"lx:n") == (":", 43)
+    assert r.call(b"SET", b"lx:b", b"not json \xc3\xa9") == ("+", "OK")
+    got = call(host, port, ["GET lx:n", "GET lx:b", "MGET lx:n lx:b"])
+    assert got[0]["value"] == 43 and got[1]["value"] == "not json \u00e9"
+    assert got[2]["values"] == [43, "not json \u00e9"]
+    # WATCH on the line protocol: another client's write aborts the EXEC
+    with socket.create_connection((host, port), timeout=5) as s, s.makefile("rb") as f:
+        def line(req):
+            s.sendall(req.encode() + b"\n")
+            return json.loads(f.readline())
+        assert line("WATCH lx:n")["status"] == "OK"
+        assert r.call(b"SET", b"lx:n", b"0") == ("+", "OK")
+        assert line("MULTI")["status"] == "OK" and line("INCR lx:n")["message"] == "QUEUED"
+        assert line("EXEC") == {"status": "OK", "aborted": True, "results": None}
+    assert r.call(b"GET", b"lx:n") == ("$", b"0")
+    assert call(host, port, ["FLUSH"])[0]["status"] == "OK"
+    assert r.call(b"EXISTS", b"lx:n", b"lx:b") == (":", 2), "FLUSH is an fsync: it deletes nothing"
+    assert r.call(b"FLUSHDB", b"ASYNC") == ("+", "OK")
+    assert r.call(b"DBSIZE") == (":", 0)
+    r.close()
+    st = cluster.wait_converged(timeout=20)
+    assert all(x["keys"] == 0 for x in st.values()), "FLUSHDB replicated"
+
+
 def test_ttl_outlives_a_failover_and_never_comes_back(cluster):
     """SET k v EX 2 on the primary, kill -9 it in the key's first second: the new primary still
     has k until 2 s after the SET, then never again - not after the purge replicates, not after
@@ -282,7 +318,7 @@ class Racer(threading.Thread):
                 try:
                     return Resp(self.cluster.port(p), timeout=10)
                 except OSError:
-                    pass
+                    pass    # that primary just died: look again
             time.sleep(0.05)
         raise InterruptedError
 
@@ -336,7 +372,7 @@ class Racer(threading.Thread):
             try:
                 self.conn.close()
             except OSError:
-                pass
+                pass        # already broken: nothing left to close
             self.conn = None
 
 
