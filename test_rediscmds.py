@@ -203,7 +203,9 @@ def test_resp_errors(args, want):
 # ------------------------------------------------------------------------------ live cluster
 @pytest.fixture(scope="module")
 def cluster():
-    c = LocalCluster(n=3)
+    # the old defaults (heartbeat 50 ms, election timeout 0.3 s): the TTL test must see a new
+    # primary well inside the key's 2 s, whatever detection path the failover takes
+    c = LocalCluster(n=3, heartbeat_interval=0.05, election_timeout=0.3)
     try:
         c.start()
         c.wait_for_single_primary(timeout=15)
