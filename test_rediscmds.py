@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -250,6 +252,28 @@ def test_line_protocol_transactions_cross_protocol_rules_and_flush_vs_flushdb(cl
     r.close()
     st = cluster.wait_converged(timeout=20)
     assert all(x["keys"] == 0 for x in st.values()), "FLUSHDB replicated"
+
+
+def test_redis_benchmark_set_get_incr_mset_without_error(cluster):
+    """redis-benchmark's SET, GET, INCR and MSET run against the primary with no error reply, and
+    the secondaries end with the same state."""
+    bench = shutil.which("redis-benchmark")
+    if bench is None:
+        pytest.skip("redis-benchmark is not installed (apt-get install redis-tools; .ci/run installs it)")
+    p = cluster.wait_for_single_primary(timeout=15)
+    r = _resp(cluster, p)
+    r.call(b"DEL", b"counter:__rand_int__")     # the key redis-benchmark's INCR uses
+    out = subprocess.run([bench, "-p", str(cluster.port(p)), "-t", "set,get,incr,mset", "-n", "2000",
+                          "-c", "10", "-q", "--csv"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith('"')]
+    tests = {row.split(",")[0].strip('"').split(" ")[0] for row in rows[1:]}
+    assert {"SET", "GET", "INCR", "MSET"} <= tests, out.stdout
+    assert "ERR" not in out.stdout + out.stderr and "error" not in (out.stdout + out.stderr).lower(), out.stdout
+    assert r.call(b"GET", b"counter:__rand_int__") == ("$", b"2000")   # every INCR applied once
+    r.close()
+    st = cluster.wait_converged(timeout=20)
+    assert len({x["digest"] for x in st.values()}) == 1
 
 
 def test_ttl_outlives_a_failover_and_never_comes_back(cluster):
