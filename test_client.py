@@ -928,3 +928,15 @@ def test_client_data_commands(cluster):
         assert cc.cas("cc:a", "x", "y") and not cc.cas("cc:a", "x", "z") and cc.get("cc:a") == "y"
         assert cc.watch_update("cc:n", lambda v: v * 10) == (-20, 1)
         cc.execute_command("DEL cc:n cc:a cc:b cc:t")
+
+
+def test_repl_completes_and_documents_the_data_commands():
+    repl = ec.Repl(ClusterClient(["127.0.0.1:1"], deadline=0.1), ec.Colours(False), out=open(os.devnull, "w"),
+                   interactive=False)
+    assert repl.candidates("in", "in") == ["incr "]
+    assert set(repl.candidates("", "")) >= {"mget ", "mset ", "expire ", "ttl ", "persist ", "cas ", "redis "}
+    repl.seen_keys.update({"session:1", "other"})
+    assert repl.candidates("ttl ", "se") == ["session:1 "] and repl.candidates("cas ", "") == ["other ", "session:1 "]
+    documented = " ".join(usage for usage, _ in ec.REPL_HELP)
+    for cmd in ("incr", "mget", "mset", "expire", "cas", "redis", "ex <s>"):
+        assert cmd in documented, cmd
