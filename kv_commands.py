@@ -370,7 +370,7 @@ class Expirer(threading.Thread):
     they only apply the PURGE entries (which re-check each deadline against the entry's time).
     """
 
-    def __init__(self, node, interval: float = 0.1, sample: int = 200, batch: int = 500,
+    def __init__(self, node, interval: float = 0.1, sample: int = 1000, batch: int = 500,
                  budget: float = 0.025):
         super().__init__(daemon=True, name="expirer")
         self.node = node

@@ -276,6 +276,31 @@ def test_redis_benchmark_set_get_incr_mset_without_error(cluster):
     assert len({x["digest"] for x in st.values()}) == 1
 
 
+def test_active_expiry_purges_many_keys_through_the_log(cluster):
+    """2,000 keys set with PX 100 in one transaction are all deleted by the primary's expire
+    cycle (several batched PURGE entries) on every node; a renewed key survives."""
+    p = cluster.wait_for_single_primary(timeout=15)
+    base = {nid: s["keys"] for nid, s in cluster.wait_converged(timeout=20).items()}
+    r = _resp(cluster, p)
+    assert r.call(b"MULTI") == ("+", "OK")
+    for i in range(2000):
+        assert r.call(b"SET", b"ax:%d" % i, b"v", b"PX", b"100") == ("+", "QUEUED")
+    assert r.call(b"SET", b"ax:keep", b"v", b"PX", b"100") == ("+", "QUEUED")
+    assert r.call(b"PERSIST", b"ax:keep") == ("+", "QUEUED")
+    res = r.call(b"EXEC")
+    assert res[0] == "*" and len(res[1]) == 2002
+
+    def purged():   # only ax:keep is left of the 2,001 keys
+        sts = cluster.statuses(cluster.running_ids())
+        return all(s and s["keys"] == base[nid] + 1 for nid, s in sts.items())
+    cluster.wait_until(purged, 20, "the 2,000 expired keys purged on every node")
+    assert r.call(b"EXISTS", b"ax:0", b"ax:1999", b"ax:keep") == (":", 1)
+    assert r.call(b"DEL", b"ax:keep") == (":", 1)
+    r.close()
+    st = cluster.wait_converged(timeout=20)
+    assert len({x["digest"] for x in st.values()}) == 1
+
+
 def test_ttl_outlives_a_failover_and_never_comes_back(cluster):
     """SET k v EX 2 on the primary, kill -9 it in the key's first second: the new primary still
     has k until 2 s after the SET, then never again - not after the purge replicates, not after
