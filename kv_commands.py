@@ -97,14 +97,15 @@ def entry_value(cmds: list, watches=None) -> dict:
     return value
 
 
-def execute(node, cmd):
-    """Run one command outside MULTI: a read on the primary's store behind the read barrier, a
-    write as one "CMD" log entry.  Returns (state-machine name, result)."""
+def execute(node, cmd, stale_ok: bool = False):
+    """Run one command outside MULTI: a read on the primary's store behind the read barrier (or
+    this node's own state for a READONLY connection on a secondary: stale_ok), a write as one
+    "CMD" log entry.  Returns (state-machine name, result)."""
     store = node.store
     name_args, write = resolve(cmd, store.read_now())
     if write:
         return name_args[0], node.write("CMD", None, entry_value([name_args]), "json")
-    return name_args[0], node.read(lambda st: st.read(name_args[0], name_args[1:]))
+    return name_args[0], node.read(lambda st: st.read(name_args[0], name_args[1:]), stale_ok=stale_ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +216,7 @@ def reply(c, name: str, result) -> Reply:
 # The commands (registered in kv_handler's dispatch table)
 @command(P.DataCommand)
 def cmd_data(c, cmd):
-    name, result = execute(c.node, cmd)
+    name, result = execute(c.node, cmd, stale_ok=c.session.readonly)
     return reply(c, name, result)
 
 

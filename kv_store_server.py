@@ -402,41 +402,21 @@ class KVNode:
             self.manager.read_barrier()
 
     def get(self, key: str, stale_ok: bool = False):
-        """(kind, value), or None when the key is missing."""
+        """(kind, value), or None when the key is missing or past its deadline."""
         if self.stopping.is_set() or not self.manager.read_ok():
             self._barrier(stale_ok)
-        return self.store.data.get(key)
+        return self.store.get(key)
 
     def exists(self, keys, stale_ok: bool = False) -> int:
         self._barrier(stale_ok)
-        data = self.store.data
-        return sum(1 for k in keys if k in data)
+        return self.store.read("EXISTS", list(keys))
 
     def keys(self, pattern: str = "*", stale_ok: bool = False) -> list:
         self._barrier(stale_ok)
-        keys = [k for k in list(self.store.data) if pattern == "*" or P.glob_match(pattern, k)]
-        keys.sort()
-        return keys
+        return self.store.read("KEYS", [pattern])
 
     def size(self, stale_ok: bool = False) -> int:
         self._barrier(stale_ok)
-        return len(self.store)
-    def get(self, key: str):
-        """(kind, value), or None when the key is missing or past its deadline."""
-        if self.stopping.is_set() or not self.manager.read_ok():
-            self._barrier()
-        return self.store.get(key)
-
-    def exists(self, keys) -> int:
-        self._barrier()
-        return self.store.read("EXISTS", list(keys))
-
-    def keys(self, pattern: str = "*") -> list:
-        self._barrier()
-        return self.store.read("KEYS", [pattern])
-
-    def size(self) -> int:
-        self._barrier()
         return self.store.read("DBSIZE", [])
 
     def read(self, fn, stale_ok: bool = False):
