@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """KV Store client: demos and interactive REPL over the kv_client library.
 
-    python example_client.py --demo all            # basic, replication, types, restrictions, concurrent, failover
+    python example_client.py --demo all            # basic, replication, types, restrictions, concurrent, failover, commands
     python example_client.py --demo interactive    # the REPL
 
 The library (KVStoreClient, Pipeline, ClusterClient, the exceptions, check_answer and the other
@@ -11,8 +11,8 @@ helpers) lives in kv_client.py; every public name of it is re-exported here, so
 Layout (reading order):
     imports          the library's names from kv_client (re-exported, see __all__)
     Colours, Reporter  colours and the ✓/✗ lines shared by the demos; same(), wait_for()
-    demos            `--demo basic|replication|types|restrictions|secondary|concurrent|failover|all`
-                     (the failover demo kills and restarts nodes through cluster_manager.py)
+    demos            `--demo basic|replication|types|restrictions|secondary|concurrent|failover|commands|all`
+                     (the failover and commands demos kill and restart nodes through cluster_manager.py)
     Repl             `--demo interactive`: a thin, coloured REPL over ClusterClient
     main             the command line
 
@@ -66,7 +66,7 @@ __all__ = ["DEFAULT_NODES", "OK", "NOT_PRIMARY", "NOT_FOUND", "BAD_REQUEST", "UN
            # demos, REPL, command line
            "Colours", "Reporter", "DemoFailed", "DemoContext", "same", "wait_for", "delete_many",
            "TYPE_SAMPLES", "demo_basic", "demo_replication", "demo_types", "demo_restrictions",
-           "demo_concurrent", "demo_failover", "kill_node", "DEMOS", "ALL_ORDER", "run_demos",
+           "demo_concurrent", "demo_failover", "demo_commands", "kill_node", "DEMOS", "ALL_ORDER", "run_demos",
            "REPL_COMMANDS", "REPL_HELP", "Repl", "UsageError", "build_parser", "main", "HERE",
            "CLUSTER_MANAGER"]
 
@@ -629,6 +629,81 @@ def demo_failover(ctx: DemoContext) -> None:
             rep.info(f"cleanup: {failed} demo keys could not be deleted")
 
 
+def demo_commands(ctx: DemoContext, threads: int = 4, per_thread: int = 25) -> None:
+    """Redis-style data commands: counters, MSET/MGET, CAS; an optimistic WATCH/EXEC counter
+    raced by several threads; a TTL that outlives a kill -9 of the primary."""
+    rep = ctx.rep
+    args = ctx.args
+    rep.header("commands: counters, MSET/MGET, CAS, WATCH/EXEC, a TTL across a failover")
+    base = f"demo:cmd:{ctx.run}"
+    with ctx.cluster() as cc:
+        rep.check(cc.incr(f"{base}:hits") == 1 and cc.incr(f"{base}:hits", 41) == 42,
+                  "INCR on a missing key starts at 0: 1, then INCRBY 41 -> 42")
+        cc.mset({f"{base}:a": 1, f"{base}:b": [2, 3]})
+        rep.check(cc.mget([f"{base}:a", f"{base}:b", f"{base}:none"]) == [1, [2, 3], None],
+                  "MSET sets two keys in one log entry; MGET reads them at one point in time")
+        rep.check(cc.cas(f"{base}:a", 1, 2) and not cc.cas(f"{base}:a", 1, 3) and cc.get(f"{base}:a") == 2,
+                  "CAS a 1 -> 2 swaps; CAS a 1 -> 3 then does not (the value is 2)")
+
+        # an optimistic counter: WATCH/GET/MULTI/SET/EXEC retried when another client got there first
+        key = f"{base}:counter"
+        aborted = [0]
+        errors: list[str] = []
+
+        def worker() -> None:
+            with ClusterClient(ctx.nodes, deadline=args.deadline, password=args.password) as mine:
+                for _ in range(per_thread):
+                    try:
+                        _, attempts = mine.watch_update(key, lambda v: (v or 0) + 1)
+                        aborted[0] += attempts - 1
+                    except (KVConnectionError, KVError) as e:
+                        errors.append(str(e))
+        ts = [threading.Thread(target=worker) for _ in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        want = threads * per_thread
+        rep.check(not errors and cc.get(key) == want,
+                  f"{threads} threads x {per_thread} WATCH/EXEC increments: counter = {cc.get(key)} "
+                  f"(want {want}); {aborted[0]} EXECs aborted by WATCH and retried", "; ".join(errors[:2]))
+
+        # a TTL outlives a failover
+        p, st = cc._find_primary()
+        pid = st.get("pid")
+        ttl_key = f"{base}:session"
+        cc.set_ex(ttl_key, {"user": "ada"}, 3)
+        t_set = time.monotonic()
+        rep.ok(f"SET {ttl_key} EX 3 on {p.node_id}; TTL {cc.ttl(ttl_key)} s")
+        if not isinstance(pid, int):
+            rep.warn("the primary did not report its pid: skipping the failover part")
+            return
+        how = kill_node(ctx, p.node_id, pid)
+        rep.ok(f"killed the primary {p.node_id} ({how})")
+        value = cc.get(ttl_key, None)
+        newp = cc.primary()
+        left = 3 - (time.monotonic() - t_set)
+        rep.check(value == {"user": "ada"} and newp.node_id != p.node_id,
+                  f"the new primary {newp.node_id} still has it, {left:.1f} s before its deadline "
+                  f"(TTL {cc.ttl(ttl_key)} s)")
+        gone = wait_for(lambda: cc.get(ttl_key, None) is None, 10.0)
+        rep.check(bool(gone) and time.monotonic() - t_set >= 3.0,
+                  f"gone {time.monotonic() - t_set:.1f} s after the SET: the deadline moved to the new "
+                  "primary with the key; the new primary deletes it through the log")
+        if args.no_restart:
+            rep.warn(f"not restarting {p.node_id} (--no-restart)")
+        else:
+            ok, msg = _run_cm(ctx, "restart", p.node_id, timeout=60.0)
+            if ok:
+                rep.check(bool(wait_for(lambda: _converged(cc, expect_nodes=len(ctx.nodes)), 20.0)),
+                          f"{p.node_id} restarted and caught up; the key is still gone: "
+                          f"{cc.get(ttl_key, None) is None}")
+            else:
+                rep.warn(f"could not restart {p.node_id}: {msg}")
+        for k in ("hits", "a", "b", "counter"):
+            cc.delete(f"{base}:{k}")
+
+
 DEMOS = {
     "basic": demo_basic,
     "replication": demo_replication,
@@ -637,8 +712,9 @@ DEMOS = {
     "secondary": demo_restrictions,
     "concurrent": demo_concurrent,
     "failover": demo_failover,
+    "commands": demo_commands,
 }
-ALL_ORDER = ("basic", "replication", "types", "restrictions", "concurrent", "failover")
+ALL_ORDER = ("basic", "replication", "types", "restrictions", "concurrent", "failover", "commands")
 
 
 def run_demos(names: Iterable[str], args: argparse.Namespace) -> int:
@@ -663,14 +739,23 @@ def run_demos(names: Iterable[str], args: argparse.Namespace) -> int:
 # =============================================================================================
 # REPL
 # =============================================================================================
-REPL_COMMANDS = ("set", "get", "delete", "del", "keys", "exists", "status", "cluster", "use",
-                 "ping", "help", "quit", "exit")
+REPL_COMMANDS = ("set", "get", "delete", "del", "keys", "exists", "incr", "decr", "mget", "mset",
+                 "expire", "ttl", "persist", "cas", "redis", "status", "cluster", "use", "ping",
+                 "help", "quit", "exit")
+REPL_KEY_COMMANDS = ("get", "delete", "del", "exists", "set", "incr", "decr", "mget", "expire",
+                     "ttl", "persist", "cas")
 REPL_HELP = [
-    ("set <key> <value>", "store a value; JSON if it parses (1, true, [1,2], \"x\"), else the text"),
+    ("set <key> <value> [ex <s>]", "store a value (JSON if it parses, else the text); ex: expire in s seconds"),
     ("get <key>", "print the value as JSON"),
     ("delete <key>", "remove a key (alias: del)"),
     ("exists <key>", "true or false"),
     ("keys [pattern]", "list keys matching a glob (default *)"),
+    ("incr <key> [by]", "add to an integer counter (missing = 0); decr subtracts"),
+    ("mget <key>...", "several values read at one point in time"),
+    ("mset <k> <v> ...", "set several keys atomically (values: JSON without spaces)"),
+    ("expire <key> <s>", "give a key a TTL; ttl <key> shows it (-1 none, -2 missing); persist removes it"),
+    ("cas <key> <old> <new>", "compare-and-set: write new only if the value is old"),
+    ("redis <command...>", "any other command as a line request on the primary (MULTI, EXEC, SCAN, ...)"),
     ("status [node]", "STATUS of a node (default: the one in use, or the primary)"),
     ("cluster", "a table of every node: role, term, indexes, keys, digest"),
     ("use <node>|auto", "send commands to one node as-is (see NOT_PRIMARY); auto = follow the primary"),
@@ -753,7 +838,7 @@ class Repl:
             if cmd in ("use", "status", "ping"):
                 names = sorted(self.cc.known_nodes()) + (["auto"] if cmd == "use" else [])
                 return [n + " " for n in names if n.startswith(text)]
-            if cmd in ("get", "delete", "del", "exists", "set"):
+            if cmd in REPL_KEY_COMMANDS:
                 return [k + " " for k in sorted(self.seen_keys) if k.startswith(text)]
         return []
 
@@ -862,17 +947,105 @@ class Repl:
         return check_answer(getattr(conn, method)(*a), self.pinned)
 
     def cmd_set(self, rest: str):
-        m = re.match(r"(\S+)\s+(.+)$", rest, re.S)
+        m = re.match(r"(\S+)\s+(.+?)(?:\s+ex\s+(\d+))?\s*$", rest, re.S | re.I)
         if not m:
-            raise UsageError("set <key> <value>")
+            raise UsageError("set <key> <value> [ex <seconds>]")
         key, value = m.group(1), parse_value(m.group(2))
         check_key(key)
-        if self.pinned:
+        if m.group(3):
+            self._data("set_ex", key, value, int(m.group(3)))
+        elif self.pinned:
             self._pinned_call("set", key, value)
         else:
             self.cc.set(key, value)
         self.seen_keys.add(key)
         self.say(self.c.paint(self.c.green, "OK"))
+
+    def _data(self, method: str, *a):
+        """A data command: on the pinned node as-is (answer dict), else through the cluster."""
+        if self.pinned:
+            return self._pinned_call(method, *a)
+        return getattr(self.cc, method)(*a)
+
+    def cmd_incr(self, rest: str, sign: int = 1):
+        parts = rest.split()
+        if len(parts) not in (1, 2) or (len(parts) == 2 and not re.fullmatch(r"-?\d+", parts[1])):
+            raise UsageError("incr <key> [by]" if sign > 0 else "decr <key> [by]")
+        key = check_key(parts[0])
+        by = sign * (int(parts[1]) if len(parts) == 2 else 1)
+        r = self._data("incr", key, by)
+        self.seen_keys.add(key)
+        self.say(str(r["value"] if isinstance(r, dict) else r))
+
+    def cmd_decr(self, rest: str):
+        self.cmd_incr(rest, -1)
+
+    def cmd_mget(self, rest: str):
+        keys = [check_key(k) for k in rest.split()]
+        if not keys:
+            raise UsageError("mget <key> [key ...]")
+        if self.pinned:
+            a = self._pinned_call("mget", keys)
+            pairs = list(zip(a["values"], a["found"]))
+        else:
+            pairs = self.cc.mget_found(keys)
+        for i, (k, (v, found)) in enumerate(zip(keys, pairs), 1):
+            self.say(f"{i}) {k} = " + (_show(v) if found else self.c.paint(self.c.yellow, "(not found)")))
+        self.seen_keys.update(keys)
+
+    def cmd_mset(self, rest: str):
+        parts = rest.split()
+        if not parts or len(parts) % 2:
+            raise UsageError("mset <key> <value> [key value ...]")
+        mapping = {check_key(parts[i]): parse_value(parts[i + 1]) for i in range(0, len(parts), 2)}
+        self._data("mset", mapping)
+        self.seen_keys.update(mapping)
+        self.say(self.c.paint(self.c.green, f"OK ({len(mapping)} keys)"))
+
+    def cmd_expire(self, rest: str):
+        parts = rest.split()
+        if len(parts) != 2 or not re.fullmatch(r"-?\d+", parts[1]):
+            raise UsageError("expire <key> <seconds>")
+        r = self._data("expire", check_key(parts[0]), int(parts[1]))
+        done = r["set"] if isinstance(r, dict) else r
+        self.say(self.c.paint(self.c.green, "OK") if done else
+                 self.c.paint(self.c.yellow, f"(not found) Key '{parts[0]}' not found"))
+
+    def cmd_ttl(self, rest: str):
+        key = self._one_key(rest, "ttl <key>")
+        r = self._data("ttl", key)
+        t = r["ttl"] if isinstance(r, dict) else r
+        self.say({-1: "(no TTL)", -2: self.c.paint(self.c.yellow, "(not found)")}.get(t, f"{t} s"))
+
+    def cmd_persist(self, rest: str):
+        key = self._one_key(rest, "persist <key>")
+        r = self._data("persist", key)
+        done = r["persisted"] if isinstance(r, dict) else r
+        self.say("TTL removed" if done else "(no TTL to remove)")
+
+    def cmd_cas(self, rest: str):
+        m = re.match(r"(\S+)\s+(\S+)\s+(.+)$", rest, re.S)
+        if not m:
+            raise UsageError("cas <key> <expected> <new value>")
+        key = check_key(m.group(1))
+        r = self._data("cas", key, parse_value(m.group(2)), parse_value(m.group(3)))
+        swapped = r["swapped"] if isinstance(r, dict) else r
+        self.seen_keys.add(key)
+        self.say(self.c.paint(self.c.green, "swapped") if swapped else
+                 self.c.paint(self.c.yellow, "not swapped (the value differs, or the key is missing)"))
+
+    def cmd_redis(self, rest: str):
+        """Any request line as-is: on the pinned node, else the primary (not re-sent after an
+        indefinite failure).  MULTI/EXEC need one connection: pin a node first ('use')."""
+        if not rest.strip():
+            raise UsageError("redis <command> [args ...]")
+        if self.pinned:
+            a = check_answer(self.cc._conn(self.pinned).send_command(rest), self.pinned)
+        else:
+            a = self.cc.execute_command(rest)
+        for k, v in a.items():
+            if k != "status":
+                self.say(f"{k}: {json.dumps(v)}")
 
     def _one_key(self, rest: str, usage: str) -> str:
         parts = rest.split()
@@ -996,7 +1169,7 @@ class Repl:
 
     def cmd_help(self, rest: str):
         for usage, text in REPL_HELP:
-            self.say(f"  {self.c.paint(self.c.cyan, f'{usage:<20}')} {text}")
+            self.say(f"  {self.c.paint(self.c.cyan, f'{usage:<28}')} {text}")
 
     def cmd_quit(self, rest: str):
         return False

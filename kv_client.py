@@ -470,6 +470,71 @@ class KVStoreClient:
     def pipeline(self) -> "Pipeline":
         return Pipeline(self)
 
+    # -- Redis data commands over the line protocol (answer dicts; see docs/CLUSTERING.md)
+    def set_ex(self, key: str, value: Any, seconds: int) -> dict:
+        """SET with a TTL: `SET <key> <json> EX <seconds>`."""
+        return self._roundtrip(line_set_ex(key, value, seconds))
+
+    def incr(self, key: str, by: int = 1) -> dict:
+        """{"status": "OK", "value": n} (INCRBY)."""
+        return self._roundtrip(line_incr(key, by))
+
+    def mget(self, keys: Iterable[str]) -> dict:
+        """{"status": "OK", "values": [...], "found": [bool, ...]}."""
+        return self._roundtrip(line_mget(keys))
+
+    def mset(self, mapping: dict) -> dict:
+        """Every key at once, atomically (one log entry); values JSON without whitespace."""
+        return self._roundtrip(line_mset(mapping))
+
+    def expire(self, key: str, seconds: int) -> dict:
+        """{"status": "OK", "set": bool} (false: no such key)."""
+        return self._roundtrip(line_key_cmd("EXPIRE", key, seconds))
+
+    def ttl(self, key: str) -> dict:
+        """{"status": "OK", "ttl": seconds}; -1 no TTL, -2 no such key."""
+        return self._roundtrip(line_key_cmd("TTL", key))
+
+    def persist(self, key: str) -> dict:
+        return self._roundtrip(line_key_cmd("PERSIST", key))
+
+    def cas(self, key: str, expected: Any, new: Any) -> dict:
+        """Compare-and-set: {"status": "OK", "swapped": bool, "found": bool, "value": old}."""
+        return self._roundtrip(line_cas(key, expected, new))
+
+
+# Request lines of the Redis data commands (shared by KVStoreClient and ClusterClient)
+def _token(value: Any, what: str) -> str:
+    text = encode_value(value)
+    if _WHITESPACE.search(text):
+        raise ValueError(f"{what} must encode to JSON without whitespace: {text[:40]!r}")
+    return text
+
+
+def line_set_ex(key: str, value: Any, seconds: int) -> bytes:
+    return f"SET {check_key(key)} {encode_value(value)} EX {int(seconds)}\n".encode()
+
+
+def line_incr(key: str, by: int) -> bytes:
+    return f"INCRBY {check_key(key)} {int(by)}\n".encode()
+
+
+def line_mget(keys: Iterable[str]) -> bytes:
+    return ("MGET " + " ".join(check_key(k) for k in keys) + "\n").encode()
+
+
+def line_mset(mapping: dict) -> bytes:
+    return ("MSET " + " ".join(f"{check_key(k)} {_token(v, 'MSET values')}" for k, v in mapping.items())
+            + "\n").encode()
+
+
+def line_key_cmd(cmd: str, key: str, *args: int) -> bytes:
+    return (" ".join([cmd, check_key(key), *(str(int(a)) for a in args)]) + "\n").encode()
+
+
+def line_cas(key: str, expected: Any, new: Any) -> bytes:
+    return f"CAS {check_key(key)} {_token(expected, 'CAS expected value')} {encode_value(new)}\n".encode()
+
 
 def _check_pattern(pattern: str) -> str:
     if not pattern or _WHITESPACE.search(pattern):
@@ -594,7 +659,9 @@ class ClusterClient:
     """The whole cluster as one store: finds the primary, rides through failovers.
 
     Callers use: set, get, delete, exists, keys, execute_command, status(node=None),
-    cluster_status(), primary(), node(name) (a raw KVStoreClient), known_nodes(), close().
+    cluster_status(), primary(), node(name) (a raw KVStoreClient), known_nodes(), close();
+    the Redis data commands set_ex, incr, mget, mget_found, mset, expire, ttl, persist, cas and
+    watch_update (an optimistic WATCH/MULTI/EXEC loop).
 
     Routing: requests go to the node believed to be primary (`primary_hint`); with no belief, to
     the nodes in turn.  A NOT_PRIMARY answer's `primary_addr` is followed at once; a node that
@@ -618,6 +685,8 @@ class ClusterClient:
         | connection lost after sending / no answer   | indefinite | retry           | retry | retry (a)    | raise           |
         | TIMEOUT, NO_QUORUM with "definite": false   | indefinite | retry           | retry | retry (a)    | raise KVError   |
         | NOT_FOUND                                   | definite   | KeyNotFound (b) | -     | False (a)    | raise           |
+        (the data commands: MGET, TTL, SET_EX, MSET, EXPIRE, PERSIST are retried like SET/GET;
+         INCR and CAS like execute_command: never re-sent after an indefinite failure)
         | BAD_REQUEST, UNKNOWN_COMMAND, TOO_LARGE,    | definite   | raise           | raise | raise        | raise           |
         |   AUTH_REQUIRED, AUTH_FAILED, other codes   |            |                 |       |              |                 |
 
@@ -891,6 +960,84 @@ class ClusterClient:
         check_answer(answer, addr)
         keys = answer.get("keys", answer.get("value"))
         return list(keys or [])
+
+    def set_ex(self, key: str, value: Any, seconds: int) -> bool:
+        """Store a value that expires after `seconds` (an absolute deadline is fixed by the
+        primary when the write is accepted).  Retried like set()."""
+        answer, _, addr = self._request(line_set_ex(key, value, seconds), "SET", idempotent=True)
+        check_answer(answer, addr)
+        return True
+
+    def incr(self, key: str, by: int = 1) -> int:
+        """Add `by` to an integer counter (a missing key counts as 0); returns the new value.
+        Not re-sent after an indefinite failure: the increment may have happened."""
+        answer, _, addr = self._request(line_incr(key, by), "INCRBY", idempotent=False)
+        return check_answer(answer, addr)["value"]
+
+    def mget(self, keys: Iterable[str]) -> list:
+        """The values of several keys, read at one point in time; None for a missing key (see
+        mget_found() to tell a stored null apart)."""
+        return [v for v, _ in self.mget_found(keys)]
+
+    def mget_found(self, keys: Iterable[str]) -> list[tuple[Any, bool]]:
+        answer, _, addr = self._request(line_mget(keys), "MGET", idempotent=True)
+        a = check_answer(answer, addr)
+        return list(zip(a["values"], a["found"]))
+
+    def mset(self, mapping: dict) -> bool:
+        """Set every key at once, atomically (one log entry).  Values: JSON without whitespace
+        (numbers, true/false/null, compact strings/lists/objects)."""
+        answer, _, addr = self._request(line_mset(mapping), "MSET", idempotent=True)
+        check_answer(answer, addr)
+        return True
+
+    def expire(self, key: str, seconds: int) -> bool:
+        """Give `key` a TTL; False if it does not exist.  Retried (a retry moves the deadline
+        by the retry's delay at most)."""
+        answer, _, addr = self._request(line_key_cmd("EXPIRE", key, seconds), "EXPIRE", idempotent=True)
+        return bool(check_answer(answer, addr)["set"])
+
+    def ttl(self, key: str) -> int:
+        """Seconds left (rounded); -1: no TTL; -2: no such key."""
+        answer, _, addr = self._request(line_key_cmd("TTL", key), "TTL", idempotent=True)
+        return check_answer(answer, addr)["ttl"]
+
+    def persist(self, key: str) -> bool:
+        answer, _, addr = self._request(line_key_cmd("PERSIST", key), "PERSIST", idempotent=True)
+        return bool(check_answer(answer, addr)["persisted"])
+
+    def cas(self, key: str, expected: Any, new: Any) -> bool:
+        """Compare-and-set: write `new` only if the current value equals `expected` (compared as
+        the bytes RESP would return, so 42 equals "42").  Not re-sent after an indefinite failure."""
+        answer, _, addr = self._request(line_cas(key, expected, new), "CAS", idempotent=False)
+        return bool(check_answer(answer, addr)["swapped"])
+
+    def watch_update(self, key: str, fn, attempts: int = 1000) -> tuple[Any, int]:
+        """Optimistic read-modify-write with WATCH/MULTI/EXEC on the primary: read `key` (None if
+        missing), write fn(value); when another client changed the key in between, EXEC is aborted
+        and the loop tries again.  Returns (new value, attempts used).  A failover restarts the
+        attempt; an EXEC whose outcome is unknown raises (it may have applied)."""
+        check_key(key)
+        for n in range(1, attempts + 1):
+            addr = self.primary().addr
+            conn = self._conn(addr)
+            try:
+                check_answer(conn.send_command(f"WATCH {key}"), addr)
+                cur = conn.send_command(f"GET {key}")
+                value = answer_value(cur) if cur.get("status") == OK else None
+                if cur.get("status") != OK and cur.get("code") != NOT_FOUND:
+                    raise error_from_answer(cur, addr)
+                new = fn(value)
+                check_answer(conn.send_command("MULTI"), addr)
+                check_answer(conn.send_command(f"SET {key} {encode_value(new)}"), addr)
+            except (NotPrimary, KVConnectionError):
+                self._drop_primary(addr)
+                conn.close()
+                continue
+            answer = check_answer(conn.send_command("EXEC"), addr)   # indefinite: raises
+            if not answer.get("aborted"):
+                return new, n
+        raise ClusterUnavailable(f"watch_update({key!r}): EXEC aborted {attempts} times", True, None, attempts)
 
     def execute_command(self, line: str, idempotent: bool = False) -> dict:
         """Any request line, routed to the primary; the OK answer dict, or KVError raised.

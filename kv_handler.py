@@ -49,8 +49,9 @@ _AUTH_REQUIRED = CommandError("AUTH_REQUIRED", "Authentication required: send AU
 class Session:
     """Per-connection state.  readonly: the client opted in to follower reads (READONLY).
     sub: its kv_sentinel.Subscriber once it SUBSCRIBEd (then other threads send on the socket
-    too, under ConnectionHandler.send_lock)."""
-    __slots__ = ("resp", "proto", "authed", "name", "peer_id", "addr", "readonly", "sub")
+    too, under ConnectionHandler.send_lock).  tx: its kv_commands.Transaction once MULTI or
+    WATCH is used."""
+    __slots__ = ("resp", "proto", "authed", "name", "peer_id", "addr", "readonly", "sub", "tx")
 
     def __init__(self, addr, authed: bool):
         self.resp = False
@@ -61,6 +62,7 @@ class Session:
         self.addr = addr
         self.readonly = False
         self.sub = None
+        self.tx = None
 
 
 # ------------------------------------------------------------------------------ dispatch table
@@ -192,12 +194,10 @@ def cmd_config_get(c, cmd):
 
 
 # ------------------------------------------------------------------------------ data
+# SET and DEL are registered by kv_commands: a plain SET takes the fast path below (a "SET"
+# entry); SET with options, and DEL, are "CMD" entries timed by the primary (key expiry).
 def _set_op(cmd) -> str:
-    if cmd.ex_ms is not None or cmd.exat_ms is not None or cmd.keepttl:
-        raise CommandError("BAD_REQUEST", "key expiry (EX/PX/EXAT/PXAT/KEEPTTL) is not supported by KV Store")
-    if cmd.get:
-        raise CommandError("BAD_REQUEST", "SET ... GET is not supported by KV Store")
-    return "SETNX" if cmd.nx else "SETXX" if cmd.xx else "SET"
+    return "SET"
 
 
 def _set_reply(cmd, written) -> Reply:
@@ -214,7 +214,6 @@ def propose_set(c, cmd, on_done):
     return c.node.submit(op, cmd.key, cmd.value, cmd.kind, on_done and on_done(to_reply)), to_reply
 
 
-@command(P.Set, propose=propose_set)
 def cmd_set(c, cmd):
     return _set_reply(cmd, c.node.write(_set_op(cmd), cmd.key, cmd.value, cmd.kind))
 
@@ -242,25 +241,6 @@ def cmd_get(c, cmd):
         raise CommandError("NOT_FOUND", f"Key '{cmd.key}' not found")
     c.stats.hits += 1
     return Reply(None, _get_line(item))
-
-
-def _delete_reply(c, cmd, removed: int) -> Reply:
-    if not removed and not c.session.resp:   # RESP answers 0; the line protocol, NOT_FOUND
-        raise CommandError("NOT_FOUND", f"Key '{cmd.keys[0]}' not found")
-    return Reply(removed, {"message": f"Key '{cmd.keys[0]}' deleted"})
-
-
-def propose_delete(c, cmd, on_done):
-    def to_reply(existed):
-        return _delete_reply(c, cmd, int(bool(existed)))
-    return c.node.submit("DEL", cmd.keys[0], None, "json", on_done and on_done(to_reply)), to_reply
-
-
-@command(P.Delete, propose=propose_delete)
-def cmd_delete(c, cmd):
-    node = c.node
-    removed = sum(1 for key in cmd.keys if node.write("DEL", key, None, "json"))
-    return _delete_reply(c, cmd, removed)
 
 
 @command(P.Exists)
@@ -433,6 +413,8 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                     cmd = P.parse_resp(frame.args)
                 else:
                     cmd = P.parse_line(frame.line)
+                if sess.tx is not None and sess.tx.active and type(cmd) not in P.TX_IMMEDIATE:
+                    cmd = P.Queued(cmd)   # inside MULTI (kv_commands)
                 spec = COMMANDS.get(type(cmd))
                 if spec is None:
                     if type(cmd) is P.Internal:

@@ -403,7 +403,7 @@ def node_facts(node) -> dict:
             "readonly_clients": node.stats.readonly_count(), "started": node.started,
             "service": svc.service, "pubsub": svc.hub.subscriber_count(),
             "replid": node.replication_id, "snapshot_in_progress": st.get("snapshot_in_progress", False),
-            **timing}
+            "expires": st.get("keys_with_ttl", 0), **timing}
 
 
 @command(P.Info)

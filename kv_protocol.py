@@ -9,6 +9,9 @@ Layout (reading order):
     ProtocolError   a framing violation (fatal: reply once, then close) or a request-level error
     Frame           one request as framed: a line (line protocol) or a list of bulk args (RESP2)
     FrameReader     socket -> Frame, enforcing max_request_bytes; detects the protocol by first byte
+    data commands   (issue 9, one block before the encoders) DataCommand + RelMs for every Redis
+                    data command beyond the fast-path classes, Multi, Exec, Discard, Watch,
+                    Unwatch, Queued; parsers shared by both protocols; is_queue_time_error
     commands        Set, Get, Delete, Exists, Keys, DbSize, Ping, Echo, Status, Info, Auth, Select,
                     Quit, Shutdown, Snapshot, Flush, Transfer, ClusterCmd, ConfigGet, ClientCmd, CommandCmd, Internal,
                     Invalid (+ Hello, a subclass of Invalid, see below)
@@ -939,10 +942,10 @@ def _r_set(args: list):
             cmd.xx = True
         elif opt == b"GET":
             cmd.get = True
-        elif opt == b"KEEPTTL" and expiry is None:
+        elif opt == b"KEEPTTL" and expiry in (None, opt):      # (Redis lets an option repeat)
             expiry = opt
             cmd.keepttl = True
-        elif opt in (b"EX", b"PX", b"EXAT", b"PXAT") and expiry is None and i + 1 < n:
+        elif opt in (b"EX", b"PX", b"EXAT", b"PXAT") and expiry in (None, opt) and i + 1 < n:
             expiry = opt
             i += 1
             t = _strict_int(args[i])
@@ -1253,6 +1256,410 @@ _LINE_COMMANDS.update({
 })
 __all__ += ["Sentinel", "Role", "ReadOnly", "ReadWrite", "Subscribe", "Unsubscribe",
             "SENTINEL_SUBCOMMANDS"]
+
+# --------------------------------------------------------------------------------------------
+# Redis data commands (issue 9): strings, counters, multi-key, keyspace, expiry, transactions.
+# Kept in one block: the parsers register themselves in _RESP_COMMANDS / _LINE_COMMANDS below.
+#
+# Every data command other than the fast-path classes above (Set, Get, Delete, Exists, Keys,
+# DbSize) parses to DataCommand(name, args, write): `name` is the state machine's command
+# (kv_state: INCRBY for INCR/DECR/DECRBY, PEXPIREAT for EXPIRE/PEXPIRE/EXPIREAT, TTL for
+# TTL/PTTL/EXPIRETIME/PEXPIRETIME, ...), `args` its normalised arguments: keys str, stored
+# values (kind, value) tuples ("bytes" over RESP, "json" over the line protocol), numbers int,
+# option words upper-case str, and RelMs for a time relative to "now" that the primary turns
+# into an absolute unix-ms deadline before proposing (kv_commands.resolve).  The per-command
+# argument shapes are listed in kv_state next to each command.  Both protocols share these
+# parsers: a line-protocol request is split on whitespace and parsed like a RESP one, except
+# that its values are JSON-or-string (as SET's) and its error messages carry no "ERR ".
+# --------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class DataCommand:
+    """A Redis data command, normalised for the state machine (see the block comment)."""
+    name: str
+    args: list
+    write: bool
+    redis_name: str = ""          # as the client spelled it, lower-case (for error messages)
+
+
+@dataclass(slots=True)
+class RelMs:
+    """A relative time in ms ("EX 10" -> RelMs(10000, "set")); see DataCommand."""
+    ms: int
+    command: str
+
+
+@dataclass(slots=True)
+class Multi:
+    """MULTI: start queueing commands."""
+
+
+@dataclass(slots=True)
+class Exec:
+    """EXEC: run the queued commands as one log entry."""
+
+
+@dataclass(slots=True)
+class Discard:
+    """DISCARD: drop the queued commands and the watches."""
+
+
+@dataclass(slots=True)
+class Watch:
+    """WATCH key [key ...]."""
+    keys: list
+
+
+@dataclass(slots=True)
+class Unwatch:
+    """UNWATCH."""
+
+
+@dataclass(slots=True)
+class Queued:
+    """Any command received while the connection is inside MULTI (the handler wraps it)."""
+    command: Any
+
+
+# run at once even inside MULTI (everything else is wrapped in Queued)
+TX_IMMEDIATE = (Exec, Discard, Multi, Watch, Quit)
+
+
+def is_queue_time_error(inv: "Invalid") -> bool:
+    """Inside MULTI, Redis rejects at once (and aborts EXEC with EXECABORT) only unknown
+    commands and wrong argument counts; every other error is reported when EXEC runs."""
+    m = inv.message[4:] if inv.message.startswith("ERR ") else inv.message
+    return (inv.code == UNKNOWN_COMMAND or m.startswith("wrong number of arguments")
+            or m.startswith("Wrong number of arguments") or m.startswith("unknown command")
+            or m.startswith("Unknown command"))
+
+
+_ERR_NOT_FLOAT = "ERR value is not a valid float"
+
+
+def _d_val(b: bytes, line: bool):
+    return ("json", _line_value(b.decode("utf-8"))) if line else ("bytes", b)
+
+
+def _d_int(b: bytes) -> int:
+    n = _strict_int(b)
+    if n is None:
+        raise _Reject(BAD_REQUEST, _ERR_NOT_INT)
+    return n
+
+
+def _d_time(b: bytes, scale: int, relative: bool, cmd: str, positive: bool):
+    """An expiry argument: int seconds/ms -> RelMs (relative) or absolute ms."""
+    t = _d_int(b)
+    if positive and t <= 0:
+        raise _Reject(BAD_REQUEST, f"ERR invalid expire time in '{cmd}' command")
+    if t > _INT64_MAX // scale or t < (-_INT64_MAX - 1) // scale:
+        raise _Reject(BAD_REQUEST, f"ERR invalid expire time in '{cmd}' command")
+    return RelMs(t * scale, cmd) if relative else t * scale
+
+
+def _d_arity(args: list, n: int) -> None:
+    """Redis arity: n > 0 exactly n words (with the name), n < 0 at least -n."""
+    if (n > 0 and len(args) != n) or (n < 0 and len(args) < -n):
+        raise _arity(args[0].lower())
+
+
+def _d_simple(name: str, arity: int, write: bool, shape: str):
+    """A parser for a command whose arguments are, in order, of the kinds in `shape`:
+    k key, v value, i int, K every remaining word a key."""
+    def parse(args: list, line: bool):
+        _d_arity(args, arity)
+        out: list = []
+        rest = args[1:]
+        for j, s in enumerate(shape):
+            if s == "K":
+                out.extend(_r_key(b) for b in rest[j:])
+                break
+            b = rest[j]
+            out.append(_r_key(b) if s == "k" else _d_val(b, line) if s == "v" else _d_int(b))
+        return DataCommand(name, out, write, bytes_to_text(args[0]).lower())
+    return parse
+
+
+def _d_getset(args, line):
+    _d_arity(args, 3)
+    return DataCommand("SET", [_r_key(args[1]), _d_val(args[2], line), "", 1, None], True, "getset")
+
+
+def _d_getex(args, line):
+    _d_arity(args, -2)
+    key = _r_key(args[1])
+    exp = kind = None
+    i, n = 2, len(args)
+    while i < n:
+        opt = args[i].upper()
+        if opt == b"PERSIST" and kind in (None, opt):
+            exp = "PERSIST"
+            kind = opt
+        elif opt in (b"EX", b"PX", b"EXAT", b"PXAT") and kind in (None, opt) and i + 1 < n:
+            kind = opt
+            i += 1
+            try:
+                exp = _d_time(args[i], 1000 if opt in (b"EX", b"EXAT") else 1,
+                              opt in (b"EX", b"PX"), "getex", True)
+            except _Reject as r:     # Redis reads the time only when the key exists
+                exp = r.invalid.message
+        else:
+            raise _Reject(BAD_REQUEST, _ERR_SYNTAX)
+        i += 1
+    return DataCommand("GETEX", [key, exp], exp is not None, "getex")
+
+
+def _d_setex(scale: int, name: str):
+    def parse(args, line):
+        _d_arity(args, 4)
+        key = _r_key(args[1])
+        t = _d_time(args[2], scale, True, name, True)
+        return DataCommand("SET", [key, _d_val(args[3], line), "", 0, t], True, name)
+    return parse
+
+
+def _d_incr(sign: int, by_arg: bool, name: str):
+    def parse(args, line):
+        _d_arity(args, 3 if by_arg else 2)
+        key = _r_key(args[1])
+        by = _d_int(args[2]) if by_arg else 1
+        if sign < 0:
+            if by == -_INT64_MAX - 1:
+                raise _Reject(BAD_REQUEST, "ERR decrement would overflow")
+            by = -by
+        return DataCommand("INCRBY", [key, by], True, name)
+    return parse
+
+
+def _d_incrbyfloat(args, line):
+    _d_arity(args, 3)
+    return DataCommand("INCRBYFLOAT", [_r_key(args[1]), ("bytes", args[2])], True, "incrbyfloat")
+
+
+def _d_mset(name: str, exec_name: str):
+    def parse(args, line):
+        if len(args) < 3:
+            raise _arity(name.encode())
+        if len(args) % 2 == 0:   # Redis checks the pairs when it runs the command (EXEC too)
+            return DataCommand("ERROR", [_arity(name.encode()).invalid.message], False, name)
+        out: list = []
+        for j in range(1, len(args), 2):
+            out += [_r_key(args[j]), _d_val(args[j + 1], line)]
+        return DataCommand(exec_name, out, True, name)
+    return parse
+
+
+def _d_rename(nx: bool):
+    def parse(args, line):
+        _d_arity(args, 3)
+        return DataCommand("RENAME", [_r_key(args[1]), _r_key(args[2]), 1 if nx else 0], True,
+                           "renamenx" if nx else "rename")
+    return parse
+
+
+def _d_copy(args, line):
+    _d_arity(args, -3)
+    replace = 0
+    i, n = 3, len(args)
+    while i < n:
+        opt = args[i].upper()
+        if opt == b"REPLACE":
+            replace = 1
+        elif opt == b"DB" and i + 1 < n:
+            i += 1
+            db = _d_int(args[i])
+            if db != 0:
+                raise _Reject(BAD_REQUEST, "ERR DB index is out of range")
+        else:
+            raise _Reject(BAD_REQUEST, _ERR_SYNTAX)
+        i += 1
+    return DataCommand("COPY", [_r_key(args[1]), _r_key(args[2]), replace], True, "copy")
+
+
+def _d_scan(args, line):
+    _d_arity(args, -2)
+    c = args[1]
+    if not c.isdigit() or not c.isascii() or int(c) > (1 << 64) - 1:
+        raise _Reject(BAD_REQUEST, "ERR invalid cursor")
+    cursor = int(c)
+    pattern = typ = None
+    count = 10
+    i, n = 2, len(args)
+    while i < n:
+        opt = args[i].upper()
+        if i + 1 >= n:
+            raise _Reject(BAD_REQUEST, _ERR_SYNTAX)
+        if opt == b"COUNT":
+            count = _d_int(args[i + 1])
+            if count < 1:
+                raise _Reject(BAD_REQUEST, _ERR_SYNTAX)
+        elif opt == b"MATCH":
+            pattern = bytes_to_text(args[i + 1])
+        elif opt == b"TYPE":
+            typ = bytes_to_text(args[i + 1]).lower()
+        else:
+            raise _Reject(BAD_REQUEST, _ERR_SYNTAX)
+        i += 2
+    return DataCommand("SCAN", [min(cursor, 1 << 32), pattern, count, typ], False, "scan")
+
+
+def _d_flush(name: str):
+    def parse(args, line):
+        if len(args) > 2 or (len(args) == 2 and args[1].upper() not in (b"ASYNC", b"SYNC")):
+            raise _Reject(BAD_REQUEST, _ERR_SYNTAX)
+        return DataCommand("FLUSHDB", [], True, name)
+    return parse
+
+
+def _d_expire(scale: int, relative: bool, name: str):
+    def parse(args, line):
+        _d_arity(args, -3)
+        flags = set()
+        for b in args[3:]:
+            f = b.upper()
+            if f not in (b"NX", b"XX", b"GT", b"LT"):
+                raise _Reject(BAD_REQUEST, f"ERR Unsupported option {_printable(b)}")
+            flags.add(f.decode())
+        if "NX" in flags and len(flags) > 1:
+            raise _Reject(BAD_REQUEST, "ERR NX and XX, GT or LT options at the same time are not compatible")
+        if "GT" in flags and "LT" in flags:
+            raise _Reject(BAD_REQUEST, "ERR GT and LT options at the same time are not compatible")
+        key = _r_key(args[1])
+        when = _d_time(args[2], scale, relative, name, False)
+        cond = "".join(sorted(flags))          # "", "NX", "XX", "GT", "LT", "GTXX", "LTXX"
+        return DataCommand("PEXPIREAT", [key, when, cond], True, name)
+    return parse
+
+
+def _d_ttl(unit: str, absolute: int, name: str):
+    def parse(args, line):
+        _d_arity(args, 2)
+        return DataCommand("TTL", [_r_key(args[1]), unit, absolute], False, name)
+    return parse
+
+
+def _d_tx(cls, name: bytes):
+    def parse(args, line):
+        if len(args) != 1:
+            raise _arity(name)
+        return cls()
+    return parse
+
+
+def _d_watch(args, line):
+    _d_arity(args, -2)
+    return Watch([_r_key(b) for b in args[1:]])
+
+
+def _d_cas(args, line):
+    """CAS key expected new: line protocol only (new is the rest of the line there)."""
+    _d_arity(args, 4)
+    return DataCommand("CAS", [_r_key(args[1]), _d_val(args[2], line), _d_val(args[3], line)],
+                       True, "cas")
+
+
+# name -> parser(args: list[bytes], line: bool).  SET/GET/DEL/EXISTS/KEYS/DBSIZE keep their
+# typed fast-path classes above; UNLINK is DEL.
+_DATA_PARSERS: dict[bytes, Callable[[list, bool], Any]] = {
+    b"GETSET": _d_getset,
+    b"GETDEL": _d_simple("GETDEL", 2, True, "k"),
+    b"GETEX": _d_getex,
+    b"SETNX": _d_simple("SETNX", 3, True, "kv"),
+    b"SETEX": _d_setex(1000, "setex"),
+    b"PSETEX": _d_setex(1, "psetex"),
+    b"APPEND": _d_simple("APPEND", 3, True, "kv"),
+    b"STRLEN": _d_simple("STRLEN", 2, False, "k"),
+    b"GETRANGE": _d_simple("GETRANGE", 4, False, "kii"),
+    b"SUBSTR": _d_simple("GETRANGE", 4, False, "kii"),
+    b"SETRANGE": _d_simple("SETRANGE", 4, True, "kiv"),
+    b"INCR": _d_incr(1, False, "incr"),
+    b"DECR": _d_incr(-1, False, "decr"),
+    b"INCRBY": _d_incr(1, True, "incrby"),
+    b"DECRBY": _d_incr(-1, True, "decrby"),
+    b"INCRBYFLOAT": _d_incrbyfloat,
+    b"MGET": _d_simple("MGET", -2, False, "K"),
+    b"MSET": _d_mset("mset", "MSET"),
+    b"MSETNX": _d_mset("msetnx", "MSETNX"),
+    b"TOUCH": _d_simple("TOUCH", -2, False, "K"),
+    b"TYPE": _d_simple("TYPE", 2, False, "k"),
+    b"RENAME": _d_rename(False),
+    b"RENAMENX": _d_rename(True),
+    b"COPY": _d_copy,
+    b"RANDOMKEY": _d_simple("RANDOMKEY", 1, False, ""),
+    b"SCAN": _d_scan,
+    b"FLUSHDB": _d_flush("flushdb"),
+    b"FLUSHALL": _d_flush("flushall"),
+    b"EXPIRE": _d_expire(1000, True, "expire"),
+    b"PEXPIRE": _d_expire(1, True, "pexpire"),
+    b"EXPIREAT": _d_expire(1000, False, "expireat"),
+    b"PEXPIREAT": _d_expire(1, False, "pexpireat"),
+    b"TTL": _d_ttl("s", 0, "ttl"),
+    b"PTTL": _d_ttl("ms", 0, "pttl"),
+    b"EXPIRETIME": _d_ttl("s", 1, "expiretime"),
+    b"PEXPIRETIME": _d_ttl("ms", 1, "pexpiretime"),
+    b"PERSIST": _d_simple("PERSIST", 2, True, "k"),
+    b"MULTI": _d_tx(Multi, b"multi"),
+    b"EXEC": _d_tx(Exec, b"exec"),
+    b"DISCARD": _d_tx(Discard, b"discard"),
+    b"UNWATCH": _d_tx(Unwatch, b"unwatch"),
+    b"WATCH": _d_watch,
+}
+
+
+def _resp_data(parser):
+    return lambda args: parser(args, False)
+
+
+def _line_data(name: bytes, parser):
+    def parse(rest: str):
+        args = [name] + [t.encode("utf-8") for t in rest.split()]
+        try:
+            return parser(args, True)
+        except _Reject as r:
+            m = r.invalid.message
+            raise _Reject(r.invalid.code, m[4:] if m.startswith("ERR ") else m) from None
+    return parse
+
+
+def _l_set_ex(rest: str):
+    """Line SET: `SET <key> <value> [EX <seconds> | PX <ms>]` - the value is the rest of the line
+    unless it ends with EX/PX and an integer (store such a text as a JSON string instead)."""
+    parts = rest.split(None, 1)
+    if len(parts) < 2:
+        raise _usage("SET", "SET <key> <value> [EX <seconds> | PX <milliseconds>]")
+    key, raw = parts
+    words = raw.rsplit(None, 2)
+    if len(words) == 3 and words[1].upper() in ("EX", "PX") and _strict_int(words[2]) is not None:
+        t = _strict_int(words[2])
+        scale = 1000 if words[1].upper() == "EX" else 1
+        if t <= 0 or t > _INT64_MAX // scale:
+            raise _Reject(BAD_REQUEST, "invalid expire time in 'set' command")
+        return Set(_line_key(key), _line_value(words[0]), "json", ex_ms=t * scale)
+    return Set(_line_key(key), _line_value(raw), "json")
+
+
+def _l_cas(rest: str):
+    """CAS <key> <expected> <new>: expected is one token, new the rest of the line."""
+    parts = rest.split(None, 2)
+    if len(parts) < 3:
+        raise _usage("CAS", "CAS <key> <expected> <new value>")
+    key, expected, new = parts
+    return DataCommand("CAS", [_line_key(key), ("json", _line_value(expected)),
+                               ("json", _line_value(new))], True, "cas")
+
+
+def _r_unlink(args: list):
+    if len(args) < 2:
+        raise _arity(b"unlink")
+    return Delete([_r_key(k) for k in args[1:]])
+
+
+_RESP_COMMANDS.update({name: _resp_data(p) for name, p in _DATA_PARSERS.items()})
+_RESP_COMMANDS[b"UNLINK"] = _r_unlink
+_LINE_COMMANDS.update({name.decode(): _line_data(name, p) for name, p in _DATA_PARSERS.items()})
+_LINE_COMMANDS["SET"] = _l_set_ex
+_LINE_COMMANDS["CAS"] = _l_cas
+_LINE_COMMANDS["UNLINK"] = _LINE_COMMANDS["DELETE"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,8 +37,14 @@ Snapshot file format (text, ASCII, one JSON document per line)
                config None and the node falls back to its bootstrap membership.
     body       one line per chunk of up to 1024 items (or ~1 MiB of values): [J] or [J, B],
                J an object key -> JSON value (kind "json"), B an object key -> base64 (kind "bytes")
+    state      (version 2) after the item lines: zero or more {"ttl": {key: deadline_ms, ...}}
+               lines (up to 1024 keys each) and one {"state": {...}} line holding the rest of
+               the store's state (replicated clock, WATCH modification slots).  Items carry it
+               as one trailing (None, "state", {"expires": {...}, ...}) triple, both when
+               written and when read back; a version 1 file (no state lines) yields none.
     last line  {"end":true,"count":N,"crc":C}   C = zlib.crc32 of every byte before this line
     Grouping items per line keeps a 1,000,000-key snapshot to a few thousand json calls.
+    Version 1 files (written before TTLs existed) are still read.
 
 Write path and fsync policy ("always" | "everysec" | "no")
     append(entries) encodes the records and writes them with one os.write() to the active
@@ -165,7 +171,8 @@ _loads = json.loads
 
 _SEGMENT_RE = re.compile(r"^wal-(\d{20})\.log$")
 _SNAPSHOT_FORMAT = "kv-snapshot"
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2
+_SNAPSHOT_VERSIONS = (1, 2)          # versions read_snapshot_file understands
 _SNAPSHOT_CHUNK_ITEMS = 1024
 _SNAPSHOT_CHUNK_BYTES = 1 << 20      # also end a chunk line once its values pass ~1 MiB
 _READ_CHUNK = 1 << 20
@@ -323,7 +330,8 @@ def _snapshot_header(meta: SnapshotMeta) -> bytes:
 
 
 def write_snapshot_file(path: str, meta: SnapshotMeta, items: Iterable[tuple[str, str, Any]]) -> int:
-    """Stream a snapshot of `items` ((key, kind, value) triples) to `path`; returns its size.
+    """Stream a snapshot of `items` ((key, kind, value) triples, optionally ending with one
+    (None, "state", dict) item: see the file format) to `path`; returns its size.
 
     Safe in a forked child: no threads, no locks, no logging, nothing but this call's own
     objects.  Never holds more than one chunk (1024 items) in memory.  The file is flushed and
@@ -343,7 +351,11 @@ def write_snapshot_file(path: str, meta: SnapshotMeta, items: Iterable[tuple[str
         n = 0
         big = 0           # approximate bytes of str/bytes values in this chunk
         dumps = _dumps
+        state = None
         for key, kind, value in items:
+            if key is None and kind == "state":
+                state = value
+                continue
             if kind == "json":
                 j[key] = value
                 if type(value) is str:
@@ -369,6 +381,11 @@ def write_snapshot_file(path: str, meta: SnapshotMeta, items: Iterable[tuple[str
             crc = _crc32(line, crc)
             size += len(line)
             count += len(j) + len(b)
+        if state is not None:
+            for line in _state_lines(state):
+                f.write(line)
+                crc = _crc32(line, crc)
+                size += len(line)
         if count != meta.count:
             raise ValueError(f"snapshot holds {count} keys but meta.count is {meta.count}")
         trailer = (_dumps({"end": True, "count": count, "crc": crc}) + "\n").encode("ascii")
@@ -387,6 +404,20 @@ def write_snapshot_file(path: str, meta: SnapshotMeta, items: Iterable[tuple[str
     return size
 
 
+def _state_lines(state: dict):
+    """The store's non-item state as snapshot body lines: deadlines in chunks, then the rest."""
+    ttl = {}
+    for k, d in state.get("expires", {}).items():
+        ttl[k] = d
+        if len(ttl) >= _SNAPSHOT_CHUNK_ITEMS:
+            yield (_dumps({"ttl": ttl}) + "\n").encode("ascii")
+            ttl = {}
+    if ttl:
+        yield (_dumps({"ttl": ttl}) + "\n").encode("ascii")
+    rest = {k: v for k, v in state.items() if k != "expires"}
+    yield (_dumps({"state": rest}) + "\n").encode("ascii")
+
+
 def _open_snapshot(path: str):
     """Open and fully verify a snapshot file.  Returns (file positioned anywhere, meta,
     header bytes, body_end offset, crc).  Raises StorageCorruption; FileNotFoundError as is."""
@@ -398,7 +429,7 @@ def _open_snapshot(path: str):
             raise _snap_corruption(path, 0, "missing or incomplete header line")
         try:
             h = _loads(header)
-            if h.get("format") != _SNAPSHOT_FORMAT or h.get("version") != _SNAPSHOT_VERSION:
+            if h.get("format") != _SNAPSHOT_FORMAT or h.get("version") not in _SNAPSHOT_VERSIONS:
                 raise ValueError(f"not a {_SNAPSHOT_FORMAT} v{_SNAPSHOT_VERSION} file")
             meta = SnapshotMeta(h["last_index"], h["last_term"], h["count"], h["digest"],
                                 h.get("config"))
@@ -461,6 +492,8 @@ def _iter_snapshot(f, path: str, header: bytes, body_end: int, crc_expected: int
         f.seek(pos)
         crc = _crc32(header)
         n = 0
+        expires: dict = {}
+        state = None
         while pos < body_end:
             line = f.readline()
             if not line.endswith(b"\n") or pos + len(line) > body_end:
@@ -478,6 +511,15 @@ def _iter_snapshot(f, path: str, header: bytes, body_end: int, crc_expected: int
             finally:
                 if gc_was_on:
                     gc.enable()
+            if type(chunk) is dict:            # a version 2 state line
+                pos += len(line)
+                if type(chunk.get("ttl")) is dict:
+                    expires.update(chunk["ttl"])
+                elif type(chunk.get("state")) is dict:
+                    state = chunk["state"]
+                else:
+                    raise _snap_corruption(path, pos - len(line), "unknown state line")
+                continue
             if type(chunk) is not list or not 1 <= len(chunk) <= 2 or not all(type(c) is dict for c in chunk):
                 raise _snap_corruption(path, pos, "body line is not [ {json items}, {bytes items}? ]")
             pos += len(line)
@@ -499,6 +541,8 @@ def _iter_snapshot(f, path: str, header: bytes, body_end: int, crc_expected: int
             raise _snap_corruption(path, None, "checksum mismatch on the second read (file changed?)")
         if n != count:
             raise _snap_corruption(path, body_end, f"holds {n} keys, header says {count}")
+        if state is not None or expires:
+            yield None, "state", {**(state or {}), "expires": expires}
     finally:
         f.close()
 

@@ -7,7 +7,8 @@
 Layout (reading order):
     NodeRole, NodeInfo      the seed's public names: a node's role and address
     ReplicationLog          a log entry (index, term, op, key, value), defined in kv_storage
-    KeyValueStore           the dict, its incremental digest, apply(entry), snapshot/restore
+    KeyValueStore           (kv_state.py) the state machine: the dict, TTL deadlines, WATCH slots,
+                            its incremental digest, apply(entry), snapshot/restore
     ClusterManager          (kv_cluster.py) the thread that drives the Raft core (kv_raft.RaftCore):
                             receive -> step -> handle_ready (persist, send, apply); proposals,
                             peer links, snapshots
@@ -62,8 +63,6 @@ from __future__ import annotations
 
 import argparse
 import enum
-import gc
-import hashlib
 import json
 import logging
 import os
@@ -78,10 +77,12 @@ from dataclasses import dataclass
 import kv_info
 import kv_protocol as P
 import kv_sentinel
-from kv_raft import CANDIDATE, CONFIG, LEADER, Membership, RaftCore
+from kv_raft import CANDIDATE, LEADER, Membership, RaftCore
+from kv_state import KeyValueStore
 from kv_storage import LogStorage, ReplicationLog, StorageCorruption
 from kv_cluster import ClusterManager, Waiter, gc_freeze
 from kv_handler import ConnectionHandler
+from kv_commands import Expirer   # also registers the data commands in kv_handler's table
 from kv_protocol import CommandError
 
 __all__ = ["NodeRole", "NodeInfo", "ReplicationLog", "KeyValueStore", "ClusterManager", "KVNode",
@@ -90,7 +91,6 @@ __all__ = ["NodeRole", "NodeInfo", "ReplicationLog", "KeyValueStore", "ClusterMa
 log = logging.getLogger("kvstore")
 
 DEFAULT_CLUSTER = {"node1": ("127.0.0.1", 6379), "node2": ("127.0.0.1", 6380), "node3": ("127.0.0.1", 6381)}
-_MASK64 = (1 << 64) - 1
 
 
 class NodeRole(enum.Enum):
@@ -111,100 +111,6 @@ class NodeInfo:
         return f"{self.host}:{self.port}"
 
 
-# ---------------------------------------------------------------------------------------------
-class KeyValueStore:
-    """The replicated state machine: key -> (kind, value).
-
-    Invariants: `digest` is the sum mod 2**64 of a stable 64-bit hash of every (key, kind, value),
-    maintained in O(1) per write, so two stores with the same applied log have the same digest;
-    `last_applied` is the index of the last entry applied.  Only apply()/restore() write.
-    Callers use get/exists/keys/len without a lock (single dict operations are atomic under the
-    GIL); apply() and restore() hold `lock`, as do readers that need (digest, last_applied) paired.
-    """
-
-    def __init__(self):
-        self.data: dict[str, tuple[str, object]] = {}
-        self.digest = 0
-        self.last_applied = 0
-        self.lock = threading.Lock()
-
-    @staticmethod
-    def item_hash(key: str, kind: str, value) -> int:
-        if kind == "bytes":
-            vb = value
-        else:
-            vb = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-        h = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8)
-        h.update(b"\x00" + kind.encode() + b"\x00" + vb)
-        return int.from_bytes(h.digest(), "big")
-
-    def apply(self, entry: ReplicationLog):
-        """Apply one committed entry.  Returns True/False for SET-like ops (written or not) and
-        for DEL (whether the key existed); None for NOOP."""
-        op = entry.op
-        result = None
-        if op != "NOOP" and op != CONFIG:   # a configuration entry is the Raft core's business
-            key = entry.key
-            old = self.data.get(key)
-            if op == "DEL":
-                result = old is not None
-                if result:
-                    del self.data[key]
-                    self.digest = (self.digest - self.item_hash(key, *old)) & _MASK64
-            else:
-                if (op == "SETNX" and old is not None) or (op == "SETXX" and old is None):
-                    result = False
-                else:
-                    new = (entry.kind, entry.value)
-                    if old is not None:
-                        self.digest = (self.digest - self.item_hash(key, *old)) & _MASK64
-                    self.data[key] = new
-                    self.digest = (self.digest + self.item_hash(key, *new)) & _MASK64
-                    result = True
-        self.last_applied = entry.index
-        return result
-
-    def get(self, key: str):
-        """(kind, value) or None when the key is missing (a stored JSON null is ("json", None))."""
-        return self.data.get(key)
-
-    def restore(self, items, last_applied: int, digest: str | None = None) -> None:
-        """Replace the whole state with (key, kind, value) items.  `digest` (hex) is the digest
-        the snapshot recorded for exactly these items: given, it is trusted (the snapshot's CRC
-        already vouches for the bytes) and no item is hashed again; None recomputes it."""
-        data = {}
-        gc_was_on = gc.isenabled()
-        gc.disable()   # millions of new tuples would trigger needless full collections
-        try:
-            if digest is not None:
-                for key, kind, value in items:
-                    data[key] = (kind, value)
-                total = int(digest, 16)
-            else:
-                total = 0
-                h = self.item_hash
-                for key, kind, value in items:
-                    data[key] = (kind, value)
-                    total = (total + h(key, kind, value)) & _MASK64
-        finally:
-            if gc_was_on:
-                gc.enable()
-        self.data = data
-        self.digest = total
-        self.last_applied = last_applied
-
-    def items(self):
-        for key, (kind, value) in self.data.items():
-            yield key, kind, value
-
-    def digest_hex(self) -> str:
-        return f"{self.digest:016x}"
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-
-# ---------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------
 class KVNode:
     """One node: recovers its state, builds the ClusterManager, and is the facade connection
@@ -298,11 +204,13 @@ class KVNode:
         self.sentinel.add_tick(kv_sentinel.DemotionWatch(
             self.node_id, lambda: self.core.role == LEADER,
             lambda: [cs.owner for cs in self.stats.live() if cs.owner is not None]))
+        self.expirer = Expirer(self)   # active expiry while primary (kv_commands)
 
     # -- lifecycle
     def start(self) -> None:
         self.manager.start()
         self.sentinel.start()
+        self.expirer.start()
         if self.config.join and self.core.membership_state == "joining":
             threading.Thread(target=self._join, args=(self.config.join,), daemon=True, name="join").start()
 
@@ -361,6 +269,7 @@ class KVNode:
             if target:
                 log.info("%s handed leadership to %s before shutting down", self.node_id, target)
         self.sentinel.stop()
+        self.expirer.stop()
         self.manager.stop()
         self.manager.join(timeout=5)
         try:
@@ -493,25 +402,22 @@ class KVNode:
             self.manager.read_barrier()
 
     def get(self, key: str, stale_ok: bool = False):
-        """(kind, value), or None when the key is missing."""
+        """(kind, value), or None when the key is missing or past its deadline."""
         if self.stopping.is_set() or not self.manager.read_ok():
             self._barrier(stale_ok)
-        return self.store.data.get(key)
+        return self.store.get(key)
 
     def exists(self, keys, stale_ok: bool = False) -> int:
         self._barrier(stale_ok)
-        data = self.store.data
-        return sum(1 for k in keys if k in data)
+        return self.store.read("EXISTS", list(keys))
 
     def keys(self, pattern: str = "*", stale_ok: bool = False) -> list:
         self._barrier(stale_ok)
-        keys = [k for k in list(self.store.data) if pattern == "*" or P.glob_match(pattern, k)]
-        keys.sort()
-        return keys
+        return self.store.read("KEYS", [pattern])
 
     def size(self, stale_ok: bool = False) -> int:
         self._barrier(stale_ok)
-        return len(self.store)
+        return self.store.read("DBSIZE", [])
 
     def read(self, fn, stale_ok: bool = False):
         """fn(store) under a linearizable read barrier (for reads the methods above lack)."""
@@ -522,9 +428,10 @@ class KVNode:
         d = self.manager.status_fields()
         with self.store.lock:
             applied, digest, nkeys = self.store.last_applied, self.store.digest_hex(), len(self.store)
+            nttl = self.store.expires_count()
         if d["primary"] == self.node_id:
             d["primary_addr"] = self.info.addr
-        d.update(last_applied=applied, keys=nkeys, digest=digest, pid=os.getpid(),
+        d.update(last_applied=applied, keys=nkeys, keys_with_ttl=nttl, digest=digest, pid=os.getpid(),
                  uptime=round(time.time() - self.started, 3), fsync=self.config.fsync,
                  address=self.info.addr, clients=self.clients)
         return {"status": "OK", "node_id": self.node_id, "role": d.pop("role"), **d}

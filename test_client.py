@@ -892,3 +892,51 @@ def test_live_failover_demo(cluster):
     assert "via cluster_manager.py --action kill" in r.stdout, r.stdout
     assert "new primary is" in r.stdout and "acknowledged writes are on the new primary" in r.stdout
     ensure_all_up(cluster)
+
+
+def test_live_commands_demo(cluster):
+    """The data-commands demo: counters, MSET/MGET, CAS, a raced WATCH/EXEC counter and a TTL
+    outliving a kill -9 of the primary (through cluster_manager.py)."""
+    ensure_all_up(cluster)
+    r = run_demo(cluster, "commands", "--no-restart", "--cluster-manager-args", cluster.cm_args, timeout=90)
+    assert "WATCH/EXEC increments: counter = 100 (want 100)" in r.stdout, r.stdout
+    assert "still has it" in r.stdout and "gone " in r.stdout, r.stdout
+    ensure_all_up(cluster)
+
+
+def test_live_repl_data_commands(cluster, tmp_path):
+    script = ("incr rc:n\nincr rc:n 5\ndecr rc:n\nmset rc:x 1 rc:y [2]\nmget rc:x rc:y rc:none\n"
+              "set rc:s hi ex 100\nttl rc:s\npersist rc:s\nttl rc:s\ncas rc:x 1 9\nget rc:x\n"
+              "redis EXISTS rc:x rc:y\nquit\n")
+    r = run_repl(node_addrs(cluster), script, env=repl_env(str(tmp_path)))
+    assert r.returncode == 0, r.stderr
+    out = [line.split("> ", 1)[-1] for line in r.stdout.splitlines()]
+    assert out[:3] == ["1", "6", "5"], out
+    assert out[3] == "OK (2 keys)" and out[4:7] == ["1) rc:x = 1", "2) rc:y = [2]", "3) rc:none = (not found)"], out
+    assert out[7] == "OK" and out[8] in ("100 s", "99 s") and out[9] == "TTL removed" and out[10] == "(no TTL)", out
+    assert out[11] == "swapped" and out[12] == "9" and out[13:15] == ["exists: true", "count: 2"], out
+    ClusterClient(node_addrs(cluster)).execute_command("DEL rc:n rc:x rc:y rc:s")
+
+
+def test_client_data_commands(cluster):
+    with ClusterClient(node_addrs(cluster), deadline=10) as cc:
+        assert cc.incr("cc:n") == 1 and cc.incr("cc:n", -3) == -2
+        assert cc.mset({"cc:a": "x", "cc:b": None}) and cc.mget_found(["cc:a", "cc:b", "cc:c"]) == \
+            [("x", True), (None, True), (None, False)]
+        assert cc.set_ex("cc:t", 1, 50) and 49 <= cc.ttl("cc:t") <= 50
+        assert cc.expire("cc:a", 10) and not cc.expire("cc:none", 10) and cc.persist("cc:a")
+        assert cc.cas("cc:a", "x", "y") and not cc.cas("cc:a", "x", "z") and cc.get("cc:a") == "y"
+        assert cc.watch_update("cc:n", lambda v: v * 10) == (-20, 1)
+        cc.execute_command("DEL cc:n cc:a cc:b cc:t")
+
+
+def test_repl_completes_and_documents_the_data_commands():
+    repl = ec.Repl(ClusterClient(["127.0.0.1:1"], deadline=0.1), ec.Colours(False), out=open(os.devnull, "w"),
+                   interactive=False)
+    assert repl.candidates("in", "in") == ["incr "]
+    assert set(repl.candidates("", "")) >= {"mget ", "mset ", "expire ", "ttl ", "persist ", "cas ", "redis "}
+    repl.seen_keys.update({"session:1", "other"})
+    assert repl.candidates("ttl ", "se") == ["session:1 "] and repl.candidates("cas ", "") == ["other ", "session:1 "]
+    documented = " ".join(usage for usage, _ in ec.REPL_HELP)
+    for cmd in ("incr", "mget", "mset", "expire", "cas", "redis", "ex <s>"):
+        assert cmd in documented, cmd

@@ -1,0 +1,564 @@
+"""Differential test: the same seeded random command streams against redis-server and against a
+3-node KV Store cluster; every reply must agree.
+
+    python -m pytest -q test_redis_diff.py                         # the CI run (3 seeds)
+    KV_DIFF_SEEDS=1-20 KV_DIFF_COMMANDS=3000 python -m pytest -q test_redis_diff.py
+    python test_redis_diff.py --family expiry --seed 7             # replay one stream, verbose
+
+Families: strings, counters, multikey, keyspace, expiry, transactions; each stream starts from an
+empty database on both servers.  Agreement means: equal replies, except that errors are compared
+by class (their first word: ERR, EXECABORT, ...), KEYS and full SCAN iterations as sets, TTL /
+EXPIRETIME within 1 s and PTTL / PEXPIRETIME within 1000 ms, RANDOMKEY by "nil or not".  A
+failing stream names its seed, the first differing command, both replies and the commands before
+it.  One redis-server and one cluster serve every family (started once per module).
+
+Timing: keys with short TTLs (tens of ms) are always followed by a pause long enough for both
+servers to see them expired; every other TTL is >= 100 s or already in the past, so no reply
+depends on which server answered a few ms earlier.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from kv_localcluster import LocalCluster, pick_free_ports  # noqa: E402
+
+REDIS_SERVER = shutil.which("redis-server")
+FAMILIES = ["strings", "counters", "multikey", "keyspace", "expiry", "transactions"]
+
+
+def _seeds() -> list[int]:
+    spec = os.environ.get("KV_DIFF_SEEDS", "1-3")
+    out = []
+    for part in spec.split(","):
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b or a) + 1))
+    return out
+
+
+COMMANDS = int(os.environ.get("KV_DIFF_COMMANDS", "1000"))
+
+
+# --------------------------------------------------------------------------------- RESP client
+class Resp:
+    """A minimal RESP2 client that keeps reply types apart: ("+", str), ("-", str), (":", int),
+    ("$", bytes | None), ("*", list | None)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.f = self.sock.makefile("rb")
+
+    def close(self) -> None:
+        self.f.close()
+        self.sock.close()
+
+    def call(self, *args) -> tuple:
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out.append(b"$%d\r\n%b\r\n" % (len(a), a))
+        self.sock.sendall(b"".join(out))
+        return self._read()
+
+    def _read(self) -> tuple:
+        line = self.f.readline()
+        if not line.endswith(b"\r\n"):
+            raise ConnectionError(f"connection closed (read {line!r})")
+        t, rest = line[:1], line[1:-2]
+        if t == b"+":
+            return ("+", rest.decode())
+        if t == b"-":
+            return ("-", rest.decode("utf-8", "replace"))
+        if t == b":":
+            return (":", int(rest))
+        if t == b"$":
+            n = int(rest)
+            if n < 0:
+                return ("$", None)
+            data = self.f.read(n + 2)
+            return ("$", data[:-2])
+        if t == b"*":
+            n = int(rest)
+            if n < 0:
+                return ("*", None)
+            return ("*", [self._read() for _ in range(n)])
+        if t == b"_":
+            return ("$", None)
+        raise ConnectionError(f"unexpected reply line {line!r}")
+
+
+# --------------------------------------------------------------------------------- generators
+VALUES = [b"", b"0", b"1", b"-1", b"42", b"007", b"3.5", b"-2.25", b"1e3", b"abc", b"hello world",
+          b"9223372036854775807", b"-9223372036854775808", b"\xff\xfe", b" 5", b"+3", b"10.0",
+          b"12345678901234567890", b"x" * 40]
+INTS = [0, 1, -1, 2, 5, 100, -7, 9223372036854775807, -9223372036854775808, b"abc", b"1.5", b"",
+        b"99999999999999999999"]
+FLOATS = [b"0.1", b"-0.5", b"1e2", b"3", b"abc", b"10.5", b"-1.25e1", b"5.0e3", b"0", b"-0.1", b".5",
+          b"1.", b"", b"1e400"]
+
+
+class Gen:
+    """Seeded command streams.  An op is (kind, args): kind "cmd" (send to both main connections),
+    "other" (send on the second connections: a concurrent client), "sleep" (seconds), "scan"
+    (a full SCAN iteration with the given options, compared as a set)."""
+
+    def __init__(self, family: str, seed: int):
+        self.r = random.Random(f"{family}/{seed}")
+        self.family = family
+        self.keys = [b"k%d" % i for i in range(6)]
+        self.in_multi = False
+
+    def key(self) -> bytes:
+        return self.r.choice(self.keys)
+
+    def val(self) -> bytes:
+        return self.r.choice(VALUES)
+
+    def ops(self, n: int):
+        fn = getattr(self, "g_" + self.family)
+        count = 0
+        while count < n:
+            for op in fn():
+                yield op
+                count += op[0] != "sleep"
+
+    # -- helpers shared by families
+    def _ttl_read(self):
+        return ("cmd", [self.r.choice([b"TTL", b"PTTL", b"EXPIRETIME", b"PEXPIRETIME"]), self.key()])
+
+    def _expire_args(self, long_only: bool = False):
+        r = self.r
+        x = r.random()
+        if x < 0.7 or long_only:
+            return [b"EX", r.randint(100, 10000)] if r.random() < 0.5 else [b"PX", r.randint(100_000, 10_000_000)]
+        if x < 0.8:
+            now = int(time.time())
+            return [b"EXAT", now + r.randint(100, 10000)] if r.random() < 0.5 else [b"PXAT", (now - r.randint(10, 1000)) * 1000]
+        return r.choice([[b"EX", 0], [b"PX", -5], [b"EX", b"abc"], [b"EX"], [b"EXAT", b"1.5"]])
+
+    # -- families
+    def g_strings(self):
+        r = self.r
+        c = r.randrange(16)
+        k = self.key()
+        if c < 4:
+            args = [b"SET", k, self.val()]
+            opts = []
+            if r.random() < 0.3:
+                opts.append(r.choice([b"NX", b"XX", b"nx"]))
+            if r.random() < 0.2:
+                opts.append(b"GET")
+            if r.random() < 0.3:
+                opts += self._expire_args()
+            elif r.random() < 0.1:
+                opts.append(b"KEEPTTL")
+            if r.random() < 0.05:
+                opts.append(r.choice([b"NX", b"XX", b"KEEPTTL", b"EX", b"BOGUS"]))
+            r.shuffle(opts) if r.random() < 0.2 else None
+            yield ("cmd", args + opts)
+        elif c == 4:
+            yield ("cmd", [b"GET", k])
+        elif c == 5:
+            yield ("cmd", [b"GETSET", k, self.val()])
+        elif c == 6:
+            yield ("cmd", [b"GETDEL", k])
+        elif c == 7:
+            opt = r.choice([[], [b"PERSIST"], self._expire_args(), [b"EX", 5, b"PX", 5], [b"PERSIST", b"EX", 1]])
+            yield ("cmd", [b"GETEX", k] + opt)
+        elif c == 8:
+            yield ("cmd", [b"SETNX", k, self.val()])
+        elif c == 9:
+            yield ("cmd", [r.choice([b"SETEX", b"PSETEX"]), k, r.choice([100000, 500000, 0, -1, b"x"]), self.val()])
+        elif c == 10:
+            yield ("cmd", [b"APPEND", k, self.val()])
+        elif c == 11:
+            yield ("cmd", [b"STRLEN", k])
+        elif c == 12:
+            yield ("cmd", [r.choice([b"GETRANGE", b"SUBSTR"]), k, r.randint(-8, 8), r.choice([r.randint(-8, 8), b"x", 100])])
+        elif c == 13:
+            yield ("cmd", [b"SETRANGE", k, r.choice([0, 1, 3, 7, -1, b"z"]), self.val()])
+        elif c == 14:
+            yield self._ttl_read()
+        else:
+            yield ("cmd", [b"DEL", k])
+
+    def g_counters(self):
+        r = self.r
+        c = r.randrange(10)
+        k = self.key()
+        if c < 2:
+            yield ("cmd", [r.choice([b"INCR", b"DECR"]), k])
+        elif c < 4:
+            yield ("cmd", [r.choice([b"INCRBY", b"DECRBY"]), k, r.choice(INTS)])
+        elif c < 6:
+            yield ("cmd", [b"INCRBYFLOAT", k, r.choice(FLOATS)])
+        elif c < 8:
+            yield ("cmd", [b"SET", k, r.choice(VALUES + [b"9223372036854775806", b"-9223372036854775807", b"1.5"])])
+        elif c == 8:
+            yield ("cmd", [b"GET", k])
+        else:
+            yield ("cmd", r.choice([[b"INCR"], [b"INCRBY", k], [b"INCR", k, k], [b"DEL", k]]))
+
+    def g_multikey(self):
+        r = self.r
+        c = r.randrange(9)
+        ks = [self.key() for _ in range(r.randint(1, 5))]
+        if c == 0:
+            yield ("cmd", [b"MGET"] + ks)
+        elif c in (1, 2):
+            args = [b"MSET"]
+            for k in ks:
+                args += [k, self.val()]
+            if r.random() < 0.05:
+                args.pop()
+            yield ("cmd", args)
+        elif c == 3:
+            args = [b"MSETNX"]
+            for k in ks:
+                args += [k, self.val()]
+            yield ("cmd", args)
+        elif c == 4:
+            yield ("cmd", [r.choice([b"DEL", b"UNLINK"])] + ks)
+        elif c == 5:
+            yield ("cmd", [b"EXISTS"] + ks)
+        elif c == 6:
+            yield ("cmd", [b"TOUCH"] + ks)
+        elif c == 7:
+            yield ("cmd", [b"SET", ks[0], self.val()])
+        else:
+            yield ("cmd", r.choice([[b"MGET"], [b"MSET"], [b"DEL"], [b"GET", ks[0]]]))
+
+    def g_keyspace(self):
+        r = self.r
+        c = r.randrange(16)
+        a, b = self.key(), self.key()
+        if c == 0:
+            yield ("cmd", [b"TYPE", a])
+        elif c == 1:
+            yield ("cmd", [r.choice([b"RENAME", b"RENAMENX"]), a, b])
+        elif c == 2:
+            extra = r.choice([[], [b"REPLACE"], [b"DB", 0], [b"DB", 0, b"REPLACE"], [b"BOGUS"]])
+            yield ("cmd", [b"COPY", a, b] + extra)
+        elif c == 3:
+            yield ("cmd", [b"RANDOMKEY"])
+        elif c in (4, 5):
+            opts = []
+            if r.random() < 0.5:
+                opts += [b"MATCH", r.choice([b"k[0-2]", b"*", b"k?", b"x*", b"*3"])]
+            if r.random() < 0.5:
+                opts += [b"COUNT", r.choice([1, 2, 5, 100])]
+            if r.random() < 0.3:
+                opts += [b"TYPE", r.choice([b"string", b"list", b"hash"])]
+            yield ("scan", opts)
+        elif c == 6:
+            yield ("cmd", [b"KEYS", r.choice([b"*", b"k[1-3]", b"k?", b"nomatch", b"*[^0]"])])
+        elif c == 7:
+            yield ("cmd", [b"DBSIZE"])
+        elif c == 8 and r.random() < 0.15:
+            yield ("cmd", [r.choice([b"FLUSHDB", b"FLUSHALL"])] + r.choice([[], [b"ASYNC"], [b"SYNC"], [b"NOW"]]))
+        elif c in (9, 10, 11):
+            yield ("cmd", [b"SET", a, self.val()])
+        elif c == 12:
+            yield ("cmd", [b"SET", a, self.val()] + self._expire_args(long_only=True))
+        elif c == 13:
+            yield self._ttl_read()
+        elif c == 14:
+            yield ("cmd", [b"EXISTS", a, b])
+        else:
+            yield ("cmd", [b"DEL", a])
+
+    def g_expiry(self):
+        r = self.r
+        c = r.randrange(14)
+        k = self.key()
+        if c < 4:
+            name = r.choice([b"EXPIRE", b"PEXPIRE", b"EXPIREAT", b"PEXPIREAT"])
+            x = r.random()
+            if x < 0.6:
+                t = r.randint(100, 100000)
+            elif x < 0.75:
+                t = -r.randint(1, 100)
+            elif x < 0.85:
+                t = r.choice([b"abc", b"1.5", b"", 0])
+            else:
+                t = r.randint(100, 100000)
+            if name == b"EXPIREAT" and type(t) is int:
+                t = int(time.time()) + t
+            elif name == b"PEXPIRE" and type(t) is int:
+                t = t * 1000
+            elif name == b"PEXPIREAT" and type(t) is int:
+                t = int(time.time() * 1000) + t * 1000
+            flags = r.sample([b"NX", b"XX", b"GT", b"LT", b"gt", b"BAD"], r.choice([0, 0, 0, 1, 1, 2]))
+            yield ("cmd", [name, k, t] + flags)
+        elif c < 7:
+            yield self._ttl_read()
+        elif c == 7:
+            yield ("cmd", [b"PERSIST", k])
+        elif c == 8:
+            yield ("cmd", [b"SET", k, self.val()] + r.choice([[], [b"KEEPTTL"], self._expire_args(long_only=True)]))
+        elif c == 9:
+            yield ("cmd", [r.choice([b"GET", b"EXISTS", b"TYPE"]), k])
+        elif c == 10 and r.random() < 0.3:
+            # a short TTL, then a pause: both servers must see the key gone afterwards
+            yield ("cmd", [b"SET", k, self.val(), b"PX", r.randint(5, 40)])
+            yield ("sleep", 0.1)
+            yield ("cmd", [r.choice([b"GET", b"EXISTS", b"TTL", b"PERSIST", b"INCR"]), k])
+        elif c == 11:
+            yield ("cmd", [b"GETEX", k] + r.choice([[b"PERSIST"], [b"EX", r.randint(100, 1000)], []]))
+        elif c == 12:
+            yield ("cmd", [b"KEYS", b"*"])
+        else:
+            yield ("cmd", [r.choice([b"EXPIRE", b"TTL", b"PERSIST"])])
+
+    def g_transactions(self):
+        r = self.r
+        if not self.in_multi:
+            c = r.randrange(10)
+            if c < 3:
+                yield ("cmd", [b"WATCH"] + [self.key() for _ in range(r.randint(1, 3))])
+            elif c < 6:
+                self.in_multi = True
+                yield ("cmd", [b"MULTI"])
+            elif c == 6:
+                yield ("other", [b"SET", self.key(), self.val()])
+            elif c == 7:
+                yield ("cmd", r.choice([[b"EXEC"], [b"DISCARD"], [b"UNWATCH"]]))
+            elif c == 8:
+                yield ("other", [b"DEL", self.key()])
+            else:
+                yield ("cmd", [b"INCR", self.key()])
+            return
+        c = r.randrange(14)
+        if c < 7:
+            fam = r.choice(["strings", "counters", "multikey"])
+            op = next(iter(getattr(self, "g_" + fam)()))
+            yield op
+        elif c == 7:
+            yield ("cmd", r.choice([[b"NOSUCHCMD", b"x"], [b"GET"], [b"SET", b"k1"]]))
+        elif c == 8:
+            yield ("cmd", r.choice([[b"MULTI"], [b"WATCH", self.key()]]))
+        elif c == 9:
+            yield ("other", [b"SET", self.key(), self.val()])
+        elif c == 10:
+            yield ("cmd", [b"INCRBY", self.key(), b"notanumber"])
+        elif c == 11:
+            self.in_multi = False
+            yield ("cmd", [b"DISCARD"])
+        else:
+            self.in_multi = False
+            yield ("cmd", [b"EXEC"])
+
+
+# --------------------------------------------------------------------------------- comparison
+_TOL = {b"TTL": 1, b"EXPIRETIME": 1, b"PTTL": 1000, b"PEXPIRETIME": 1000}
+
+
+def _norm(reply, name: bytes):
+    t, v = reply
+    if t == "-":
+        return ("-", v.split(" ", 1)[0])
+    if name == b"KEYS" and t == "*" and v is not None:
+        return ("set", frozenset(x[1] for x in v))
+    if name == b"RANDOMKEY":
+        return ("randomkey", v is not None)
+    return reply
+
+
+def agree(a, b, name: bytes) -> bool:
+    a, b = _norm(a, name), _norm(b, name)
+    if name in _TOL and a[0] == b[0] == ":" and a[1] >= 0 and b[1] >= 0:
+        return abs(a[1] - b[1]) <= _TOL[name]
+    return a == b
+
+
+def agree_exec(a, b, queued: list) -> bool:
+    if a[0] != b[0] or a[0] != "*" or a[1] is None or b[1] is None:
+        return _norm(a, b"EXEC") == _norm(b, b"EXEC")
+    if len(a[1]) != len(b[1]):
+        return False
+    names = queued + [b"?"] * (len(a[1]) - len(queued))
+    return all(agree(x, y, n) for x, y, n in zip(a[1], b[1], names))
+
+
+def full_scan(conn: Resp, opts: list) -> tuple:
+    keys = set()
+    cursor = b"0"
+    for _ in range(10_000):
+        rep = conn.call(b"SCAN", cursor, *opts)
+        if rep[0] == "-":
+            return ("-", rep[1].split(" ", 1)[0])
+        cursor = rep[1][0][1]
+        keys.update(x[1] for x in rep[1][1][1])
+        if cursor == b"0":
+            return ("set", frozenset(keys))
+    raise AssertionError(f"SCAN {opts} did not finish in 10,000 calls")
+
+
+def _show(args) -> str:
+    return " ".join(a.decode("utf-8", "backslashreplace") if isinstance(a, bytes) else str(a) for a in args)
+
+
+def run_stream(family: str, seed: int, n: int, redis: tuple, ours: tuple, verbose: bool = False) -> int:
+    """Run one stream; returns the number of commands compared; raises AssertionError at the
+    first disagreement."""
+    (ra, rb), (oa, ob) = redis, ours
+    for c in (ra, oa):
+        for w in (b"DISCARD", b"UNWATCH"):
+            c.call(w)
+        assert c.call(b"FLUSHALL") == ("+", "OK")
+    for c in (rb, ob):
+        c.call(b"UNWATCH")
+    history: list[str] = []
+    queued: list | None = None
+    compared = 0
+    for kind, args in Gen(family, seed).ops(n):
+        if kind == "sleep":
+            time.sleep(args)
+            continue
+        if kind == "scan":
+            x, y = full_scan(ra, args), full_scan(oa, args)
+            line = "SCAN (full iteration) " + _show(args)
+            ok = x == y
+        else:
+            conns = (ra, oa) if kind == "cmd" else (rb, ob)
+            x, y = conns[0].call(*args), conns[1].call(*args)
+            name = args[0].upper() if args else b""
+            line = ("" if kind == "cmd" else "[other client] ") + _show(args)
+            if kind == "cmd" and name == b"EXEC" and queued is not None:
+                ok = agree_exec(x, y, queued)
+            else:
+                ok = agree(x, y, name)
+            if kind == "cmd":
+                if name == b"MULTI" and x == ("+", "OK"):
+                    queued = []
+                elif name in (b"EXEC", b"DISCARD") and x[0] != "-" or (name == b"EXEC" and x[1].startswith("EXECABORT")):
+                    queued = None
+                elif queued is not None and x == ("+", "QUEUED"):
+                    queued.append(name)
+        compared += 1
+        history.append(line)
+        if verbose:
+            print(f"{compared:5d} {line}\n      redis: {x}\n      ours:  {y}")
+        if not ok:
+            context = "\n    ".join(history[-12:-1])
+            raise AssertionError(
+                f"family {family}, seed {seed}: command #{compared} disagrees\n"
+                f"  command: {line}\n  redis:   {x!r}\n  ours:    {y!r}\n"
+                f"  preceding commands:\n    {context}\n"
+                f"  replay: python test_redis_diff.py --family {family} --seed {seed} -v")
+    return compared
+
+
+# --------------------------------------------------------------------------------- fixtures
+class RedisServer:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="kvdiff-redis-")
+        self.port = pick_free_ports(1)[0]
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                c = Resp(self.port)
+                if c.call(b"PING") == ("+", "PONG"):
+                    c.close()
+                    return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.05)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def servers():
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
+    redis = RedisServer()
+    cluster = LocalCluster(n=3, fsync="no", heartbeat_interval=0.1, election_timeout=1.5)
+    conns = []
+    try:
+        cluster.start()
+        primary = cluster.wait_for_single_primary(timeout=15)
+        port = cluster.port(primary)
+        conns = [Resp(redis.port), Resp(redis.port), Resp(port), Resp(port)]
+        yield (conns[0], conns[1]), (conns[2], conns[3]), cluster
+    finally:
+        for c in conns:
+            c.close()
+        cluster.cleanup()
+        redis.stop()
+
+
+@pytest.mark.parametrize("seed", _seeds())
+@pytest.mark.parametrize("family", FAMILIES)
+def test_agrees_with_redis(servers, family, seed):
+    redis, ours, cluster = servers
+    n = run_stream(family, seed, COMMANDS, redis, ours)
+    assert n >= COMMANDS
+
+
+def test_replicas_converge_after_the_streams(servers):
+    """Everything the streams wrote (TTLs, transactions, purges) replicated identically."""
+    redis, ours, cluster = servers
+    run_stream("expiry", 99, 200, redis, ours)
+    st = cluster.wait_converged(timeout=15)
+    assert len({s["digest"] for s in st.values()}) == 1
+
+
+def test_harness_catches_a_disagreement(servers):
+    """The comparison can fail: a stream against two different databases disagrees."""
+    (ra, rb), (oa, ob), cluster = servers
+    oa.call(b"FLUSHALL")
+    ra.call(b"FLUSHALL")
+    ra.call(b"SET", b"k1", b"only-in-redis")
+    assert not agree(ra.call(b"GET", b"k1"), oa.call(b"GET", b"k1"), b"GET")
+    assert agree(("-", "ERR x"), ("-", "ERR y"), b"GET")
+    assert not agree(("-", "ERR x"), ("-", "EXECABORT y"), b"GET")
+    assert agree((":", 100), (":", 99), b"TTL") and not agree((":", 100), (":", 98), b"TTL")
+
+
+if __name__ == "__main__":
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", choices=FAMILIES, action="append")
+    ap.add_argument("--seed", type=int, action="append")
+    ap.add_argument("-n", type=int, default=COMMANDS)
+    ap.add_argument("-v", action="store_true")
+    a = ap.parse_args()
+    rs = RedisServer()
+    cl = LocalCluster(n=3, fsync="no", heartbeat_interval=0.1, election_timeout=1.5)
+    try:
+        cl.start()
+        p = cl.port(cl.wait_for_single_primary(timeout=15))
+        rconn, oconn = (Resp(rs.port), Resp(rs.port)), (Resp(p), Resp(p))
+        for fam in a.family or FAMILIES:
+            for sd in a.seed or _seeds():
+                t0 = time.monotonic()
+                k = run_stream(fam, sd, a.n, rconn, oconn, verbose=a.v)
+                print(f"{fam} seed {sd}: {k} commands agree ({time.monotonic() - t0:.1f}s)")
+    finally:
+        cl.cleanup()
+        rs.stop()
