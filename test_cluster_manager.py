@@ -273,7 +273,7 @@ def test_start_five_nodes_survives_two_killed(env):
     primary and keep the data."""
     env.base_port = free_base_port(5)
     env.args = ["--data-dir", env.data_dir, "--base-port", str(env.base_port), "--nodes", "5"]
-    st = start_detached(env)
+    start_detached(env)
     rows = env.status()
     assert len(rows) == 5 and all(x["member"] == "voter" for x in rows), rows
     prim = env.primary()

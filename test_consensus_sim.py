@@ -701,6 +701,9 @@ class FakeNetwork:
         if prev.voters and len(prev.voters.keys() ^ new.voters.keys()) > 1:
             self.fail(f"{node.id} appends configuration {e.index}/{e.term} {new} that changes more "
                       f"than one voter of {prev} (§4.1 single-server changes)")
+        if prev.voters and majorities_can_be_disjoint(prev, new):
+            self.fail(f"{node.id} appends configuration {e.index}/{e.term} {new} whose majorities can "
+                      f"be disjoint from those of {prev} (§4.1)")
         self.stats["config_entries"] += 1
 
     def _host_config_changed(self, node: SimNode, config: Membership) -> None:

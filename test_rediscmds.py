@@ -396,7 +396,7 @@ class Racer(threading.Thread):
                             raise ConnectionError(r[1])
                     sent_exec = True
                     r = c.call(b"EXEC")
-                except (OSError, ConnectionError, ValueError) as e:
+                except (OSError, ConnectionError, ValueError):
                     if sent_exec:
                         self.indefinite.append(marker)      # the EXEC may or may not have applied
                     self._drop()
