@@ -101,8 +101,7 @@ def execute(node, cmd, stale_ok: bool = False):
     """Run one command outside MULTI: a read on the primary's store behind the read barrier (or
     this node's own state for a READONLY connection on a secondary: stale_ok), a write as one
     "CMD" log entry.  Returns (state-machine name, result)."""
-    store = node.store
-    name_args, write = resolve(cmd, store.read_now())
+    name_args, write = resolve(cmd, node.clock_ms())
     if write:
         return name_args[0], node.write("CMD", None, entry_value([name_args]), "json")
     return name_args[0], node.read(lambda st: st.read(name_args[0], name_args[1:]), stale_ok=stale_ok)
@@ -240,7 +239,7 @@ def _propose_cmd(c, name_args: list, on_done, to_reply):
 def propose_set(c, cmd, on_done):
     if is_plain_set(cmd):
         return kv_handler.propose_set(c, cmd, on_done)
-    name_args, _ = resolve(cmd, c.node.store.read_now())
+    name_args, _ = resolve(cmd, c.node.clock_ms())
     return _propose_cmd(c, name_args, on_done, lambda result: _set_reply(c, cmd, result))
 
 
@@ -342,7 +341,7 @@ def cmd_exec(c, cmd):
     tx.end()
     if dirty:
         raise failed(EXECABORT)
-    now = c.node.store.read_now()
+    now = c.node.clock_ms()
     cmds, names = [], []
     for q in queue:
         try:
@@ -399,26 +398,26 @@ class Expirer(threading.Thread):
 
     def cycle(self) -> int:
         """One cycle; returns the number of keys purged."""
-        store = self.node.store
-        if not store.expires or not self.is_primary():
+        node = self.node
+        if not self.is_primary():
             self._walk = []
             return 0
         t0 = time.monotonic()
         purged = 0
         while True:
             if self._pos >= len(self._walk):
-                self._walk = list(store.expires)
+                self._walk = node.keys_with_ttl()
                 self._pos = 0
+                if not self._walk:
+                    return purged
             sl = self._walk[self._pos:self._pos + self.sample]
             self._pos += len(sl)
-            now = store.read_now()
-            exp = store.expires
-            due = [k for k in sl if (d := exp.get(k)) is not None and d <= now]
+            due = node.expired(sl, node.clock_ms())
             for i in range(0, len(due), self.batch):
                 chunk = due[i:i + self.batch]
                 self.node.write("CMD", None, entry_value([["PURGE", *chunk]]), "json")
                 purged += len(chunk)
-            if len(due) * 4 <= len(sl) or time.monotonic() - t0 > self.budget or not store.expires:
+            if len(due) * 4 <= len(sl) or time.monotonic() - t0 > self.budget:
                 break
         self.purged += purged
         return purged

@@ -121,6 +121,7 @@ class KVNode:
                  outcome(waiter), abandon(waiter), write(...) (submit and wait)
       reads      get(key), exists(keys), keys(pattern), size(), read(fn): linearizable, served
                  only while the primary's lease holds (CommandError otherwise)
+      expiry     clock_ms(), keys_with_ttl(), expired(keys, now_ms)
       stale      every read takes stale_ok=True for a connection that sent READONLY: on a
                  node that is not primary it then reads the applied state with no barrier
       node       role, status(), snapshot(), flush(), transfer(target), shutdown(),
@@ -423,6 +424,21 @@ class KVNode:
         """fn(store) under a linearizable read barrier (for reads the methods above lack)."""
         self._barrier(stale_ok)
         return fn(self.store)
+
+    # -- the facade: time and expiry (kv_commands)
+    def clock_ms(self) -> int:
+        """The time (unix ms) this node turns relative TTLs into deadlines with and hides
+        expired keys by: its wall clock, never behind the replicated clock."""
+        return self.store.read_now()
+
+    def keys_with_ttl(self) -> list:
+        """A copy of the keys that have a deadline (the expire cycle walks it)."""
+        return list(self.store.expires)
+
+    def expired(self, keys, now_ms: int) -> list:
+        """Those of keys whose deadline is at or before now_ms."""
+        exp = self.store.expires
+        return [k for k in keys if (d := exp.get(k)) is not None and d <= now_ms]
 
     def status(self) -> dict:
         d = self.manager.status_fields()
