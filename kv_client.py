@@ -46,11 +46,13 @@ from typing import Any, Iterable, NamedTuple
 # Error codes (DESIGN §3.1), shared with the server.  Definite: the operation did not happen.
 # Indefinite: it may have (NO_QUORUM is definite when the answer says so).
 from kv_protocol import (AUTH_FAILED, AUTH_REQUIRED, BAD_REQUEST, CHANGE_IN_PROGRESS, DEFINITE_CODES,
+                         DISK_FULL,
                          INDEFINITE_CODES, NO_QUORUM, NOT_FOUND, NOT_PRIMARY, OK, TIMEOUT, TOO_LARGE,
                          UNKNOWN_COMMAND)
 
 __all__ = ["DEFAULT_NODES", "OK", "NOT_PRIMARY", "NOT_FOUND", "BAD_REQUEST", "UNKNOWN_COMMAND", "TOO_LARGE",
-           "NO_QUORUM", "AUTH_REQUIRED", "AUTH_FAILED", "TIMEOUT", "CHANGE_IN_PROGRESS", "DEFINITE_CODES", "INDEFINITE_CODES",
+           "NO_QUORUM", "AUTH_REQUIRED", "AUTH_FAILED", "TIMEOUT", "CHANGE_IN_PROGRESS", "DISK_FULL",
+           "DEFINITE_CODES", "INDEFINITE_CODES",
            "ANY_NODE_COMMANDS", "KEY_MAX_BYTES", "KVConnectionError", "ConnectFailed", "ConnectionLost",
            "RequestTimeout", "ProtocolMismatch", "ClusterUnavailable", "KVError", "NotPrimary",
            "KeyNotFound", "error_from_answer", "check_answer", "answer_value", "parse_nodes", "split_addr",
@@ -682,6 +684,7 @@ class ClusterClient:
         | NOT_PRIMARY (go to primary_addr, else next) | definite   | retry           | retry | retry        | retry           |
         | NO_QUORUM with "definite": true             | definite   | retry           | retry | retry        | retry           |
         | CHANGE_IN_PROGRESS (CLUSTER ADD/REMOVE)     | definite   | -               | -     | -            | retry           |
+        | DISK_FULL (this node cannot persist; next)  | definite   | retry           | retry | retry        | retry           |
         | connection lost after sending / no answer   | indefinite | retry           | retry | retry (a)    | raise           |
         | TIMEOUT, NO_QUORUM with "definite": false   | indefinite | retry           | retry | retry (a)    | raise KVError   |
         | NOT_FOUND                                   | definite   | KeyNotFound (b) | -     | False (a)    | raise           |
@@ -889,6 +892,10 @@ class ClusterClient:
                 if hint and hint != addr:
                     self._primary = hint
                 last = f"{addr}: {answer.get('message') or code}"
+                continue
+            if code == DISK_FULL:          # refused before append: another node may lead soon
+                self._drop_primary(addr)
+                last = f"{addr}: {code}: {answer.get('message')}"
                 continue
             if code == CHANGE_IN_PROGRESS:          # a membership change in flight: back off, retry
                 last = f"{addr}: {code}: {answer.get('message')}"

@@ -277,6 +277,9 @@ class ClusterManager(threading.Thread):
         with self.raft_lock:
             if core.role != LEADER:
                 raise self.not_primary()
+            if self.storage.disk_full:
+                raise CommandError("DISK_FULL", f"This node cannot persist writes ({self.storage.disk_full}); "
+                                   "the write was not accepted")
             now = time.monotonic()
             if not core.has_quorum(now):
                 raise CommandError("NO_QUORUM", "The primary cannot reach a majority of the cluster; "
@@ -499,6 +502,8 @@ class ClusterManager(threading.Thread):
                 self._iterate(items)
                 self._maybe_snapshot()
             except OSError as e:
+                if self.stop_event.is_set() and self.storage.disk_full:
+                    return           # stopping while the disk is full: nothing was half-written
                 # the disk failed under us: a node that cannot persist must not answer anything
                 self._fatal(f"storage failure: {e}")
                 return
@@ -581,7 +586,7 @@ class ClusterManager(threading.Thread):
             self._hb_sent_at = now
 
     def save_hard_state(self, term: int, voted_for) -> None:
-        self.storage.save_hard_state(term, voted_for)
+        self._until_space(self.storage.save_hard_state, term, voted_for)
 
     def truncate(self, from_index: int) -> None:
         self.storage.truncate_suffix(from_index)
@@ -592,13 +597,36 @@ class ClusterManager(threading.Thread):
         A leader's are written and handed to the syncer thread, which fsyncs (group commit)
         while this thread goes on answering peers and clients, then reports core.persisted():
         the leader counts itself only then, and a majority of followers may commit first."""
-        self.storage.append(entries)
+        self._until_space(self.storage.append, entries)
         core = self.core
         if core.role != LEADER:
             self.storage.sync()
             return True
         self.syncer.request(core.current_term, entries[-1].index)
         return False
+
+    def _until_space(self, write, *args) -> None:
+        """Run a storage write; on a full disk (the storage cut the partial write off and set
+        disk_full) wait and retry until space is freed.  Meanwhile this loop answers nothing:
+        no acks, votes or heartbeats (a node that cannot persist must not answer), so a primary
+        loses its lease and the others elect a new one; clients get DISK_FULL (Proposals.submit).
+        Any other failure, or a stop, raises."""
+        st = self.storage
+        logged = False
+        while True:
+            try:
+                write(*args)
+            except OSError:
+                if st.disk_full is None or st.failed or self.stop_event.is_set():
+                    raise
+                if not logged:
+                    log.error("%s disk full, writes refused until space is freed: %s", self.node_id, st.disk_full)
+                    logged = True
+                self.stop_event.wait(0.1)
+                continue
+            if logged:
+                log.warning("%s disk space is back, persisting again", self.node_id)
+            return
 
     def apply(self, entries: list) -> None:
         sm = self.sm

@@ -291,7 +291,7 @@ class RaftCore:
                  start_election: bool = False, prevote: bool = True, check_quorum: bool = True,
                  max_batch: int = 512, max_inflight: int = 64, entry_factory=None,
                  config: Membership | dict | None = None, auto_promote: bool = True,
-                 promote_lag: int = 64):
+                 promote_lag: int = 64, unsafe_no_read_lease: bool = False):
         if election_timeout <= heartbeat_interval:
             raise ValueError(f"election timeout ({election_timeout}s) must be greater than the "
                              f"heartbeat interval ({heartbeat_interval}s)")
@@ -309,6 +309,9 @@ class RaftCore:
         self.rng = rng or random.Random()
         self.prevote = prevote
         self.check_quorum = check_quorum
+        # UNSAFE, a planted bug for the fault harness (--unsafe-no-read-lease): read_ok() trusts
+        # the role alone, so a deposed primary that has not noticed yet serves stale reads
+        self.unsafe_no_read_lease = unsafe_no_read_lease
         self.max_batch = max_batch
         self.max_inflight = max_inflight
         self.auto_promote = auto_promote
@@ -726,6 +729,8 @@ class RaftCore:
         """True when a read served now from the local state is linearizable: we lead, an entry of
         our term is committed (so we know the latest commit), no transfer is under way, and a
         majority acknowledged us within the lease (followers refuse votes during that time)."""
+        if self.unsafe_no_read_lease:
+            return self.role == LEADER    # the planted bug: no lease, no proof of leadership
         if self.role != LEADER or self.transfer_target is not None or not self.check_quorum:
             return False   # without CheckQuorum voters do not honour leases
         if self.commit_index < self.term_start_index:

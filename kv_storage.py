@@ -59,6 +59,10 @@ Write path and fsync policy ("always" | "everysec" | "no")
     After a failed fsync, or a disk error half-way through a change of segment files, the
     storage refuses all further writes (the page cache / in-memory map can no longer be
     trusted): append()/sync() raise OSError and the server must stop and restart.
+    A full disk (ENOSPC/EDQUOT) on append() or save_hard_state() is different: the partial
+    write is cut off again, nothing changed, and the call raises OSError with `disk_full` set
+    to the reason; the caller may retry the same call once space is freed (a success clears
+    `disk_full`).  The server's consensus loop waits and retries, answering nothing meanwhile.
 
 Snapshot reads
     read_snapshot() verifies the whole file (header, trailer, CRC of every byte: one fast
@@ -112,6 +116,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import errno
 import gc
 import json
 import json.encoder
@@ -312,6 +318,9 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})   # a full disk: the write did not happen
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -700,6 +709,7 @@ class LogStorage:
         self._syncing = False                    # a group-commit leader is fsyncing
         self._unsynced_paths: list[str] = []     # rolled segments not fsynced ("no" policy)
         self._failed: BaseException | None = None
+        self.disk_full: str | None = None        # the last append/hard-state write hit ENOSPC
         self._loaded = False
         self._closed = False
         self._fsyncs = 0
@@ -708,6 +718,11 @@ class LogStorage:
         self._flusher: threading.Thread | None = None
 
     # -- properties
+    @property
+    def failed(self) -> bool:
+        """True once the storage refuses all writes (a failed fsync or structural change)."""
+        return self._failed is not None
+
     @property
     def fsync(self) -> str:
         return self.fsync_policy
@@ -843,14 +858,22 @@ class LogStorage:
         tmp = self.state_path + ".tmp"
         with self._state_lock:
             self._check_open()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    _write_all(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                if e.errno in _NO_SPACE:   # the old file is untouched: retry once space is back
+                    self.disk_full = f"cannot save the term/vote record: {e.strerror}"
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                raise
             os.replace(tmp, self.state_path)
             _fsync_dir(self.data_dir)
+            self.disk_full = None
 
     # -- the log
     def append(self, entries: list[ReplicationLog]) -> None:
@@ -881,7 +904,11 @@ class LogStorage:
                     os.ftruncate(seg.fd, base)   # leave no partial record behind
                 except OSError:
                     self._failed = e
+                else:
+                    if e.errno in _NO_SPACE:
+                        self.disk_full = f"cannot append to the write-ahead log: {e.strerror}"
                 raise
+            self.disk_full = None
             offsets = seg.offsets
             off = base
             for r in records:

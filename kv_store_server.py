@@ -174,7 +174,8 @@ class KVNode:
                              election_timeout=args.election_timeout, now=time.monotonic(),
                              term=rec.term, voted_for=rec.voted_for, entries=rec.entries,
                              snapshot_index=snap_index, snapshot_term=snap_term,
-                             start_election=args.primary or set(config.voters) == {self.node_id})
+                             start_election=args.primary or set(config.voters) == {self.node_id},
+                             unsafe_no_read_lease=args.unsafe_no_read_lease)
         del rec
         gc_freeze()   # the recovered store is long-lived: keep it out of every collection
         log.info("%s recovered in %.2fs: term %d, snapshot at %d (%d keys), %d log entries after it",
@@ -581,6 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sentinel-name", default=kv_sentinel.DEFAULT_SERVICE_NAME,
                    help="master name this node answers Sentinel discovery for (default kvstore)")
     p.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
+    p.add_argument("--unsafe-no-read-lease", action="store_true",
+                   help="UNSAFE, for testing the fault harness only: serve GETs on any node that "
+                        "believes it is primary, without the lease (breaks linearizable reads)")
     return p
 
 
@@ -609,6 +613,9 @@ def main(argv=None) -> int:
     args.data_dir = args.data_dir or os.path.join("data", args.node_id)
     os.makedirs(args.data_dir, exist_ok=True)
     setup_logging(args.log_level, args.data_dir)
+    if args.unsafe_no_read_lease:
+        log.warning("%s UNSAFE: --unsafe-no-read-lease: reads are not linearizable (a planted bug "
+                    "for the fault harness; never use it for data)", args.node_id)
     threading.stack_size(512 * 1024)
     try:
         node = KVNode(args, members)

@@ -639,7 +639,8 @@ def test_line_error_has_definite_flag():
     e = json.loads(P.line_error(P.TIMEOUT, "timed out", primary="node2"))
     assert e["definite"] is False and e["primary"] == "node2"
     assert P.DEFINITE_CODES == {"NOT_PRIMARY", "BAD_REQUEST", "UNKNOWN_COMMAND", "TOO_LARGE",
-                                "AUTH_REQUIRED", "AUTH_FAILED", "NOT_FOUND", "CHANGE_IN_PROGRESS"}
+                                "AUTH_REQUIRED", "AUTH_FAILED", "NOT_FOUND", "CHANGE_IN_PROGRESS",
+                                "DISK_FULL"}
     assert not (P.DEFINITE_CODES & P.INDEFINITE_CODES)
 
 
