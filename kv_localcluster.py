@@ -53,12 +53,14 @@ except ImportError:   # PID identity checks and the name of a port's holder degr
     psutil = None
 
 __all__ = ["LocalCluster", "FaultProxy", "NodeProcess", "ClusterError", "PortInUse", "NodeFailed",
-           "WaitTimeout", "SplitBrain", "call", "probe", "pick_free_ports", "port_in_use", "tail",
-           "fmt_exit", "SERVER_SCRIPT", "CONSOLE_LOG"]
+           "WaitTimeout", "SplitBrain", "NamespaceUnavailable", "NetnsNetwork", "SmallDisk",
+           "call", "probe", "wait_until", "pick_free_ports", "port_in_use", "tail",
+           "fmt_exit", "SERVER_SCRIPT", "CONSOLE_LOG", "NETNS_PORT"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVER_SCRIPT = os.path.join(HERE, "kv_store_server.py")
 CONSOLE_LOG = "console.log"     # a node's stdout+stderr, next to the node.log it writes itself
+NETNS_PORT = 7379               # every node's port in namespace mode (each has its own address)
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -430,6 +432,219 @@ class NodeProcess:
         return {"pid": self.pid, "create_time": self.create_time, "cmdline": self.cmdline}
 
 
+# ------------------------------------------------------------------------------------- wait_until
+def wait_until(predicate: Callable[[], object], timeout: float, what: str,
+               diag: Callable[[], str] | None = None, interval: float = 0.03):
+    """Poll predicate until it returns something truthy (returned) or timeout passes: then
+    WaitTimeout naming `what` (and diag(), what the system shows now).  Exceptions propagate.
+    The one deadline-wait of the tests, benchmarks and tools."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            extra = f"; now: {diag()}" if diag is not None else ""
+            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}{extra}")
+        time.sleep(interval)
+
+
+# ----------------------------------------------------------------------- network namespaces, disks
+class NamespaceUnavailable(ClusterError):
+    """Network namespaces (or iptables, or a tmpfs mount) cannot be set up here: the reason."""
+
+
+def _run(cmd: list[str], what: str, check: bool = True) -> subprocess.CompletedProcess:
+    try:
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise NamespaceUnavailable(f"{what}: `{' '.join(cmd)}` failed: {e}") from e
+    if check and r.returncode != 0:
+        raise NamespaceUnavailable(f"{what}: `{' '.join(cmd)}` exited {r.returncode}: "
+                                   f"{(r.stderr or r.stdout).strip()}")
+    return r
+
+
+def _need_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise NamespaceUnavailable(f"{what} needs root (CAP_NET_ADMIN / CAP_SYS_ADMIN); this process "
+                                   f"runs as uid {os.geteuid()}")
+
+
+class NetnsNetwork:
+    """One Linux network namespace per node, joined by a bridge in the root namespace.
+
+    Layout for a run with id R (6 random hex digits, so parallel runs never collide) and a
+    subnet 10.77.S.0/24 that no interface of this machine uses yet:
+        bridge   kvbrR            10.77.S.254/24 in the root namespace (clients dial from here)
+        node i   namespace kvR-i, a veth pair kvRhi (on the bridge) / eth0 (inside) 10.77.S.i/24
+    Nodes listen on their own address with real --host/--peers; nothing is sent anywhere else.
+    Link faults are iptables DROP rules in the INPUT chain of the receiving node's namespace
+    (block((src, dst)) drops what src sends to dst); the bridge address is never dropped, so
+    clients in the root namespace reach every node.  teardown() deletes the namespaces (their
+    rules and veth pairs go with them) and the bridge; it is idempotent and runs at exit too.
+    Raises NamespaceUnavailable with the reason when any step cannot be done.
+    """
+
+    def __init__(self, ids: list[str]):
+        _need_root("network namespace mode")
+        for tool in ("ip", "iptables"):
+            if shutil.which(tool) is None:
+                raise NamespaceUnavailable(f"network namespace mode needs `{tool}` on PATH "
+                                           f"(apt-get install {'iproute2' if tool == 'ip' else tool})")
+        self.ids = list(ids)
+        self.run_id = os.urandom(3).hex()
+        self.bridge = f"kvbr{self.run_id}"
+        self.ns = {nid: f"kv{self.run_id}-{i}" for i, nid in enumerate(self.ids, 1)}
+        self._veth = {nid: f"kv{self.run_id}h{i}" for i, nid in enumerate(self.ids, 1)}
+        self._lock = threading.Lock()
+        self._blocked: set[tuple[str, str]] = set()
+        self._made: list[tuple[str, str]] = []      # ("ns", name) / ("link", name), for teardown
+        self._down = False
+        _NETWORKS.add(self)
+        try:
+            subnet = self._free_subnet()
+            self.gateway = f"10.77.{subnet}.254"
+            self.ip = {nid: f"10.77.{subnet}.{i}" for i, nid in enumerate(self.ids, 1)}
+            self._build()
+        except BaseException:
+            self.teardown()
+            raise
+
+    @staticmethod
+    def _free_subnet() -> int:
+        used = _run(["ip", "-4", "-o", "addr", "show"], "listing addresses").stdout
+        taken = {int(part.split(".")[2]) for part in used.split() if part.startswith("10.77.")}
+        free = [s for s in range(1, 254) if s not in taken]
+        if not free:
+            raise NamespaceUnavailable("no free 10.77.x.0/24 subnet left on this machine")
+        return random.SystemRandom().choice(free)
+
+    def _build(self) -> None:
+        what = "creating the cluster's network"
+        _run(["ip", "link", "add", self.bridge, "type", "bridge"], what)
+        self._made.append(("link", self.bridge))
+        _run(["ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge], what)
+        _run(["ip", "link", "set", self.bridge, "up"], what)
+        for nid in self.ids:
+            ns, veth = self.ns[nid], self._veth[nid]
+            _run(["ip", "netns", "add", ns], what)
+            self._made.append(("ns", ns))
+            _run(["ip", "link", "add", veth, "type", "veth", "peer", "name", veth + "x"], what)
+            self._made.append(("link", veth))
+            _run(["ip", "link", "set", veth, "master", self.bridge, "up"], what)
+            _run(["ip", "link", "set", veth + "x", "netns", ns], what)
+            _run(["ip", "-n", ns, "link", "set", veth + "x", "name", "eth0"], what)
+            _run(["ip", "-n", ns, "addr", "add", f"{self.ip[nid]}/24", "dev", "eth0"], what)
+            _run(["ip", "-n", ns, "link", "set", "eth0", "up"], what)
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"], what)
+            _run(["ip", "netns", "exec", ns, "iptables", "-S", "INPUT"], "iptables in a network namespace")
+
+    def exec_prefix(self, node_id: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns[node_id]]
+
+    def block(self, pairs) -> None:
+        with self._lock:
+            for src, dst in sorted(set(pairs) - self._blocked):
+                _run(self.exec_prefix(dst) + ["iptables", "-A", "INPUT", "-s", self.ip[src], "-j", "DROP"],
+                     f"cutting {src} -> {dst}")
+                self._blocked.add((src, dst))
+
+    def unblock(self, pairs=None) -> None:
+        with self._lock:
+            if pairs is None:
+                for dst in sorted({d for _, d in self._blocked}):
+                    _run(self.exec_prefix(dst) + ["iptables", "-F", "INPUT"], f"healing {dst}")
+                self._blocked.clear()
+                return
+            for src, dst in sorted(set(pairs) & self._blocked):
+                _run(self.exec_prefix(dst) + ["iptables", "-D", "INPUT", "-s", self.ip[src], "-j", "DROP"],
+                     f"healing {src} -> {dst}")
+                self._blocked.discard((src, dst))
+
+    def blocked(self) -> set[tuple[str, str]]:
+        with self._lock:
+            return set(self._blocked)
+
+    def stop(self) -> None:
+        self.teardown()
+
+    def teardown(self) -> None:
+        """Delete every namespace and link this object made (errors are collected and raised
+        once everything was tried)."""
+        with self._lock:
+            if self._down:
+                return
+            self._down = True
+            errors = []
+            for kind, name in reversed(self._made):
+                if kind == "ns":
+                    r = _run(["ip", "netns", "del", name], "teardown", check=False)
+                else:
+                    r = _run(["ip", "link", "del", name], "teardown", check=False)
+                    if r.returncode != 0 and "Cannot find device" in r.stderr:
+                        continue      # a veth goes with its namespaced peer
+                if r.returncode != 0:
+                    errors.append(f"{kind} {name}: {r.stderr.strip()}")
+            self._made.clear()
+            _NETWORKS.discard(self)
+        if errors:
+            raise ClusterError("network teardown left something behind: " + "; ".join(errors))
+
+
+_NETWORKS: "set[NetnsNetwork]" = set()
+
+
+class SmallDisk:
+    """A tmpfs of `mb` MiB mounted on a directory (a node's data dir), to fill up on purpose:
+    fill() writes a filler file until the disk is full, free() deletes it; unmount() at the end
+    (and at exit).  Needs root; raises NamespaceUnavailable with the reason otherwise."""
+
+    FILLER = "disk-filler.bin"
+
+    def __init__(self, path: str, mb: int):
+        _need_root("a small tmpfs data dir")
+        self.path = path
+        os.makedirs(path, exist_ok=True)
+        _run(["mount", "-t", "tmpfs", "-o", f"size={int(mb)}m,mode=0755", f"kvtmpfs-{os.getpid()}", path],
+             f"mounting a {mb} MiB tmpfs on {path}")
+        self.mounted = True
+        _DISKS.add(self)
+
+    def fill(self) -> int:
+        """Write the filler until ENOSPC; returns the bytes written."""
+        import errno as _errno
+        n = 0
+        with open(os.path.join(self.path, self.FILLER), "ab", buffering=0) as f:
+            for chunk in (1 << 20, 4096, 1):
+                block = b"\0" * chunk
+                while True:
+                    try:
+                        f.write(block)
+                    except OSError as e:
+                        if e.errno != _errno.ENOSPC:
+                            raise
+                        break
+                    n += chunk
+        return n
+
+    def free(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.path, self.FILLER))
+
+    def unmount(self) -> None:
+        if not self.mounted:
+            return
+        self.mounted = False
+        _DISKS.discard(self)
+        r = _run(["umount", self.path], "unmounting", check=False)
+        if r.returncode != 0:       # still busy (a process we could not reap): detach it lazily
+            _run(["umount", "-l", self.path], f"unmounting {self.path}")
+
+
+_DISKS: "set[SmallDisk]" = set()
+
+
 # ------------------------------------------------------------------------------------ LocalCluster
 def _ephemeral_low() -> int:
     try:
@@ -579,9 +794,16 @@ class LocalCluster:
                  extra_args=(), requirepass: str | None = None, cluster_secret: str | None = None,
                  proxied: bool = False, python: str = sys.executable, *, ports=None,
                  server_script: str = SERVER_SCRIPT, log_level: str | None = None,
-                 ids=None, boot_ids=None, joiners: dict | None = None, known_ports: dict | None = None):
+                 ids=None, boot_ids=None, joiners: dict | None = None, known_ports: dict | None = None,
+                 netns: bool = False, small_disks: dict[str, int] | None = None,
+                 attached: dict[str, tuple[str, int]] | None = None):
+        if attached is not None:
+            n = len(attached)
+            ids = sorted(attached)
         if n < 1:
             raise ValueError("a cluster needs at least one node")
+        if netns and proxied:
+            raise ValueError("netns and proxied are two ways of cutting links: choose one")
         self.n = n
         self.host = host
         # ids/boot_ids/joiners: a cluster whose membership changed (the CLI's state file)
@@ -590,6 +812,13 @@ class LocalCluster:
             raise ValueError(f"{len(self.ids)} ids given for {n} nodes")
         self.boot_ids = list(boot_ids) if boot_ids is not None else list(self.ids)   # --peers bootstrap
         self._joiners: dict[str, str] = dict(joiners or {})   # node added later -> where it joined
+        self._hosts: dict[str, str] = {}
+        self.attached = attached is not None
+        if attached is not None:
+            self._hosts = {nid: h for nid, (h, _) in attached.items()}
+            ports = [attached[nid][1] for nid in self.ids]
+        elif netns:
+            ports = [NETNS_PORT] * n
         if ports is not None:
             ports = [int(p) for p in ports]
             if len(ports) != n:
@@ -619,21 +848,63 @@ class LocalCluster:
         self._detached = False
         self._closed = False
         self._proxy: FaultProxy | None = None
+        self._net: NetnsNetwork | None = None
+        self._disks: dict[str, SmallDisk] = {}
+        self._paused: set[str] = set()
+        _LIVE.add(self)
         if proxied and n > 1:
             target = self._dial_host()
             self._proxy = FaultProxy({(a, b): (target, self._ports[b]) for a in self.ids for b in self.ids if a != b})
             self._proxy.start()
-        _LIVE.add(self)
+        try:
+            if netns:
+                self._net = NetnsNetwork(self.ids)
+                self._hosts = dict(self._net.ip)
+            for nid, mb in (small_disks or {}).items():
+                self._disks[nid] = SmallDisk(self.data_dir_of(nid), mb)
+        except BaseException:
+            self.cleanup()
+            raise
+
+    @classmethod
+    def attach(cls, spec) -> "LocalCluster":
+        """A LocalCluster over a running cluster this process did not start ("host:port,..." or a
+        list of addresses; ids come from each node's STATUS).  Observation and checks work;
+        process control and faults raise ClusterError (the test suites skip those tests)."""
+        addrs = [a.strip() for a in (spec.split(",") if isinstance(spec, str) else spec) if a.strip()]
+        by_id: dict[str, tuple[str, int]] = {}
+        for a in addrs:
+            host, _, port = a.rpartition(":")
+            st, why = probe(host, int(port), timeout=3.0)
+            if st is None:
+                raise ClusterError(f"cannot attach to {a}: {why}")
+            by_id[st["node_id"]] = (host, int(port))
+        if not by_id:
+            raise ClusterError(f"no node address in {spec!r}")
+        return cls(attached=by_id, data_dir=tempfile.mkdtemp(prefix="kvattached-"))
 
     # -------------------------------------------------------------- addresses
     def _dial_host(self) -> str:
         return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
 
     def addr(self, node_id: str) -> tuple[str, int]:
-        return self._dial_host(), self._ports[node_id]
+        return self._hosts.get(node_id) or self._dial_host(), self._ports[node_id]
+
+    def address(self, node_id: str) -> str:
+        """addr() as "host:port"."""
+        return "%s:%d" % self.addr(node_id)
 
     def addresses(self) -> list[str]:
-        return [f"{h}:{p}" for h, p in map(self.addr, self.ids)]
+        return [self.address(nid) for nid in self.ids]
+
+    @property
+    def owned(self) -> bool:
+        """True when this object starts the processes (not attach()ed to a running cluster)."""
+        return not self.attached
+
+    @property
+    def netns(self) -> NetnsNetwork | None:
+        return self._net
 
     def port(self, node_id: str) -> int:
         return self._ports[node_id]
@@ -655,11 +926,11 @@ class LocalCluster:
         """The address src is told to reach dst on (a proxy port when proxied)."""
         if self._proxy is not None:
             return f"127.0.0.1:{self._proxy.port(src, dst)}"
-        return "%s:%d" % self.addr(dst)
+        return self.address(dst)
 
     def command(self, node_id: str, primary: bool = False) -> list[str]:
         """The full command line that starts node_id."""
-        cmd = [self.python, self.server_script, "--node-id", node_id, "--host", self.host,
+        cmd = [self.python, self.server_script, "--node-id", node_id, "--host", self._hosts.get(node_id, self.host),
                "--port", str(self._ports[node_id]), "--data-dir", self.data_dir_of(node_id),
                "--fsync", self.fsync]
         if node_id in self._joiners:
@@ -697,6 +968,8 @@ class LocalCluster:
 
     def check_ports(self, ids=None) -> None:
         """Raise PortInUse naming the first port (and its holder) a node to be started cannot bind."""
+        if self._net is not None:
+            return        # each node has a network stack of its own
         for nid in ids or self.ids:
             p = self._procs.get(nid)
             if p is not None and p.alive():
@@ -724,20 +997,28 @@ class LocalCluster:
         """Spawn node_id (with --primary if asked; wipe=True empties its data dir first).
         With wait, return once it answers STATUS; raises NodeFailed (with its log tail) if it exits
         first.  Returns the PID."""
+        self._need_owned("start a node")
         with self._lock:
             if self._closed:
                 raise ClusterError("this LocalCluster was stopped for good (cleanup)")
             old = self._procs.get(node_id)
             if old is not None and old.alive():
                 raise ClusterError(f"{node_id} is already running (pid {old.pid})")
-            why = port_in_use(self.host, self._ports[node_id])
+            why = None if self._net is not None else port_in_use(self.host, self._ports[node_id])
             if why:
                 raise PortInUse(f"cannot start {node_id}: {why}")
             ddir = self.data_dir_of(node_id)
             if wipe and os.path.isdir(ddir):
-                shutil.rmtree(ddir)
+                for name in os.listdir(ddir):      # (the dir itself may be a mount point)
+                    path = os.path.join(ddir, name)
+                    if os.path.isdir(path):
+                        shutil.rmtree(path)
+                    else:
+                        os.unlink(path)
             os.makedirs(ddir, exist_ok=True)
             cmd = self.command(node_id, primary)
+            if self._net is not None:
+                cmd = self._net.exec_prefix(node_id) + cmd
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             with open(self.log_path(node_id), "ab") as logf:
                 logf.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} cluster_manager starts {node_id}: "
@@ -747,6 +1028,7 @@ class LocalCluster:
                                          start_new_session=True, env=env, close_fds=True)
             self._procs[node_id] = NodeProcess(node_id, popen.pid, popen=popen, cmdline=cmd)
             self._expected_exit.discard(node_id)
+            self._paused.discard(node_id)
         if wait:
             self.wait_until(lambda: self._answers(node_id), timeout, f"{node_id} to answer STATUS")
         return popen.pid
@@ -763,14 +1045,55 @@ class LocalCluster:
                 raise NodeFailed(f"{nid} (pid {p.pid}) exited with code {fmt_exit(p.returncode)}; "
                                  f"last lines of {self.log_path(nid)}:\n    {lines}")
 
+    def _need_owned(self, what: str) -> None:
+        if self.attached:
+            raise ClusterError(f"cannot {what}: this cluster was attached (KV_CLUSTER), not started here")
+
     def kill(self, node_id: str) -> int | None:
         """SIGKILL node_id by PID and reap it; returns its exit code (None if it was not running)."""
+        self._need_owned("kill a node")
         with self._lock:
             p = self._procs.get(node_id)
             if p is None or not p.signal(signal.SIGKILL):
                 return None
             p.wait(10)
+            self._paused.discard(node_id)
             return p.returncode
+
+    def kill_all(self) -> None:
+        """SIGKILL every running node at once (crash-all), then reap them."""
+        self._need_owned("kill nodes")
+        with self._lock:
+            procs = [(nid, p) for nid, p in self._procs.items() if p.alive()]
+            for nid, p in procs:
+                p.signal(signal.SIGKILL)
+            for nid, p in procs:
+                p.wait(10)
+                self._paused.discard(nid)
+
+    def pause(self, node_id: str) -> None:
+        """SIGSTOP node_id: it keeps its sockets but answers nothing until resume()."""
+        self._need_owned("pause a node")
+        with self._lock:
+            p = self._procs.get(node_id)
+            if p is None or not p.signal(signal.SIGSTOP):
+                raise ClusterError(f"cannot pause {node_id}: it is not running")
+            self._paused.add(node_id)
+
+    def resume(self, node_id: str) -> None:
+        """SIGCONT a paused node."""
+        with self._lock:
+            p = self._procs.get(node_id)
+            self._paused.discard(node_id)
+            if p is not None:
+                p.signal(signal.SIGCONT)
+
+    def paused(self) -> set[str]:
+        return set(self._paused)
+
+    def mark_down(self, node_id: str) -> None:
+        """The caller stopped node_id by other means (the SHUTDOWN command): not a crash."""
+        self._expected_exit.add(node_id)
 
     def stop_node(self, node_id: str, timeout: float = 10, shutdown_command: bool = False) -> int | None:
         """Stop node_id gracefully: SIGTERM (or first the SHUTDOWN command), SIGKILL after timeout.
@@ -784,6 +1107,8 @@ class LocalCluster:
             procs = [(nid, self._procs[nid]) for nid in ids if nid in self._procs]
             for nid, _ in procs:
                 self._expected_exit.add(nid)
+                if nid in self._paused:
+                    self.resume(nid)
             asked = set()
             if shutdown_command:
                 for nid, p in procs:
@@ -812,6 +1137,7 @@ class LocalCluster:
     def restart(self, node_id: str, primary: bool = False, wipe: bool = False,
                 timeout: float = 10) -> int:
         """stop_node (if running) then start_node; returns the new PID."""
+        self._need_owned("restart a node")
         p = self._procs.get(node_id)
         if p is not None and p.alive():
             self.stop_node(node_id, timeout=timeout)
@@ -1006,11 +1332,31 @@ class LocalCluster:
             self._pool = None
 
     def cleanup(self) -> None:
-        """stop(), then remove the data dir if this object created it (kept when KV_KEEP_DATA=1)."""
-        self.stop()
-        self._closed = True
+        """stop(), tear down the namespaces and small disks, then remove the data dir if this
+        object created it (kept when KV_KEEP_DATA=1)."""
+        try:
+            self.stop()
+        finally:
+            self._closed = True
+            self._teardown()
         if self._own_dir and not os.environ.get("KV_KEEP_DATA"):
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def _teardown(self) -> None:
+        """Unmount the small disks and delete the network (processes must be gone first)."""
+        errors = []
+        for d in list(self._disks.values()):
+            try:
+                d.unmount()
+            except ClusterError as e:
+                errors.append(str(e))
+        if self._net is not None:
+            try:
+                self._net.teardown()
+            except ClusterError as e:
+                errors.append(str(e))
+        if errors:
+            raise ClusterError("; ".join(errors))
 
     def detach(self) -> None:
         """Let the node processes outlive this object (no atexit kill): the CLI uses it."""
@@ -1029,6 +1375,7 @@ class LocalCluster:
                 p.wait(5)
         if self._proxy is not None:
             self._proxy.stop()
+        self._teardown()
 
     def __enter__(self) -> "LocalCluster":
         return self
@@ -1088,16 +1435,8 @@ class LocalCluster:
 
     def wait_until(self, predicate: Callable[[], object], timeout: float, what: str,
                    interval: float = 0.03):
-        """Poll predicate until it returns something truthy (returned) or timeout passes
-        (WaitTimeout naming `what` and what each node reports).  Exceptions propagate."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}; {self.describe()}")
-            time.sleep(interval)
+        """wait_until() with what each node reports in the timeout message."""
+        return wait_until(predicate, timeout, what, diag=self.describe, interval=interval)
 
     def describe(self) -> str:
         """One line per node: what it reports right now (for failure messages)."""
@@ -1132,15 +1471,17 @@ class LocalCluster:
         """Every running node answers and all agree on one primary; returns its id."""
         return self.wait_until(self.ready_primary, timeout, "every node up and agreeing on one primary")
 
-    def wait_for_single_primary(self, timeout: float = 10, exclude=()) -> str:
-        """Wait until exactly one node (outside `exclude`) reports role primary and a majority of
-        the cluster reports it as primary in its term; returns its id.  Raises SplitBrain at once if
-        two nodes report primary in the same term (now or in any earlier observation)."""
+    def wait_for_single_primary(self, timeout: float = 10, exclude=(), ids=None, min_term: int = 0) -> str:
+        """Wait until exactly one node (among `ids`, default the running ones, outside `exclude`)
+        reports role primary at a term >= min_term and a majority of the cluster reports it as
+        primary in its term; returns its id.  Raises SplitBrain at once if two nodes report
+        primary in the same term (now or in any earlier observation)."""
         exclude = set(exclude)
         majority = self.n // 2 + 1
+        among = list(ids) if ids is not None else None
 
         def single():
-            ids = [i for i in self.running_ids() if i not in exclude]
+            ids = [i for i in (among if among is not None else self.running_ids()) if i not in exclude]
             sts = self.statuses(ids, timeout=0.5)
             self.check_safety()
             prims = [nid for nid, s in sts.items() if s and s.get("role") == "primary"]
@@ -1148,15 +1489,18 @@ class LocalCluster:
                 return None
             p = prims[0]
             term = sts[p]["election_term"]
+            if term < min_term:
+                return None
             agree = 1 + sum(1 for nid, s in sts.items()
                             if nid != p and s and s.get("primary") == p and s.get("election_term") == term)
             return p if agree >= majority else None
         what = "a single primary" + (f" outside {sorted(exclude)}" if exclude else "")
         return self.wait_until(single, timeout, what)
 
-    def wait_converged(self, timeout: float = 10, ids=None) -> dict[str, dict]:
-        """Wait until the nodes (default: all running) report equal last_applied, commit_index and
-        digest, and exactly one running node is primary.  Returns their STATUS answers."""
+    def wait_converged(self, timeout: float = 10, ids=None, min_applied: int = 0) -> dict[str, dict]:
+        """Wait until the nodes (default: all running) report equal last_applied (>= min_applied),
+        commit_index and digest, and exactly one running node is primary.  Returns their STATUS
+        answers."""
         def converged():
             running = self.running_ids()
             targets = list(ids) if ids is not None else running
@@ -1168,10 +1512,46 @@ class LocalCluster:
             for field in ("last_applied", "commit_index", "digest"):
                 if len({s[field] for s in mine.values()}) != 1:
                     return None
+            if next(iter(mine.values()))["last_applied"] < min_applied:
+                return None
             if sum(1 for s in sts.values() if s and s.get("role") == "primary") != 1:
                 return None
             return mine
         return self.wait_until(converged, timeout, "the nodes to converge (same applied index, commit index and digest)")
+
+    def restore(self, timeout: float = 30) -> list[str]:
+        """Heal every cut, resume paused nodes, free filled disks, restart every node that is not
+        running, then wait for one primary and convergence.  Returns the nodes that had died
+        without being stopped or killed on purpose (a crash the caller should report)."""
+        if self.attached:
+            return []
+        if self._proxy is not None or self._net is not None:
+            self.heal()
+        for nid in list(self._paused):
+            self.resume(nid)
+        for d in self._disks.values():
+            d.free()
+        crashed = []
+        for nid in self.ids:
+            p = self._procs.get(nid)
+            if p is None or not p.alive():
+                if p is not None and nid not in self._expected_exit:
+                    crashed.append(nid)
+                self.start_node(nid, timeout=timeout)
+        self.wait_for_single_primary(timeout)
+        self.wait_converged(timeout)
+        return crashed
+
+    def log_text(self, node_id: str) -> str:
+        """The node's own node.log plus its console log (stdout+stderr)."""
+        out = []
+        for path in (os.path.join(self.data_dir_of(node_id), "node.log"), self.log_path(node_id)):
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    out.append(f.read())
+            except FileNotFoundError:
+                continue
+        return "\n".join(out)
 
     def send(self, node_id: str, line: str, timeout: float = 5.0) -> dict:
         """One line-protocol request to node_id on a fresh connection (AUTH first when the cluster
@@ -1190,27 +1570,64 @@ class LocalCluster:
             raise AssertionError(f"GET {key}: wanted {want!r}, got {ans!r}")
 
     # ---------------------------------------------------------------- faults
-    def _need_proxy(self) -> FaultProxy:
-        if self._proxy is None:
-            raise ClusterError("link faults need LocalCluster(proxied=True) with at least two nodes")
-        return self._proxy
+    def _links(self):
+        if self._proxy is not None:
+            return self._proxy
+        if self._net is not None:
+            return self._net
+        self._need_owned("cut links")
+        raise ClusterError("link faults need LocalCluster(proxied=True) or LocalCluster(netns=True), "
+                           "with at least two nodes")
 
-    def partition(self, node_id: str) -> None:
-        """Cut every link to and from node_id (its open peer connections are closed now)."""
-        self._need_proxy().block({(node_id, m) for m in self.ids if m != node_id} |
-                                 {(m, node_id) for m in self.ids if m != node_id})
+    def partition(self, groups) -> None:
+        """Cut every link between nodes of different groups (a list of lists of ids; nodes in no
+        group form one more group), on top of any cut already made.  partition("node1") is
+        isolate("node1").  Open peer connections across the cut are closed (proxied) or their
+        packets dropped (netns)."""
+        if isinstance(groups, str):
+            groups = [[groups]]
+        side = {}
+        for g, members in enumerate(groups):
+            for nid in members:
+                if nid not in self.ids:
+                    raise ValueError(f"unknown node {nid!r}")
+                side[nid] = g
+        rest = len(groups)
+        pairs = {(a, b) for a in self.ids for b in self.ids
+                 if a != b and side.get(a, rest) != side.get(b, rest)}
+        self._links().block(pairs)
+
+    def isolate(self, node_id: str) -> None:
+        """Cut every link to and from node_id (clients still reach it)."""
+        self.partition([[node_id]])
 
     def cut(self, a: str, b: str) -> None:
         """Cut the links a -> b and b -> a."""
-        self._need_proxy().block({(a, b), (b, a)})
+        self._links().block({(a, b), (b, a)})
 
     def cut_one_way(self, src: str, dst: str) -> None:
         """Cut only src -> dst: src's messages stop reaching dst; dst's still reach src."""
-        self._need_proxy().block({(src, dst)})
+        self._links().block({(src, dst)})
 
     def heal(self) -> None:
         """Restore every cut link (nodes reconnect on their own)."""
-        self._need_proxy().unblock()
+        self._links().unblock()
+
+    def blocked(self) -> set[tuple[str, str]]:
+        return self._links().blocked()
+
+    def disk(self, node_id: str) -> SmallDisk:
+        """The small tmpfs under node_id's data dir (LocalCluster(small_disks={id: MiB}))."""
+        if node_id not in self._disks:
+            raise ClusterError(f"{node_id} has no small disk: pass small_disks={{{node_id!r}: MiB}}")
+        return self._disks[node_id]
+
+    def fill_disk(self, node_id: str) -> int:
+        """Fill node_id's small disk to the last byte; returns the bytes written."""
+        return self.disk(node_id).fill()
+
+    def free_disk(self, node_id: str) -> None:
+        self.disk(node_id).free()
 
     @property
     def proxy(self) -> FaultProxy | None:
@@ -1221,3 +1638,7 @@ class LocalCluster:
 def _atexit_kill_leftovers() -> None:
     for c in list(_LIVE):
         c._kill_leftovers()
+    for d in list(_DISKS):
+        d.unmount()
+    for net in list(_NETWORKS):
+        net.teardown()

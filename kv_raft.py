@@ -308,10 +308,12 @@ class RaftCore:
         self.election_timeout = election_timeout
         self.rng = rng or random.Random()
         self.prevote = prevote
-        self.check_quorum = check_quorum
         # UNSAFE, a planted bug for the fault harness (--unsafe-no-read-lease): read_ok() trusts
-        # the role alone, so a deposed primary that has not noticed yet serves stale reads
+        # the role alone and CheckQuorum is off (Raft without ReadIndex or leases), so a primary
+        # cut off from the others keeps serving reads from its stale state until it hears of a
+        # newer term.  Writes stay safe.
         self.unsafe_no_read_lease = unsafe_no_read_lease
+        self.check_quorum = check_quorum and not unsafe_no_read_lease
         self.max_batch = max_batch
         self.max_inflight = max_inflight
         self.auto_promote = auto_promote

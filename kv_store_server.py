@@ -583,8 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="master name this node answers Sentinel discovery for (default kvstore)")
     p.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
     p.add_argument("--unsafe-no-read-lease", action="store_true",
-                   help="UNSAFE, for testing the fault harness only: serve GETs on any node that "
-                        "believes it is primary, without the lease (breaks linearizable reads)")
+                   help="UNSAFE, for testing the fault harness only: a primary serves GETs without "
+                        "a lease and without CheckQuorum, so a cut-off primary answers stale reads")
     return p
 
 
