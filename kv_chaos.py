@@ -308,16 +308,23 @@ class Nemesis:
             else:
                 self.h.complete(op, "fail" if ans.get("definite") else "info", note=ans.get("code"))
 
-    def run(self, kinds, stop: threading.Event, deadline: float, quiet: float = 1.0) -> None:
-        """Apply faults until `deadline`: every kind once in a random order, then again."""
-        order: list[str] = []
-        while time.monotonic() < deadline and not stop.is_set():
+    def run(self, kinds, stop: threading.Event, deadline: float, hold=(1.0, 2.0), quiet: float = 1.0) -> None:
+        """Apply faults until `deadline`, and at least every kind once: each round is every kind
+        once in a random order.  Each fault lasts uniform(*hold) seconds, then `quiet` seconds
+        without a fault."""
+        order = list(kinds)
+        self.rng.shuffle(order)
+        while (time.monotonic() < deadline and not stop.is_set()) or self._first_round(kinds):
             if not order:
                 order = list(kinds)
                 self.rng.shuffle(order)
             kind = order.pop()
-            self.apply(kind, stop, hold=self.rng.uniform(1.0, 2.0))
+            self.apply(kind, stop, hold=self.rng.uniform(*hold))
             self.hold(quiet, stop)        # let the cluster settle before the next fault
+
+    def _first_round(self, kinds) -> bool:
+        """True while some kind has not been applied yet."""
+        return not set(kinds) <= {k for _, k, _ in self.log}
 
 
 def lost_writes(history: History, final: dict) -> tuple[int, list[str]]:
@@ -360,8 +367,9 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def run_chaos(duration: float = 20.0, kinds=NEMESES, clients: int = 4, keys: int = 3, seed: int | None = None,
-              extra_args=(), on_event=None, netns: bool = True) -> dict:
-    """One run; returns a dict: counts, faults, checks and `anomalies` (empty when all holds)."""
+              extra_args=(), on_event=None, netns: bool = True, hold=(1.0, 2.0), quiet: float = 1.0) -> dict:
+    """One run; returns a dict: counts, faults, checks and `anomalies` (empty when all holds).
+    The nemesis runs for `duration` seconds and at least until every kind was applied once."""
     say = on_event or (lambda s: None)
     kinds = list(kinds)
     for k in kinds:
@@ -386,7 +394,7 @@ def run_chaos(duration: float = 20.0, kinds=NEMESES, clients: int = 4, keys: int
         nem = Nemesis(c, history, key_names, rng)
         t0 = time.monotonic()
         try:
-            nem.run(kinds, threading.Event(), deadline=t0 + duration)
+            nem.run(kinds, threading.Event(), deadline=t0 + duration, hold=hold, quiet=quiet)
         finally:
             stop.set()
             for w in workers:
