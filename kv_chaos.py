@@ -37,7 +37,8 @@ import time
 from kv_linearizability import History, check
 from kv_localcluster import ClusterError, LocalCluster, WaitTimeout
 
-__all__ = ["NEMESES", "Nemesis", "StatusPoller", "Client", "run_chaos", "lost_writes", "summarize"]
+__all__ = ["NEMESES", "Nemesis", "StatusPoller", "Client", "run_chaos", "lost_writes", "summarize",
+           "power_loss_run"]
 
 NEMESES = ("kill", "kill-all", "pause-primary", "isolate-primary", "isolate-secondary", "split", "disk")
 DISK_NODE = "node3"
@@ -58,7 +59,7 @@ class Client(threading.Thread):
     sending, indefinite codes) -> info."""
 
     def __init__(self, index: int, cluster: LocalCluster, history: History, keys: list[str],
-                 stop: threading.Event, seed: int, think: float = 0.005):
+                 stop: threading.Event, seed: int, think: float = 0.005, fresh_keys: str | None = None):
         super().__init__(name=f"client{index}", daemon=True)
         self.index = index
         self.c = cluster
@@ -69,6 +70,7 @@ class Client(threading.Thread):
         self.think = think
         self.target = self.rng.choice(cluster.ids)
         self.patient = index % 2 == 0
+        self.fresh_keys = fresh_keys     # writes only, each to a new key "<prefix>.<index>.<seq>"
         self.sock: socket.socket | None = None
         self.rfile = None
         self.seq = 0
@@ -98,8 +100,13 @@ class Client(threading.Thread):
             self.target = ids[(ids.index(self.target) + 1) % len(ids)]
 
     def one(self) -> None:
-        key = self.rng.choice(self.keys)
-        if self.rng.random() < 0.5:
+        key = self.rng.choice(self.keys) if self.keys else None
+        if self.fresh_keys is not None:
+            self.seq += 1
+            key, value = f"{self.fresh_keys}.{self.index}.{self.seq}", self.seq
+            op = self.h.invoke(self.name, "write", key, value)
+            line = f"SET {key} {value}\n"
+        elif self.rng.random() < 0.5:
             self.seq += 1
             value = self.index * 1_000_000 + self.seq
             op = self.h.invoke(self.name, "write", key, value)
@@ -452,3 +459,50 @@ def final_reads(c: LocalCluster, history: History, keys: list[str]) -> dict:
             return None
         out[k] = c.wait_until(read, 15, f"a final read of {k}")[1]
     return out
+
+
+def power_loss_run(fsync: str = "always", load_seconds: float = 3.0, clients: int = 4,
+                   disk_mb: int = 64) -> dict:
+    """Crash-all as a power loss (LocalCluster.power_loss: every node SIGKILLed and every write
+    its kernel had not put on disk dropped) in the middle of `clients` writers, each writing
+    fresh keys; restart, then read back every acknowledged key.  Returns {fsync, acked, lost,
+    lost_window_s: how long before the crash the oldest lost write was acknowledged, ...}."""
+    c = LocalCluster(n=3, fsync=fsync, crash_disks=disk_mb)
+    history = History()
+    stop = threading.Event()
+    try:
+        c.start(timeout=20)
+        c.wait_for_single_primary(timeout=10)
+        workers = [Client(i, c, history, [], stop, seed=i, think=0.0, fresh_keys=f"pl-{fsync}") for i in range(clients)]
+        for w in workers:
+            w.start()
+        stop.wait(load_seconds)         # the load's duration
+        t_crash = time.monotonic()      # (no answer can come after the kill that starts now)
+        c.power_loss()
+        stop.set()
+        for w in workers:
+            w.join(timeout=CLIENT_TIMEOUT + 5)
+        for nid in c.ids:
+            c.start_node(nid, wait=False)
+        c.wait_for_single_primary(timeout=30)
+        sts = c.wait_converged(timeout=30)
+        acked = [op for op in history.ops if op.outcome == "ok" and op.ret <= t_crash]
+        p = c.wait_for_single_primary(timeout=10)
+        lost = []
+        for i in range(0, len(acked), 500):
+            chunk = acked[i:i + 500]
+            answers = c_call(c, p, [f"GET {op.key}" for op in chunk])
+            lost += [op for op, a in zip(chunk, answers) if a.get("value") != op.value]
+        return {"fsync": fsync, "acked": len(acked), "lost": len(lost),
+                "lost_window_s": round(max((t_crash - op.ret for op in lost), default=0.0), 3),
+                "newest_lost_s": round(min((t_crash - op.ret for op in lost), default=0.0), 3),
+                "load_seconds": load_seconds, "applied_after": next(iter(sts.values()))["last_applied"]}
+    finally:
+        stop.set()
+        c.cleanup()
+
+
+def c_call(c: LocalCluster, nid: str, lines: list[str]) -> list[dict]:
+    from kv_localcluster import call
+    host, port = c.addr(nid)
+    return call(host, port, lines, timeout=10)

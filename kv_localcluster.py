@@ -53,7 +53,7 @@ except ImportError:   # PID identity checks and the name of a port's holder degr
     psutil = None
 
 __all__ = ["LocalCluster", "FaultProxy", "NodeProcess", "ClusterError", "PortInUse", "NodeFailed",
-           "WaitTimeout", "SplitBrain", "NamespaceUnavailable", "NetnsNetwork", "SmallDisk",
+           "WaitTimeout", "SplitBrain", "NamespaceUnavailable", "NetnsNetwork", "SmallDisk", "CrashDisk",
            "call", "probe", "wait_until", "pick_free_ports", "port_in_use", "tail",
            "fmt_exit", "SERVER_SCRIPT", "CONSOLE_LOG", "NETNS_PORT"]
 
@@ -642,7 +642,59 @@ class SmallDisk:
             _run(["umount", "-l", self.path], f"unmounting {self.path}")
 
 
-_DISKS: "set[SmallDisk]" = set()
+class CrashDisk:
+    """An ext4 file system in a loop-mounted image under a node's data dir, to emulate a power
+    loss of the machine, which kill -9 does not (the page cache survives a process).
+
+    crash() (the node's process must be dead) copies the image as the loop device holds it
+    (what the file system wrote back: everything fsynced, plus whatever the kernel flushed on
+    its own: ext4 commits its journal every 5 s and writes back dirty pages after 30 s), throws
+    the live file system away (unmounting it flushes into the image that is then replaced) and
+    mounts the copy in its place (ext4 replays its journal, as after a power cut).  Needs root,
+    mkfs.ext4 and loop devices; raises NamespaceUnavailable with the reason otherwise."""
+
+    def __init__(self, path: str, mb: int):
+        _need_root("a power-loss disk")
+        if shutil.which("mkfs.ext4") is None:
+            raise NamespaceUnavailable("a power-loss disk needs mkfs.ext4 (apt-get install e2fsprogs)")
+        self.path = path
+        os.makedirs(path, exist_ok=True)
+        self._dir = tempfile.mkdtemp(prefix="kvcrashdisk-")
+        self.image = os.path.join(self._dir, "disk.img")
+        with open(self.image, "wb") as f:
+            f.truncate(int(mb) << 20)
+        _run(["mkfs.ext4", "-q", "-F", self.image], "making an ext4 image")
+        self.mounted = False
+        _DISKS.add(self)
+        self._mount()
+
+    def _mount(self) -> None:
+        _run(["mount", "-o", "loop", self.image, self.path], f"loop-mounting {self.image} on {self.path}")
+        self.mounted = True
+
+    def crash(self) -> None:
+        snap = self.image + ".crash"
+        shutil.copyfile(self.image, snap)
+        self.unmount(keep_image=True)
+        os.replace(snap, self.image)
+        _DISKS.add(self)
+        self._mount()
+
+    def free(self) -> None:
+        """(Nothing to free: a CrashDisk is never filled.)"""
+
+    def unmount(self, keep_image: bool = False) -> None:
+        if self.mounted:
+            self.mounted = False
+            r = _run(["umount", self.path], "unmounting", check=False)
+            if r.returncode != 0:
+                _run(["umount", "-l", self.path], f"unmounting {self.path}")
+        _DISKS.discard(self)
+        if not keep_image:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+_DISKS: "set[SmallDisk | CrashDisk]" = set()
 
 
 # ------------------------------------------------------------------------------------ LocalCluster
@@ -796,7 +848,7 @@ class LocalCluster:
                  server_script: str = SERVER_SCRIPT, log_level: str | None = None,
                  ids=None, boot_ids=None, joiners: dict | None = None, known_ports: dict | None = None,
                  netns: bool = False, small_disks: dict[str, int] | None = None,
-                 attached: dict[str, tuple[str, int]] | None = None):
+                 crash_disks: int | None = None, attached: dict[str, tuple[str, int]] | None = None):
         if attached is not None:
             n = len(attached)
             ids = sorted(attached)
@@ -862,6 +914,9 @@ class LocalCluster:
                 self._hosts = dict(self._net.ip)
             for nid, mb in (small_disks or {}).items():
                 self._disks[nid] = SmallDisk(self.data_dir_of(nid), mb)
+            if crash_disks:
+                for nid in self.ids:
+                    self._disks[nid] = CrashDisk(self.data_dir_of(nid), crash_disks)
         except BaseException:
             self.cleanup()
             raise
@@ -1070,6 +1125,16 @@ class LocalCluster:
             for nid, p in procs:
                 p.wait(10)
                 self._paused.discard(nid)
+
+    def power_loss(self) -> None:
+        """Crash the machine: SIGKILL every node and drop every write the kernel had not yet
+        put on disk (LocalCluster(crash_disks=MiB): see CrashDisk).  restart() the nodes after."""
+        disks = [d for d in self._disks.values() if isinstance(d, CrashDisk)]
+        if len(disks) != self.n:
+            raise ClusterError("power_loss() needs LocalCluster(crash_disks=MiB)")
+        self.kill_all()
+        for d in disks:
+            d.crash()
 
     def pause(self, node_id: str) -> None:
         """SIGSTOP node_id: it keeps its sockets but answers nothing until resume()."""
@@ -1618,7 +1683,7 @@ class LocalCluster:
 
     def disk(self, node_id: str) -> SmallDisk:
         """The small tmpfs under node_id's data dir (LocalCluster(small_disks={id: MiB}))."""
-        if node_id not in self._disks:
+        if not isinstance(self._disks.get(node_id), SmallDisk):
             raise ClusterError(f"{node_id} has no small disk: pass small_disks={{{node_id!r}: MiB}}")
         return self._disks[node_id]
 
