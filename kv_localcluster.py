@@ -434,17 +434,24 @@ class NodeProcess:
 
 # ------------------------------------------------------------------------------------- wait_until
 def wait_until(predicate: Callable[[], object], timeout: float, what: str,
-               diag: Callable[[], str] | None = None, interval: float = 0.03):
+               diag: Callable[[], str] | None = None, interval: float = 0.03, ignore: tuple = ()):
     """Poll predicate until it returns something truthy (returned) or timeout passes: then
-    WaitTimeout naming `what` (and diag(), what the system shows now).  Exceptions propagate.
+    WaitTimeout naming `what` (and diag(), what the system shows now).  Exceptions propagate,
+    except those of the types in `ignore` (a poll that failed so: named in the timeout message).
     The one deadline-wait of the tests, benchmarks and tools."""
     deadline = time.monotonic() + timeout
+    last_exc = None
     while True:
-        value = predicate()
+        try:
+            value = predicate()
+        except ignore as e:
+            value, last_exc = None, e
         if value:
             return value
         if time.monotonic() >= deadline:
             extra = f"; now: {diag()}" if diag is not None else ""
+            if last_exc is not None:
+                extra += f" (last error: {last_exc!r})"
             raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}{extra}")
         time.sleep(interval)
 

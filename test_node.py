@@ -32,7 +32,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -46,8 +45,10 @@ from hypothesis import strategies as st
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from kv_localcluster import ClusterError, LocalCluster
+from kv_localcluster import wait_until as lc_wait_until
+
 HERE = Path(__file__).resolve().parent
-SERVER = HERE / "kv_store_server.py"
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
 IO_TIMEOUT = 10.0
@@ -58,26 +59,8 @@ NO_RETRY = {"retry": Retry(NoBackoff(), 0)}   # redis-py retries AuthenticationE
 # helpers
 # ---------------------------------------------------------------------------------------------
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
-    """Poll predicate() until it returns a truthy value; fail with `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last_exc = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (OSError, ValueError, EOFError) as e:
-            last_exc = e
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}"
-                                 + (f" (last error: {last_exc!r})" if last_exc else ""))
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """kv_localcluster.wait_until, a poll that fails with a socket error counting as not yet."""
+    return lc_wait_until(predicate, timeout, what, interval=interval, ignore=(OSError, ValueError, EOFError))
 
 
 def connect(port: int, timeout: float = IO_TIMEOUT) -> socket.socket:
@@ -204,21 +187,23 @@ def line_status(port: int) -> dict:
 
 
 class Node:
-    """One `kv_store_server.py --standalone` process on a fixed port and data dir."""
+    """One `kv_store_server.py --standalone` process: a LocalCluster of one node (the harness
+    picks the port, spawns, signals and reaps by PID) with this file's clients and checks."""
 
     def __init__(self, data_dir: Path, extra: tuple = (), name: str = "node"):
-        self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.extra = tuple(str(x) for x in extra)
         self.name = name
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.runs = 0
-        self.stderr_path: Path | None = None
+        self.cluster = LocalCluster(n=1, data_dir=str(data_dir), extra_args=[str(x) for x in extra])
+        self.data_dir = Path(self.cluster.data_dir_of("node1"))
+        self.port = self.cluster.port("node1")
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        p = self.cluster.process("node1")
+        return p.popen if p is not None else None
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.cluster.pid("node1")
 
     @property
     def node_log(self) -> str:
@@ -227,32 +212,23 @@ class Node:
 
     @property
     def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace") if self.stderr_path else ""
+        """The node's stdout+stderr (every run of it, each after a header line)."""
+        p = Path(self.cluster.log_path("node1"))
+        return p.read_text(errors="replace") if p.exists() else ""
 
     def spawn(self) -> subprocess.Popen:
-        self.runs += 1
-        self.stderr_path = self.data_dir.parent / f"{self.name}-{self.data_dir.name}-run{self.runs}.stderr"
-        with open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(SERVER), "--standalone", "--port", str(self.port),
-                 "--data-dir", str(self.data_dir), *self.extra],
-                stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=str(self.data_dir.parent))
+        self.cluster.start_node("node1", primary=True, wait=False)
         return self.proc
 
     def start(self, timeout: float = START_TIMEOUT) -> "Node":
-        for attempt in range(3):
-            self.spawn()
-            try:
-                self.wait_ready(timeout)
-                return self
-            except AssertionError:
-                code = self.proc.poll()
-                if code == 5 and attempt < 2:      # port taken between free_port() and bind: retry
-                    self.port = free_port()
-                    continue
-                self.stop()
-                raise AssertionError(f"node did not become ready (exit {code}); stderr:\n{self.stderr}")
-        raise AssertionError("unreachable")
+        self.spawn()
+        try:
+            self.wait_ready(timeout)
+        except (AssertionError, ClusterError) as e:
+            code = self.proc.poll()
+            self.stop()
+            raise AssertionError(f"node did not become ready (exit {code}): {e}; output:\n{self.stderr}") from e
+        return self
 
     def ready(self) -> bool:
         if self.proc.poll() is not None:
@@ -262,50 +238,27 @@ class Node:
         return st.get("role") == "primary" and st["last_applied"] == st["last_log_index"]
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"node exited with {self.proc.returncode}")
-            try:
-                if self.ready():
-                    return
-            except (OSError, ValueError, EOFError):
-                pass
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"node not ready after {timeout}s")
-            time.sleep(0.02)
+        wait_until(self.ready, timeout, "the node to serve (primary, recovered log applied)")
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        p = self.cluster.process("node1")
+        return p is not None and p.alive()
 
     def kill9(self) -> None:
-        if self.alive():
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        self.cluster.kill("node1")
 
     def terminate(self, timeout: float = 10.0) -> int:
         """SIGTERM, wait up to `timeout`; returns the exit code (SIGKILL after the deadline)."""
         if self.proc is None:
             return 0
-        if self.alive():
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-            raise AssertionError(f"node {self.proc.pid} ignored SIGTERM for {timeout}s; killed")
+        code = self.cluster.stop_node("node1", timeout=timeout)
+        if code == -signal.SIGKILL:
+            raise AssertionError(f"node {self.pid} ignored SIGTERM for {timeout}s; killed")
+        return code
 
     def stop(self) -> None:
         """Fixture cleanup: terminate, kill after a deadline; never raises for a slow node."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        self.cluster.stop(timeout=5, graceful=True)
 
     def line(self, timeout: float = IO_TIMEOUT) -> LineClient:
         return LineClient(self.port, timeout)
