@@ -53,6 +53,7 @@ from kv_client import (ANY_NODE_COMMANDS, AUTH_FAILED, AUTH_REQUIRED, BAD_REQUES
                        KeyNotFound, NotPrimary, Pipeline, PrimaryInfo, ProtocolMismatch, RequestTimeout,
                        answer_value, check_answer, check_key, encode_value, error_from_answer, parse_nodes,
                        parse_value, split_addr)
+from kv_localcluster import WaitTimeout, wait_until
 
 # The library's names are part of this script's interface (DESIGN §1: KVStoreClient is in
 # example_client.py); its own public names follow.
@@ -160,18 +161,13 @@ def same(a: Any, b: Any) -> bool:
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.02):
-    """Poll predicate() until it returns a truthy value or the timeout passes; returns the last
-    value (falsy on timeout).  Exceptions from predicate count as falsy until the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            v = predicate()
-        except (KVConnectionError, KVError):
-            v = None
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(interval)
-        interval = min(interval * 1.5, 0.2)
+    """kv_localcluster.wait_until for the demos: the value, or None once the timeout passed (a
+    demo reports a failed check instead of raising).  Exceptions from predicate count as not yet."""
+    try:
+        return wait_until(predicate, timeout, "a demo condition", interval=interval,
+                          ignore=(KVConnectionError, KVError))
+    except WaitTimeout:
+        return None
 
 
 # =============================================================================================

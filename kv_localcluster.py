@@ -54,7 +54,8 @@ except ImportError:   # PID identity checks and the name of a port's holder degr
 
 __all__ = ["LocalCluster", "FaultProxy", "NodeProcess", "ClusterError", "PortInUse", "NodeFailed",
            "WaitTimeout", "SplitBrain", "NamespaceUnavailable", "NetnsNetwork", "SmallDisk", "CrashDisk",
-           "call", "probe", "wait_until", "pick_free_ports", "port_in_use", "tail",
+           "LineClient", "RetryingWriter", "total_acked", "norm_addr", "split_addr",
+           "call", "probe", "wait_until", "describe_statuses", "pick_free_ports", "port_in_use", "tail",
            "fmt_exit", "SERVER_SCRIPT", "CONSOLE_LOG", "NETNS_PORT"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -454,6 +455,221 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str,
                 extra += f" (last error: {last_exc!r})"
             raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}{extra}")
         time.sleep(interval)
+
+
+def describe_statuses(sts: dict) -> str:
+    """STATUS answers {id: answer or None} in one line (for failure messages)."""
+    parts = []
+    for nid in sorted(sts):
+        s = sts[nid]
+        if s is None:
+            parts.append(f"{nid}: no answer")
+        else:
+            parts.append(f"{nid}: {s.get('role')} term {s.get('election_term')} primary={s.get('primary')} "
+                         f"commit={s.get('commit_index')} applied={s.get('last_applied')} "
+                         f"snap={s.get('snapshot_index')} digest={s.get('digest')}")
+    return " | ".join(parts)
+
+
+# ------------------------------------------------------------------------------- line clients
+def norm_addr(addr) -> str:
+    if isinstance(addr, (tuple, list)):
+        return f"{addr[0]}:{addr[1]}"
+    return str(addr)
+
+
+def split_addr(addr) -> tuple[str, int]:
+    host, _, port = norm_addr(addr).rpartition(":")
+    return host, int(port)
+
+
+class LineClient:
+    """One persistent connection speaking the line protocol: a request is one line, the answer
+    one JSON object per line, in order.  Raises ConnectionError when the node closes the
+    connection, OSError on socket errors and timeouts."""
+
+    def __init__(self, addr, timeout: float = 15.0):
+        self.addr = norm_addr(addr)
+        self.sock = socket.create_connection(split_addr(addr), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = self.sock.makefile("rb")
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_line(self, line: str) -> None:
+        self.sock.sendall(line.encode("utf-8") + b"\n")
+
+    def read_reply(self) -> dict:
+        line = self.rfile.readline()
+        if not line:
+            raise ConnectionError(f"{self.addr} closed the connection")
+        return json.loads(line)
+
+    def request(self, line: str) -> dict:
+        self.send_line(line)
+        return self.read_reply()
+
+    def pipeline(self, lines: list[str], batch: int = 250) -> list[dict]:
+        """Send lines in batches (each batch in one sendall) and read the answers in order."""
+        out = []
+        for i in range(0, len(lines), batch):
+            chunk = lines[i:i + batch]
+            self.sock.sendall("".join(line + "\n" for line in chunk).encode("utf-8"))
+            out.extend(self.read_reply() for _ in chunk)
+        return out
+
+    def set(self, key: str, value) -> dict:
+        return self.request(f"SET {key} {json.dumps(value)}")
+
+    def get(self, key: str) -> dict:
+        return self.request(f"GET {key}")
+
+    def delete(self, key: str) -> dict:
+        return self.request(f"DELETE {key}")
+
+    def status(self) -> dict:
+        return self.request("STATUS")
+
+    def close(self) -> None:
+        for closer in (self.rfile.close, self.sock.close):
+            try:
+                closer()
+            except OSError:
+                pass   # closing a dead connection: nothing left to release
+
+    def __enter__(self) -> "LineClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------- load for tests
+class RetryingWriter(threading.Thread):
+    """Writes SET <key_for(i)> i for i = 0, 1, ... (stop, or max_ops) across the cluster.
+
+    Follows the "primary_addr" hint of NOT_PRIMARY, else tries the next node; retries a write
+    until it is acknowledged or op_deadline passes (an idempotent SET of a key only this writer
+    uses, so re-sending after an unknown outcome is safe).  Records:
+      acked[key]    the last acknowledged value;
+      pending[key]  values sent after that ack whose outcome is unknown (connection lost after
+                    sending, or an indefinite TIMEOUT/NO_QUORUM answer);
+      counters      n_acked, not_primary, refused (could not connect/send), lost_in_flight,
+                    indefinite (indefinite error answers), failed (gave up), unexpected answers.
+    `abandon` makes it give up the write in hand at once (for kill -9 of every node)."""
+
+    def __init__(self, name: str, addrs: list[str], key_for, stop: threading.Event,
+                 abandon: threading.Event | None = None, op_deadline: float = 20.0,
+                 max_ops: int | None = None):
+        super().__init__(name=name, daemon=True)
+        self.addrs = list(addrs)
+        self.key_for = key_for
+        self.stop_ev = stop
+        self.abandon = abandon or threading.Event()
+        self.op_deadline = op_deadline
+        self.max_ops = max_ops
+        self.acked: dict[str, int] = {}
+        self.pending: dict[str, set] = {}
+        self.ack_log: list[tuple[float, str]] = []     # (monotonic time, node address)
+        self.n_acked = 0
+        self.not_primary = 0
+        self.refused = 0
+        self.lost_in_flight = 0
+        self.indefinite = 0
+        self.failed = 0
+        self.unexpected: list[dict] = []
+        self.error: BaseException | None = None
+        self._target = 0
+        self._hint: str | None = None
+        self._conn: LineClient | None = None
+
+    def run(self) -> None:
+        try:
+            i = 0
+            while not self.stop_ev.is_set() and (self.max_ops is None or i < self.max_ops):
+                self.write(self.key_for(i), i)
+                i += 1
+        except BaseException as e:        # reported by the test (check_writer), never swallowed
+            self.error = e
+        finally:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _next(self) -> None:
+        self._drop()
+        self._hint = None
+        self._target = (self._target + 1) % len(self.addrs)
+
+    def write(self, key: str, value: int) -> bool:
+        deadline = time.monotonic() + self.op_deadline
+        line = f"SET {key} {value}\n".encode()
+        backoff = 0.01
+        hops = 0                                  # NOT_PRIMARY hints followed without a pause
+        while True:
+            if self.abandon.is_set():
+                self.pending.setdefault(key, set()).add(value)
+                return False
+            sent = False
+            reply = None
+            try:
+                if self._conn is None:
+                    self._conn = LineClient(self._hint or self.addrs[self._target], timeout=15.0)
+                self._conn.send_raw(line)
+                sent = True
+                reply = self._conn.read_reply()
+            except (OSError, ValueError):
+                if sent:
+                    self.lost_in_flight += 1
+                    self.pending.setdefault(key, set()).add(value)
+                else:
+                    self.refused += 1
+                self._next()
+            pause = True
+            if reply is not None:
+                if reply.get("status") == "OK":
+                    self.acked[key] = value
+                    self.pending.pop(key, None)
+                    self.n_acked += 1
+                    self.ack_log.append((time.monotonic(), self._conn.addr))
+                    return True
+                code = reply.get("code")
+                if code == "NOT_PRIMARY":
+                    self.not_primary += 1
+                    hint = reply.get("primary_addr")
+                    if hint and hint != self._conn.addr:
+                        self._drop()
+                        self._hint = hint
+                        hops += 1
+                        pause = hops > 2              # go straight to the named primary, twice
+                    else:
+                        self._next()
+                elif code in ("TIMEOUT", "NO_QUORUM"):
+                    if not reply.get("definite", False):
+                        self.indefinite += 1
+                        self.pending.setdefault(key, set()).add(value)
+                else:
+                    self.unexpected.append(reply)
+                    self.failed += 1
+                    return False
+            if time.monotonic() >= deadline:
+                self.failed += 1
+                return False
+            if pause:
+                self.abandon.wait(backoff)       # retry backoff (a client's, not a test wait)
+                backoff = min(backoff * 2, 0.2)
+
+    def counts(self) -> str:
+        return (f"{self.name}: acked={self.n_acked} not_primary={self.not_primary} refused={self.refused} "
+                f"lost_in_flight={self.lost_in_flight} indefinite={self.indefinite} failed={self.failed}")
+
+
+def total_acked(writers) -> int:
+    return sum(w.n_acked for w in writers)
 
 
 # ----------------------------------------------------------------------- network namespaces, disks
@@ -910,6 +1126,8 @@ class LocalCluster:
         self._net: NetnsNetwork | None = None
         self._disks: dict[str, SmallDisk] = {}
         self._paused: set[str] = set()
+        self._killed: set[str] = set()               # killed on purpose (not a crash for restore())
+        self._starts: dict[str, int] = {}            # processes started per node
         _LIVE.add(self)
         if proxied and n > 1:
             target = self._dial_host()
@@ -943,7 +1161,7 @@ class LocalCluster:
             by_id[st["node_id"]] = (host, int(port))
         if not by_id:
             raise ClusterError(f"no node address in {spec!r}")
-        return cls(attached=by_id, data_dir=tempfile.mkdtemp(prefix="kvattached-"))
+        return cls(attached=by_id)
 
     # -------------------------------------------------------------- addresses
     def _dial_host(self) -> str:
@@ -958,6 +1176,11 @@ class LocalCluster:
 
     def addresses(self) -> list[str]:
         return [self.address(nid) for nid in self.ids]
+
+    @property
+    def fresh(self) -> bool:
+        """No node was restarted (or killed) since the cluster started."""
+        return not self._killed and all(v <= 1 for v in self._starts.values())
 
     @property
     def owned(self) -> bool:
@@ -1091,6 +1314,8 @@ class LocalCluster:
             self._procs[node_id] = NodeProcess(node_id, popen.pid, popen=popen, cmdline=cmd)
             self._expected_exit.discard(node_id)
             self._paused.discard(node_id)
+            self._killed.discard(node_id)
+            self._starts[node_id] = self._starts.get(node_id, 0) + 1
         if wait:
             self.wait_until(lambda: self._answers(node_id), timeout, f"{node_id} to answer STATUS")
         return popen.pid
@@ -1116,6 +1341,7 @@ class LocalCluster:
         self._need_owned("kill a node")
         with self._lock:
             p = self._procs.get(node_id)
+            self._killed.add(node_id)
             if p is None or not p.signal(signal.SIGKILL):
                 return None
             p.wait(10)
@@ -1128,6 +1354,7 @@ class LocalCluster:
         with self._lock:
             procs = [(nid, p) for nid, p in self._procs.items() if p.alive()]
             for nid, p in procs:
+                self._killed.add(nid)
                 p.signal(signal.SIGKILL)
             for nid, p in procs:
                 p.wait(10)
@@ -1513,7 +1740,7 @@ class LocalCluster:
     def describe(self) -> str:
         """One line per node: what it reports right now (for failure messages)."""
         parts = []
-        for nid, st in self.statuses(timeout=0.5).items():
+        for nid, st in sorted(self.statuses(timeout=0.5).items()):
             if st is None:
                 p = self._procs.get(nid)
                 how = "down" if p is None or not p.alive() else "running but not answering"
@@ -1521,9 +1748,7 @@ class LocalCluster:
                     how += f", exit code {fmt_exit(p.returncode)}"
                 parts.append(f"{nid}: {how}")
             else:
-                parts.append(f"{nid}: {st['role']} term {st['election_term']} primary={st.get('primary')} "
-                             f"commit={st.get('commit_index')} applied={st.get('last_applied')} "
-                             f"digest={st.get('digest')}")
+                parts.append(describe_statuses({nid: st}))
         return " | ".join(parts)
 
     def ready_primary(self) -> str | None:
@@ -1543,11 +1768,12 @@ class LocalCluster:
         """Every running node answers and all agree on one primary; returns its id."""
         return self.wait_until(self.ready_primary, timeout, "every node up and agreeing on one primary")
 
-    def wait_for_single_primary(self, timeout: float = 10, exclude=(), ids=None, min_term: int = 0) -> str:
+    def wait_for_single_primary(self, timeout: float = 15, exclude=(), ids=None, min_term: int = 0) -> str:
         """Wait until exactly one node (among `ids`, default the running ones, outside `exclude`)
-        reports role primary at a term >= min_term and a majority of the cluster reports it as
-        primary in its term; returns its id.  Raises SplitBrain at once if two nodes report
-        primary in the same term (now or in any earlier observation)."""
+        reports role primary at a term >= min_term, every other of them that answers names it as
+        primary in that term, and with it they are a majority of the cluster; returns its id.
+        Raises SplitBrain at once if two nodes report primary in the same term (now or in any
+        earlier observation)."""
         exclude = set(exclude)
         majority = self.n // 2 + 1
         among = list(ids) if ids is not None else None
@@ -1563,13 +1789,14 @@ class LocalCluster:
             term = sts[p]["election_term"]
             if term < min_term:
                 return None
-            agree = 1 + sum(1 for nid, s in sts.items()
-                            if nid != p and s and s.get("primary") == p and s.get("election_term") == term)
-            return p if agree >= majority else None
+            up = [s for nid, s in sts.items() if s is not None and nid != p]
+            if any(s.get("primary") != p or s.get("election_term") != term for s in up):
+                return None
+            return p if 1 + len(up) >= majority else None
         what = "a single primary" + (f" outside {sorted(exclude)}" if exclude else "")
         return self.wait_until(single, timeout, what)
 
-    def wait_converged(self, timeout: float = 10, ids=None, min_applied: int = 0) -> dict[str, dict]:
+    def wait_converged(self, timeout: float = 30, ids=None, min_applied: int = 0) -> dict[str, dict]:
         """Wait until the nodes (default: all running) report equal last_applied (>= min_applied),
         commit_index and digest, and exactly one running node is primary.  Returns their STATUS
         answers."""
@@ -1607,7 +1834,7 @@ class LocalCluster:
         for nid in self.ids:
             p = self._procs.get(nid)
             if p is None or not p.alive():
-                if p is not None and nid not in self._expected_exit:
+                if p is not None and nid not in self._expected_exit and nid not in self._killed:
                     crashed.append(nid)
                 self.start_node(nid, timeout=timeout)
         self.wait_for_single_primary(timeout)

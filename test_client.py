@@ -34,23 +34,12 @@ import pytest
 
 import example_client as ec
 import kv_client
+from kv_localcluster import wait_until
 from example_client import (ClusterClient, ClusterUnavailable, ConnectFailed, ConnectionLost,
                             KeyNotFound, KVError, KVStoreClient, NotPrimary)
 
 HERE = Path(__file__).resolve().parent
 CLIENT = str(HERE / "example_client.py")
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = predicate()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-        interval = min(interval * 1.5, 0.2)
 
 
 # =============================================================================================

@@ -1,7 +1,7 @@
 """Tests for cluster_manager.py: the CLI against real node processes, and LocalCluster.
 
 Layout:
-    helpers            run_cm() (the CLI in a subprocess), free_base_port(), gone(), wait_for()
+    helpers            run_cm() (the CLI in a subprocess), free_base_port(), gone(), wait_until()
     Env fixture        a tmp --data-dir and free --base-port per test; reaps every process whose
                        command line names that data dir, by PID, even when the test fails
     CLI tests          detach/status/health/stop; kill -> unhealthy -> healthy with another
@@ -30,6 +30,7 @@ import psutil
 import pytest
 
 import cluster_manager as cm
+from kv_localcluster import wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CM = os.path.join(HERE, "cluster_manager.py")
@@ -57,17 +58,6 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def out(r: subprocess.CompletedProcess) -> str:
@@ -143,7 +133,7 @@ def stop_and_check(env: Env, st: dict) -> None:
     pids = [n["pid"] for n in st["nodes"].values() if n.get("pid")] + [st["manager_pid"]]
     r = env.cm("--action", "stop")
     assert r.returncode == 0, out(r)
-    wait_for(lambda: all(gone(p) for p in pids), 10, f"processes {pids} to exit")
+    wait_until(lambda: all(gone(p) for p in pids), 10, f"processes {pids} to exit")
     assert env.our_pids() == [] or all(gone(p) for p in env.our_pids())
     assert env.state() is None
 
@@ -352,21 +342,21 @@ def test_failover_moves_the_primary_with_zero_failed_writes(env):
     writer = RetryingWriter([("127.0.0.1", env.base_port + i) for i in range(3)])
     writer.start()
     try:
-        wait_for(lambda: len(writer.acked) >= 20, 10, "the writer to get going")
+        wait_until(lambda: len(writer.acked) >= 20, 10, "the writer to get going")
         r = env.cm("--action", "failover")
         assert r.returncode == 0, out(r)
         assert f"primary {old}" in r.stdout and "->" in r.stdout, out(r)
         new = r.stdout.split("->")[1].split()[0]
         assert new != old and new in st["nodes"]
-        assert wait_for(lambda: env.primary() == new, 5, f"{new} to stay primary")
+        assert wait_until(lambda: env.primary() == new, 5, f"{new} to stay primary")
         n = len(writer.acked)
-        wait_for(lambda: len(writer.acked) >= n + 20, 10, "writes on the new primary")
+        wait_until(lambda: len(writer.acked) >= n + 20, 10, "writes on the new primary")
 
         r = env.cm("--action", "failover", "--node", old)
         assert r.returncode == 0, out(r)
-        assert wait_for(lambda: env.primary() == old, 5, f"{old} to be primary again")
+        assert wait_until(lambda: env.primary() == old, 5, f"{old} to be primary again")
         n = len(writer.acked)
-        wait_for(lambda: len(writer.acked) >= n + 20, 10, "writes after the second failover")
+        wait_until(lambda: len(writer.acked) >= n + 20, 10, "writes after the second failover")
     finally:
         writer.halt.set()
         writer.join(timeout=15)
@@ -398,7 +388,7 @@ def test_foreground_start_then_sigint_leaves_no_process(env, tmp_path):
         p = subprocess.Popen([sys.executable, CM, "--action", "start", *env.args], stdout=log,
                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        st = wait_for(lambda: (s := env.state()) and s["phase"] == "running" and s["manager_pid"] == p.pid and s,
+        st = wait_until(lambda: (s := env.state()) and s["phase"] == "running" and s["manager_pid"] == p.pid and s,
                       20, "the foreground cluster to run")
         pids = [n["pid"] for n in st["nodes"].values()]
         r = env.cm("--action", "status")              # a second terminal sees it

@@ -4,18 +4,14 @@
     python test_replication.py -v          # or: python -m pytest test_replication.py
     KV_CLUSTER=127.0.0.1:6379,127.0.0.1:6380,127.0.0.1:6381 python test_replication.py -v
 
-By default every test class starts its own fresh 3-node cluster (cluster_manager.LocalCluster:
+By default every test class starts its own fresh 3-node cluster (kv_localcluster.LocalCluster:
 free ports, a temporary data dir, every process stopped by PID in tearDownClass).  With
 KV_CLUSTER set the suite talks to that running cluster instead and skips, with a reason, every
 test that has to kill, stop or restart nodes or needs a cluster started with special flags.
 
-Layout:
-    LineClient          a tiny line-protocol client (socket + makefile, one JSON line per request)
-    Cluster             the harness the tests use: STATUS polling with deadlines, the checks
-                        (single primary, convergence by digest/last_applied, never two primaries
-                        in one term), and process control through LocalCluster
-    RetryingWriter      a writer thread that follows NOT_PRIMARY hints and retries across nodes,
-                        recording only acknowledged writes (and which outcomes are unknown)
+Layout (the harness is kv_localcluster's: LocalCluster with its verbs and waits, attach() for
+KV_CLUSTER, LineClient, and RetryingWriter, a writer thread that follows NOT_PRIMARY hints and
+retries across nodes, recording only acknowledged writes and which outcomes are unknown):
     ClusterTestCase     one cluster per class; tearDown restores nodes a test killed or stopped
     Test* classes       the seed's TestKVStoreReplication (10), TestLeaderElection (3) and
                         TestClusterConsistency (4), then failover, rejoin, snapshot catch-up,
@@ -31,7 +27,6 @@ seen primary in the same term fail the test at once.  Server defaults are used f
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import hmac
 import json
@@ -49,12 +44,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-try:
-    from cluster_manager import LocalCluster
-    _IMPORT_ERROR = None
-except ImportError as _e:          # reported by setUpClass: in the default mode nothing may skip
-    LocalCluster = None
-    _IMPORT_ERROR = _e
+from kv_localcluster import (ClusterError, LineClient, LocalCluster, RetryingWriter, split_addr,  # noqa: E402
+                             total_acked, wait_until)
+from kv_localcluster import describe_statuses as summary  # noqa: E402
 
 KV_CLUSTER = os.environ.get("KV_CLUSTER", "").strip()
 EXTERNAL = bool(KV_CLUSTER)
@@ -70,102 +62,6 @@ PROCESS_CONTROL_SKIP = ("KV_CLUSTER is set: this test kills, stops or restarts n
 
 
 # ------------------------------------------------------------------------------------- client
-def norm_addr(addr) -> str:
-    if isinstance(addr, (tuple, list)):
-        return f"{addr[0]}:{addr[1]}"
-    return str(addr)
-
-
-def split_addr(addr) -> tuple[str, int]:
-    host, _, port = norm_addr(addr).rpartition(":")
-    return host, int(port)
-
-
-class LineClient:
-    """One persistent connection speaking the line protocol: a request is one line, the answer
-    one JSON object per line, in order.  Raises ConnectionError when the node closes the
-    connection, OSError on socket errors and timeouts."""
-
-    def __init__(self, addr, timeout: float = CLIENT_TIMEOUT):
-        self.addr = norm_addr(addr)
-        self.sock = socket.create_connection(split_addr(addr), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.rfile = self.sock.makefile("rb")
-
-    def send_raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def send_line(self, line: str) -> None:
-        self.sock.sendall(line.encode("utf-8") + b"\n")
-
-    def read_reply(self) -> dict:
-        line = self.rfile.readline()
-        if not line:
-            raise ConnectionError(f"{self.addr} closed the connection")
-        return json.loads(line)
-
-    def request(self, line: str) -> dict:
-        self.send_line(line)
-        return self.read_reply()
-
-    def pipeline(self, lines: list[str], batch: int = 250) -> list[dict]:
-        """Send lines in batches (each batch in one sendall) and read the answers in order."""
-        out = []
-        for i in range(0, len(lines), batch):
-            chunk = lines[i:i + batch]
-            self.sock.sendall("".join(line + "\n" for line in chunk).encode("utf-8"))
-            out.extend(self.read_reply() for _ in chunk)
-        return out
-
-    def set(self, key: str, value) -> dict:
-        return self.request(f"SET {key} {json.dumps(value)}")
-
-    def get(self, key: str) -> dict:
-        return self.request(f"GET {key}")
-
-    def delete(self, key: str) -> dict:
-        return self.request(f"DELETE {key}")
-
-    def status(self) -> dict:
-        return self.request("STATUS")
-
-    def close(self) -> None:
-        for closer in (self.rfile.close, self.sock.close):
-            try:
-                closer()
-            except OSError:
-                pass   # closing a dead connection: nothing left to release
-
-    def __enter__(self) -> "LineClient":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def status_of(addr, timeout: float = 1.0) -> dict | None:
-    """STATUS of the node at addr, or None when it does not answer in time."""
-    try:
-        with LineClient(addr, timeout=timeout) as c:
-            st = c.status()
-    except (OSError, ValueError):
-        return None
-    return st if st.get("status") == "OK" else None
-
-
-def wait_until(pred, timeout: float, what: str, diag=None, interval: float = 0.02):
-    """Poll pred until it returns something truthy (returned) or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            extra = f"; now: {diag()}" if diag is not None else ""
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
-        time.sleep(interval)
-
-
 def hold_for(pred, duration: float, what: str, diag=None, interval: float = 0.02) -> None:
     """Fail at once if pred becomes false at any poll during `duration` seconds (used only to
     check that something does NOT happen, which no deadline-wait can show)."""
@@ -179,361 +75,6 @@ def hold_for(pred, duration: float, what: str, diag=None, interval: float = 0.02
         time.sleep(interval)
 
 
-def summary(sts: dict) -> str:
-    parts = []
-    for nid in sorted(sts):
-        s = sts[nid]
-        if s is None:
-            parts.append(f"{nid}: no answer")
-        else:
-            parts.append(f"{nid}: {s.get('role')} term={s.get('election_term')} primary={s.get('primary')} "
-                         f"commit={s.get('commit_index')} applied={s.get('last_applied')} "
-                         f"snap={s.get('snapshot_index')} digest={s.get('digest')}")
-    return " | ".join(parts)
-
-
-# ------------------------------------------------------------------------------------ harness
-_OPEN = []
-
-
-@atexit.register
-def _close_leftover_clusters() -> None:
-    for c in list(_OPEN):
-        c.close()
-
-
-class Cluster:
-    """The test harness: verbs over a LocalCluster (owned) or a running cluster (KV_CLUSTER).
-
-    Every STATUS seen goes through _observe(): a node reporting primary in a term in which
-    another node was already seen primary raises AssertionError at once (Raft allows one leader
-    per term, ever).  `down` holds the nodes a test killed, stopped or shut down, so restore()
-    can bring them back."""
-
-    def __init__(self, local=None, addrs: dict | None = None):
-        self.local = local
-        if local is not None:
-            self.ids = list(local.ids)
-            self._addrs = {nid: norm_addr(local.addr(nid)) for nid in self.ids}
-        else:
-            self.ids = sorted(addrs)
-            self._addrs = dict(addrs)
-        self.down: set[str] = set()
-        self.fresh = True                      # no node killed/stopped/restarted yet
-        self._leaders: dict[int, str] = {}
-        self._lock = threading.Lock()
-
-    @classmethod
-    def start_local(cls, **options) -> "Cluster":
-        if LocalCluster is None:
-            raise RuntimeError(f"cluster_manager.LocalCluster cannot be imported: {_IMPORT_ERROR}")
-        lc = LocalCluster(n=3, **options)      # free ports, fresh temp data dir
-        c = cls(local=lc)
-        _OPEN.append(c)
-        try:
-            lc.start(wait=True, timeout=START_TIMEOUT)
-        except BaseException:
-            c.close()
-            raise
-        return c
-
-    @classmethod
-    def external(cls, spec: str) -> "Cluster":
-        by_id = {}
-        for a in (x.strip() for x in spec.split(",")):
-            if not a:
-                continue
-            st = status_of(a, timeout=3.0)
-            if st is None:
-                raise RuntimeError(f"KV_CLUSTER node {a} does not answer STATUS")
-            by_id[st["node_id"]] = a
-        if len(by_id) < 3:
-            raise RuntimeError(f"KV_CLUSTER must name at least 3 nodes, got {sorted(by_id)}")
-        return cls(addrs=by_id)
-
-    @property
-    def owned(self) -> bool:
-        return self.local is not None
-
-    def close(self) -> None:
-        if self in _OPEN:
-            _OPEN.remove(self)
-        if self.local is not None:
-            try:
-                self.local.stop()
-            finally:
-                self.local.cleanup()
-
-    # -- addresses and clients
-    def addr(self, nid: str) -> str:
-        return self._addrs[nid]
-
-    def addresses(self) -> list[str]:
-        return [self._addrs[nid] for nid in self.ids]
-
-    def client(self, nid: str, timeout: float = CLIENT_TIMEOUT) -> LineClient:
-        return LineClient(self._addrs[nid], timeout=timeout)
-
-    # -- observation
-    def _observe(self, nid: str, st: dict) -> None:
-        if st.get("role") != "primary":
-            return
-        term = st.get("election_term")
-        with self._lock:
-            seen = self._leaders.setdefault(term, nid)
-        if seen != nid:
-            raise AssertionError(f"two primaries in term {term}: {seen} and {nid} (safety violation)")
-
-    def status(self, nid: str, timeout: float = 1.0) -> dict | None:
-        st = status_of(self._addrs[nid], timeout)
-        if st is not None:
-            self._observe(nid, st)
-        return st
-
-    def statuses(self, ids=None, timeout: float = 1.0) -> dict:
-        return {nid: self.status(nid, timeout) for nid in (self.ids if ids is None else ids)}
-
-    def live_ids(self) -> list[str]:
-        return [nid for nid in self.ids if nid not in self.down]
-
-    def describe(self) -> str:
-        return summary(self.statuses(timeout=0.5))
-
-    def wait_for_single_primary(self, timeout: float = ELECTION_WAIT, exclude=(), ids=None,
-                                min_term: int = 0) -> str:
-        """Exactly one node (outside exclude) reports primary, at term >= min_term, and every
-        other answering node names it as primary in the same term; a majority answers."""
-        ids = list(ids) if ids is not None else self.live_ids()
-        majority = len(self.ids) // 2 + 1
-
-        def single():
-            sts = self.statuses(ids, timeout=0.5)
-            up = {n: s for n, s in sts.items() if s is not None}
-            prims = [n for n, s in up.items() if s["role"] == "primary"]
-            if len(up) < majority or len(prims) != 1 or prims[0] in exclude:
-                return None
-            p = prims[0]
-            term = up[p]["election_term"]
-            if term < min_term:
-                return None
-            if all(s.get("primary") == p and s["election_term"] == term for s in up.values()):
-                return p
-            return None
-        what = "a single primary" + (f" other than {sorted(exclude)}" if exclude else "")
-        return wait_until(single, timeout, what, diag=self.describe)
-
-    def wait_converged(self, ids=None, timeout: float = CONVERGE_WAIT, min_applied: int = 0) -> dict:
-        """Every node in ids (default: all not down) answers with the same last_applied and
-        digest, at least min_applied; returns their STATUS answers."""
-        ids = list(ids) if ids is not None else self.live_ids()
-
-        def converged():
-            sts = self.statuses(ids, timeout=0.5)
-            if any(s is None for s in sts.values()):
-                return None
-            if len({s["last_applied"] for s in sts.values()}) != 1:
-                return None
-            if len({s["digest"] for s in sts.values()}) != 1:
-                return None
-            if next(iter(sts.values()))["last_applied"] < min_applied:
-                return None
-            return sts
-        return wait_until(converged, timeout, f"{ids} to converge (same last_applied >= {min_applied} "
-                          "and same digest)", diag=self.describe)
-
-    # -- process control (owned clusters only)
-    def _need_local(self) -> None:
-        if self.local is None:
-            raise unittest.SkipTest(PROCESS_CONTROL_SKIP)
-
-    def kill(self, nid: str) -> None:
-        """kill -9 by PID (LocalCluster reaps it)."""
-        self._need_local()
-        self.fresh = False
-        self.down.add(nid)
-        self.local.kill(nid)
-
-    def stop_node(self, nid: str) -> None:
-        self._need_local()
-        self.fresh = False
-        self.down.add(nid)
-        self.local.stop_node(nid)
-
-    def mark_down(self, nid: str) -> None:
-        """The test stopped nid by other means (SHUTDOWN)."""
-        self.fresh = False
-        self.down.add(nid)
-
-    def start_node(self, nid: str, primary: bool = False) -> None:
-        """(Re)start nid, with --primary if asked; LocalCluster.restart stops it first if it
-        still runs and returns once it answers STATUS."""
-        self._need_local()
-        self.fresh = False
-        self.local.restart(nid, primary=primary, timeout=10)
-        self.down.discard(nid)
-
-    def process_alive(self, nid: str) -> bool:
-        p = self.local.process(nid) if self.local is not None else None
-        return p is not None and p.alive()
-
-    def restore(self) -> list[str]:
-        """Restart every node that was taken down (or died), then wait for one primary and
-        convergence.  Returns the nodes that died without the test asking for it."""
-        if self.local is None:
-            return []
-        crashed = []
-        for nid in self.ids:
-            if nid in self.down or not self.process_alive(nid):
-                if nid not in self.down:
-                    crashed.append(nid)
-                self.start_node(nid)
-        self.down.clear()
-        self.wait_for_single_primary(ELECTION_WAIT)
-        self.wait_converged()
-        return crashed
-
-    def log_text(self, nid: str) -> str:
-        """The node's own node.log plus its console log (stdout+stderr)."""
-        if self.local is None:
-            return ""
-        out = []
-        d = self.local.data_dir_of(nid)
-        for name in ("node.log", os.path.basename(self.local.log_path(nid))):
-            try:
-                with open(os.path.join(d, name), encoding="utf-8", errors="replace") as f:
-                    out.append(f.read())
-            except OSError:
-                continue
-        return "\n".join(out)
-
-
-# ----------------------------------------------------------------------------- retrying writer
-class RetryingWriter(threading.Thread):
-    """Writes SET <key_for(i)> i for i = 0, 1, ... (stop, or max_ops) across the cluster.
-
-    Follows the "primary_addr" hint of NOT_PRIMARY, else tries the next node; retries a write
-    until it is acknowledged or op_deadline passes (an idempotent SET of a key only this writer
-    uses, so re-sending after an unknown outcome is safe).  Records:
-      acked[key]    the last acknowledged value;
-      pending[key]  values sent after that ack whose outcome is unknown (connection lost after
-                    sending, or an indefinite TIMEOUT/NO_QUORUM answer);
-      counters      n_acked, not_primary, refused (could not connect/send), lost_in_flight,
-                    indefinite (indefinite error answers), failed (gave up), unexpected answers.
-    `abandon` makes it give up the write in hand at once (for kill -9 of every node)."""
-
-    def __init__(self, name: str, addrs: list[str], key_for, stop: threading.Event,
-                 abandon: threading.Event | None = None, op_deadline: float = 20.0,
-                 max_ops: int | None = None):
-        super().__init__(name=name, daemon=True)
-        self.addrs = list(addrs)
-        self.key_for = key_for
-        self.stop_ev = stop
-        self.abandon = abandon or threading.Event()
-        self.op_deadline = op_deadline
-        self.max_ops = max_ops
-        self.acked: dict[str, int] = {}
-        self.pending: dict[str, set] = {}
-        self.ack_log: list[tuple[float, str]] = []     # (monotonic time, node address)
-        self.n_acked = 0
-        self.not_primary = 0
-        self.refused = 0
-        self.lost_in_flight = 0
-        self.indefinite = 0
-        self.failed = 0
-        self.unexpected: list[dict] = []
-        self.error: BaseException | None = None
-        self._target = 0
-        self._hint: str | None = None
-        self._conn: LineClient | None = None
-
-    def run(self) -> None:
-        try:
-            i = 0
-            while not self.stop_ev.is_set() and (self.max_ops is None or i < self.max_ops):
-                self.write(self.key_for(i), i)
-                i += 1
-        except BaseException as e:        # reported by the test (check_writer), never swallowed
-            self.error = e
-        finally:
-            self._drop()
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def _next(self) -> None:
-        self._drop()
-        self._hint = None
-        self._target = (self._target + 1) % len(self.addrs)
-
-    def write(self, key: str, value: int) -> bool:
-        deadline = time.monotonic() + self.op_deadline
-        line = f"SET {key} {value}\n".encode()
-        backoff = 0.01
-        hops = 0                                  # NOT_PRIMARY hints followed without a pause
-        while True:
-            if self.abandon.is_set():
-                self.pending.setdefault(key, set()).add(value)
-                return False
-            sent = False
-            reply = None
-            try:
-                if self._conn is None:
-                    self._conn = LineClient(self._hint or self.addrs[self._target], timeout=CLIENT_TIMEOUT)
-                self._conn.send_raw(line)
-                sent = True
-                reply = self._conn.read_reply()
-            except (OSError, ValueError):
-                if sent:
-                    self.lost_in_flight += 1
-                    self.pending.setdefault(key, set()).add(value)
-                else:
-                    self.refused += 1
-                self._next()
-            pause = True
-            if reply is not None:
-                if reply.get("status") == "OK":
-                    self.acked[key] = value
-                    self.pending.pop(key, None)
-                    self.n_acked += 1
-                    self.ack_log.append((time.monotonic(), self._conn.addr))
-                    return True
-                code = reply.get("code")
-                if code == "NOT_PRIMARY":
-                    self.not_primary += 1
-                    hint = reply.get("primary_addr")
-                    if hint and hint != self._conn.addr:
-                        self._drop()
-                        self._hint = hint
-                        hops += 1
-                        pause = hops > 2              # go straight to the named primary, twice
-                    else:
-                        self._next()
-                elif code in ("TIMEOUT", "NO_QUORUM"):
-                    if not reply.get("definite", False):
-                        self.indefinite += 1
-                        self.pending.setdefault(key, set()).add(value)
-                else:
-                    self.unexpected.append(reply)
-                    self.failed += 1
-                    return False
-            if time.monotonic() >= deadline:
-                self.failed += 1
-                return False
-            if pause:
-                self.abandon.wait(backoff)       # retry backoff (a client's, not a test wait)
-                backoff = min(backoff * 2, 0.2)
-
-    def counts(self) -> str:
-        return (f"{self.name}: acked={self.n_acked} not_primary={self.not_primary} refused={self.refused} "
-                f"lost_in_flight={self.lost_in_flight} indefinite={self.indefinite} failed={self.failed}")
-
-
-def total_acked(writers) -> int:
-    return sum(w.n_acked for w in writers)
-
-
 # ---------------------------------------------------------------------------------- base class
 class ClusterTestCase(unittest.TestCase):
     """One cluster per class.  tearDown brings back nodes a test took down, so every test starts
@@ -542,7 +83,7 @@ class ClusterTestCase(unittest.TestCase):
     cluster_options: dict = {}
     external_ok = True                 # False: the whole class needs its own cluster
     external_skip_reason = PROCESS_CONTROL_SKIP
-    cluster: Cluster | None = None
+    cluster: LocalCluster | None = None
 
     @classmethod
     def setUpClass(cls):
@@ -550,13 +91,17 @@ class ClusterTestCase(unittest.TestCase):
         if EXTERNAL:
             if not cls.external_ok:
                 raise unittest.SkipTest(cls.external_skip_reason)
-            cls.cluster = Cluster.external(KV_CLUSTER)
+            cls.cluster = LocalCluster.attach(KV_CLUSTER)
+            if cls.cluster.n < 3:
+                raise ClusterError(f"KV_CLUSTER must name at least 3 nodes, got {cls.cluster.ids}")
         else:
-            cls.cluster = Cluster.start_local(**cls.cluster_options)
+            cls.cluster = LocalCluster(n=3, **cls.cluster_options)      # free ports, fresh temp dir
         try:
+            if not EXTERNAL:
+                cls.cluster.start(wait=True, timeout=START_TIMEOUT)
             cls.cluster.wait_for_single_primary(START_TIMEOUT)
         except BaseException:
-            cls.cluster.close()
+            cls.cluster.cleanup()
             cls.cluster = None
             raise
 
@@ -564,7 +109,7 @@ class ClusterTestCase(unittest.TestCase):
     def tearDownClass(cls):
         try:
             if cls.cluster is not None:
-                cls.cluster.close()
+                cls.cluster.cleanup()
         finally:
             cls.cluster = None
             super().tearDownClass()
@@ -577,7 +122,8 @@ class ClusterTestCase(unittest.TestCase):
     def tearDown(self):
         for cl in self._clients:
             cl.close()
-        crashed = self.c.restore()
+        self.c.check_safety()
+        crashed = self.c.restore(timeout=CONVERGE_WAIT)
         if crashed:
             self.fail(f"{crashed} died without the test stopping them (restarted for the next test)")
 
@@ -587,7 +133,7 @@ class ClusterTestCase(unittest.TestCase):
             self.skipTest(PROCESS_CONTROL_SKIP)
 
     def client(self, nid: str) -> LineClient:
-        cl = self.c.client(nid)
+        cl = LineClient(self.c.address(nid))
         self._clients.append(cl)
         return cl
 
@@ -743,7 +289,7 @@ class TestKVStoreReplication(ClusterTestCase):
 
     def test_07_secondaries_refuse_with_not_primary(self):
         p = self.c.wait_for_single_primary()
-        paddr = self.c.addr(p)
+        paddr = self.c.address(p)
         key = f"{self.prefix}.k"
         before = self.c.wait_converged()
         for s in self.c.ids:
@@ -802,7 +348,7 @@ class TestKVStoreReplication(ClusterTestCase):
 
         def writer(t):
             try:
-                with self.c.client(p) as cl:
+                with self.client(p) as cl:
                     for i in range(per_thread):
                         r = cl.set(f"{self.prefix}.t{t}.{i}", [t, i])
                         if r.get("status") != "OK":
@@ -835,7 +381,7 @@ class TestLeaderElection(ClusterTestCase):
         for n, s in sts.items():
             self.assertIsNotNone(s, f"{n} does not answer")
             self.assertEqual(s["primary"], p, f"{n} follows {s['primary']}")
-            self.assertEqual(s["primary_addr"], self.c.addr(p))
+            self.assertEqual(s["primary_addr"], self.c.address(p))
             if n != p:
                 self.assertEqual(s["role"], "secondary")
         if self.c.owned and self.c.fresh:
@@ -868,7 +414,7 @@ class TestLeaderElection(ClusterTestCase):
         term = self.c.status(new)["election_term"]
         target = self.c.status(new)["last_applied"]
 
-        self.c.start_node(old, primary=True)       # restarted WITH --primary
+        self.c.restart(old, primary=True)       # restarted WITH --primary
 
         def rejoined():
             st_new = self.c.status(new)
@@ -926,7 +472,7 @@ class TestClusterConsistency(ClusterTestCase):
         self.assertNotEqual(cl.get(key).get("status"), "OK", "a lone node served a read")
 
         for s in secondaries:
-            self.c.start_node(s)
+            self.c.restart(s)
         self.c.wait_for_single_primary()
         self.c.wait_converged(ids=self.c.ids)
         _, pc = self.primary_client()
@@ -950,7 +496,7 @@ class TestClusterConsistency(ClusterTestCase):
         self.write_all(cl, {f"{self.prefix}.{i}": {"i": i} for i in range(200)})
         st = self.c.status(p)
         self.assertGreaterEqual(st["commit_index"], down_applied + 200, "writes commit with one node down")
-        self.c.start_node(lagger)
+        self.c.restart(lagger)
         sts = self.c.wait_converged(min_applied=st["last_applied"])
         self.assertEqual(sts[lagger]["digest"], sts[p]["digest"])
         self.assertEqual(sts[lagger]["role"], "secondary")
@@ -1019,7 +565,7 @@ class TestFailover(ClusterTestCase):
             self.check_writer(w)
             self.assertEqual((w.failed, w.unexpected), (0, []), w.counts())
         self.assertGreater(self.c.status(new)["election_term"], term)
-        new_addr = self.c.addr(new)
+        new_addr = self.c.address(new)
         first = min((t for w in writers for t, a in w.ack_log if t > t_kill and a == new_addr), default=None)
         cl = self.client(new)
         checked, later = self.verify_acknowledged(cl, writers)
@@ -1045,7 +591,7 @@ class TestRejoin(ClusterTestCase):
         new = self.c.wait_for_single_primary(ids=others)
         self.write_all(self.client(new), {f"{self.prefix}.b{i}": i for i in range(50)})
         term = self.c.status(new)["election_term"]
-        self.c.start_node(old, primary=True)
+        self.c.restart(old, primary=True)
         sts = self.c.wait_converged(min_applied=self.c.status(new)["last_applied"])
         self.assertEqual(sts[old]["role"], "secondary", summary(sts))
         self.assertEqual(sts[old]["primary"], new)
@@ -1067,16 +613,16 @@ class TestRejoin(ClusterTestCase):
         cl.send_line(f"SET {tail_key} 1")
         wait_until(lambda: (self.c.status(old) or {}).get("last_log_index", 0) > before, 5,
                    f"{old} to append the write")
-        with self.c.client(old) as fc:
+        with self.client(old) as fc:
             fc.request("FLUSH")            # make the tail durable before the crash
         self.c.kill(old)
         for s in others:
-            self.c.start_node(s)
+            self.c.restart(s)
         new = self.c.wait_for_single_primary(ids=others)
         nc = self.client(new)
         self.write_all(nc, {f"{self.prefix}.new{i}": i for i in range(20)})
         term = self.c.status(new)["election_term"]
-        self.c.start_node(old, primary=True)
+        self.c.restart(old, primary=True)
         sts = self.c.wait_converged(min_applied=self.c.status(new)["last_applied"])
         self.assertEqual(sts[old]["role"], "secondary", summary(sts))
         self.assertEqual({s["election_term"] for s in sts.values()}, {term}, summary(sts))
@@ -1100,7 +646,7 @@ class TestSnapshotCatchUp(ClusterTestCase):
         # the entries the stopped node lacks are compacted away on the primary
         wait_until(lambda: (self.c.status(p) or {}).get("snapshot_index", 0) > down_applied + 200, 30,
                    f"{p} to snapshot past index {down_applied + 200}", diag=self.c.describe)
-        self.c.start_node(lagger)
+        self.c.restart(lagger)
         sts = self.c.wait_converged(min_applied=self.c.status(p)["last_applied"])
         st = sts[lagger]
         self.assertEqual(st["digest"], sts[p]["digest"])
@@ -1128,7 +674,7 @@ class TestPlannedFailover(ClusterTestCase):
         w.start()
         try:
             wait_until(lambda: w.n_acked >= 100, 30, "100 acknowledged writes before SHUTDOWN")
-            with self.c.client(old) as sc:
+            with self.client(old) as sc:
                 self.assertOk(sc.request("SHUTDOWN"), "SHUTDOWN")
             self.c.mark_down(old)
             wait_until(lambda: self.c.status(old, timeout=0.3) is None, 15, f"{old} to exit")
@@ -1145,7 +691,7 @@ class TestPlannedFailover(ClusterTestCase):
         self.assertEqual(w.indefinite, 0, f"indefinite answers during a planned failover: {w.counts()}")
         self.assertEqual(w.lost_in_flight, 0,
                          f"writes left without an answer (unknown outcome) during a planned failover: {w.counts()}")
-        exit_code = self.c.local.exit_code(old)
+        exit_code = self.c.exit_code(old)
         self.assertEqual(exit_code, 0, f"{old} exit code after SHUTDOWN")
         checked, _ = self.verify_acknowledged(self.client(new), [w])
         self.assertEqual(checked, w.n_acked)
@@ -1162,7 +708,7 @@ class TestEmptyDataDirRejoin(ClusterTestCase):
         s = next(n for n in self.c.ids if n != p)
         self.c.wait_converged()
         self.c.stop_node(s)
-        ddir = self.c.local.data_dir_of(s)
+        ddir = self.c.data_dir_of(s)
         for name in os.listdir(ddir):
             path = os.path.join(ddir, name)
             if os.path.isdir(path):
@@ -1171,7 +717,7 @@ class TestEmptyDataDirRejoin(ClusterTestCase):
                 os.unlink(path)
         self.assertEqual(os.listdir(ddir), [])
         self.write_all(cl, {f"{self.prefix}.b{i}": i for i in range(100)})
-        self.c.start_node(s)
+        self.c.restart(s)
         sts = self.c.wait_converged(min_applied=self.c.status(p)["last_applied"])
         self.assertEqual(sts[s]["digest"], sts[p]["digest"])
         self.assertEqual(sts[s]["keys"], sts[p]["keys"])
@@ -1205,7 +751,7 @@ class TestDurability(ClusterTestCase):
         acked = total_acked(writers)
         self.assertGreaterEqual(acked, 2000)
         for nid in self.c.ids:
-            self.c.start_node(nid)
+            self.c.restart(nid)
         p = self.c.wait_for_single_primary(ELECTION_WAIT)
         self.c.wait_converged()
         checked, _ = self.verify_acknowledged(self.client(p), writers)
@@ -1320,7 +866,7 @@ class TestMembershipSecurity(ClusterTestCase):
                 else:
                     lines = [hello, "PROOF", msg]
                 proof_for = (lambda nonce, t=target: self.proof(secret, nonce, sender, t)) if secret is not None else None
-                how = self.converse(self.c.addr(target), lines, proof_for)
+                how = self.converse(self.c.address(target), lines, proof_for)
                 out.append((f"{label}{mtype} {sender}->{target}", how))
         return out
 
@@ -1363,7 +909,7 @@ class TestMembershipSecurity(ClusterTestCase):
         if not self.c.owned:
             self.skipTest("KV_CLUSTER is set: needs a cluster started with --cluster-secret")
         sender, target = self.c.ids[1], self.c.ids[0]
-        how = self.converse(self.c.addr(target), [{"type": "HELLO", "from": sender, "to": target}, "PROOF"],
+        how = self.converse(self.c.address(target), [{"type": "HELLO", "from": sender, "to": target}, "PROOF"],
                             lambda nonce: self.proof(self.SECRET, nonce, sender, target))
         self.assertEqual(how, "welcomed")
 

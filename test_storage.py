@@ -17,6 +17,7 @@ import time
 import pytest
 
 import kv_storage
+from kv_localcluster import wait_until
 from kv_storage import (LogStorage, ReplicationLog, SnapshotMeta, StorageCorruption, encode_record,
                         read_snapshot_file, verify_snapshot_file, write_snapshot_file)
 
@@ -67,15 +68,6 @@ def reload(path, **kw):
     st, rec = open_storage(path, **kw)
     st.close()
     return rec
-
-
-def wait_until(pred, timeout=5.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,7 +307,7 @@ def test_policy_everysec_fsyncs_in_background(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
     st.append(filler(2, 5))
     st.sync()                                  # returns at once
-    assert wait_until(lambda: len(calls) >= 1, timeout=5.0), "background fsync never happened"
+    wait_until(lambda: len(calls) >= 1, 5.0, "the background fsync", interval=0.01)
     n = len(calls)
     st.close()
     assert len(calls) == n                     # nothing left to fsync at close

@@ -6,8 +6,8 @@ beside Redis 7 with 2 replicas, in one run.
     python benchmarks/benchmark_cluster.py --reps 5 --duration 4 --no-redis-benchmark
 
 What it does (every process it starts is stopped by PID before it returns):
-  1. a 3-node KV Store cluster on free 127.0.0.1 ports in a temp dir (cluster_manager.LocalCluster,
-     or the small MiniCluster below when that cannot be imported), fsync always by default: a SET
+  1. a 3-node KV Store cluster on free 127.0.0.1 ports in a temp dir (kv_localcluster.LocalCluster),
+     fsync always by default: a SET
      is answered only once a majority has it durable and the primary applied it; a GET only while
      the primary's lease says it still leads;
   2. redis-server (appendonly yes, appendfsync always) + 2 `--replicaof` replicas with the same
@@ -23,11 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,121 +31,19 @@ sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(HERE))
 
 import benchmark_node as B  # noqa: E402
+from kv_localcluster import LocalCluster, wait_until  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- cluster launcher
-class MiniCluster:
-    """Fallback launcher when cluster_manager.LocalCluster is not importable: n nodes on free ports,
-    a temp dir, every process signalled by PID only.  Offers the subset of LocalCluster's API the
-    benchmarks use: ids, port(id), start(), kill(id), restart(id), stop(), cleanup(), status(id),
-    primary(), wait_for_single_primary(timeout), wait_converged(timeout)."""
-
-    def __init__(self, n: int = 3, fsync: str = "always", extra_args=()):
-        self.ids = [f"node{i}" for i in range(1, n + 1)]
-        self._ports = {i: B.free_port() for i in self.ids}
-        self.data_dir = tempfile.mkdtemp(prefix="kvbench-cluster-")
-        self.fsync = fsync
-        self.extra_args = tuple(extra_args)
-        self._procs: dict[str, subprocess.Popen] = {}
-        self._logs = {}
-
-    def port(self, nid: str) -> int:
-        return self._ports[nid]
-
-    def addresses(self) -> list[str]:
-        return [f"{B.HOST}:{self._ports[i]}" for i in self.ids]
-
-    def start_node(self, nid: str, primary: bool = False) -> int:
-        peers = ",".join(f"{m}={B.HOST}:{self._ports[m]}" for m in self.ids if m != nid)
-        ddir = os.path.join(self.data_dir, nid)
-        os.makedirs(ddir, exist_ok=True)
-        cmd = [sys.executable, B.SERVER_SCRIPT, "--node-id", nid, "--host", B.HOST, "--port",
-               str(self._ports[nid]), "--peers", peers, "--data-dir", ddir, "--fsync", self.fsync,
-               *self.extra_args] + (["--primary"] if primary else [])
-        log = open(os.path.join(ddir, "console.log"), "ab")
-        self._logs[nid] = log
-        self._procs[nid] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        B.wait_for(lambda: self.status(nid, 0.5) is not None, 15, f"{nid} to answer STATUS")
-        return self._procs[nid].pid
-
-    def start(self) -> "MiniCluster":
-        for i, nid in enumerate(self.ids):
-            self.start_node(nid, primary=(i == 0))
-        self.wait_for_single_primary(15)
-        return self
-
-    def kill(self, nid: str) -> None:
-        p = self._procs.get(nid)
-        if p is not None and p.poll() is None:
-            os.kill(p.pid, signal.SIGKILL)
-            p.wait(10)
-
-    def restart(self, nid: str, primary: bool = False) -> int:
-        p = self._procs.get(nid)
-        if p is not None and p.poll() is None:
-            B.stop_pid(p)
-        return self.start_node(nid, primary)
-
-    def stop(self) -> None:
-        for p in self._procs.values():
-            B.stop_pid(p)
-        for f in self._logs.values():
-            f.close()
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def status(self, nid: str, timeout: float = 1.0):
-        return B.line_call(self._ports[nid], "STATUS", timeout)
-
-    def primary(self, timeout: float = 1.0):
-        prims = [(s["election_term"], i) for i in self.ids
-                 for s in [self.status(i, timeout)] if s and s.get("role") == "primary"]
-        return max(prims)[1] if prims else None
-
-    def wait_for_single_primary(self, timeout: float = 10, exclude=()):
-        def one():
-            sts = {i: self.status(i, 0.5) for i in self.ids if i not in exclude}
-            prims = [i for i, s in sts.items() if s and s.get("role") == "primary"]
-            return prims[0] if len(prims) == 1 else None
-        return B.wait_for(one, timeout, "a single primary")
-
-    def wait_converged(self, timeout: float = 10, ids=None):
-        def conv():
-            sts = {i: self.status(i, 0.5) for i in (ids or self.ids)}
-            if any(s is None for s in sts.values()):
-                return None
-            for f in ("last_applied", "commit_index", "digest"):
-                if len({s[f] for s in sts.values()}) != 1:
-                    return None
-            return sts
-        return B.wait_for(conv, timeout, "the nodes to converge")
-
-
-def make_cluster(n: int = 3, fsync: str = "always", extra_args=(), prefer_local: bool = True):
-    """A started cluster: cluster_manager.LocalCluster when importable, else MiniCluster.
-    Returns (cluster, launcher name)."""
-    if prefer_local:
-        try:
-            from cluster_manager import LocalCluster
-            c = LocalCluster(n=n, fsync=fsync, extra_args=tuple(extra_args))
-            try:
-                c.start(wait=True, timeout=20)
-            except Exception:
-                c.cleanup()
-                raise
-            return c, "cluster_manager.LocalCluster"
-        except ImportError as e:
-            print(f"  (cluster_manager.LocalCluster not importable: {e}; using MiniCluster)", flush=True)
-    c = MiniCluster(n=n, fsync=fsync, extra_args=extra_args)
+def make_cluster(n: int = 3, fsync: str = "always", extra_args=()):
+    """A started kv_localcluster.LocalCluster (free ports, temp dir).  Returns (cluster, launcher name)."""
+    c = LocalCluster(n=n, fsync=fsync, extra_args=tuple(extra_args))
     try:
-        c.start()
+        c.start(wait=True, timeout=20)
     except BaseException:
         c.cleanup()
         raise
-    return c, "MiniCluster"
+    return c, "kv_localcluster.LocalCluster"
 
 
 class RedisReplicated:
@@ -167,7 +61,7 @@ class RedisReplicated:
             r = B.RedisProc(appendfsync=self.appendfsync, replicaof=(B.HOST, self.primary.port))
             self.replicas.append(r)
             r.start()
-        B.wait_for(lambda: f"connected_slaves:{self.k}" in self.primary.info()
+        wait_until(lambda: f"connected_slaves:{self.k}" in self.primary.info()
                    and all("master_link_status:up" in r.info() for r in self.replicas),
                    timeout, "both Redis replicas to be linked")
         return self
@@ -198,7 +92,6 @@ def main(argv=None) -> int:
     B.add_common_args(p)
     p.add_argument("--nodes", type=int, default=3, help="KV cluster size (default 3)")
     p.add_argument("--replicas", type=int, default=2, help="Redis replicas (default 2)")
-    p.add_argument("--mini-cluster", action="store_true", help="use this file's MiniCluster, not LocalCluster")
     args = p.parse_args(argv)
     conns = tuple(int(x) for x in args.conns.split(","))
     cfgs = B.configurations(conns=conns)
@@ -213,7 +106,7 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     converged = None
     try:
-        cluster, launcher = make_cluster(args.nodes, args.fsync, prefer_local=not args.mini_cluster)
+        cluster, launcher = make_cluster(args.nodes, args.fsync)
         prim = cluster.wait_for_single_primary(15)
         port = cluster.port(prim)
         print(f"  KV cluster via {launcher}: {cluster.addresses()}, primary {prim} on port {port}", flush=True)

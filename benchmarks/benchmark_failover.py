@@ -33,10 +33,8 @@ importable).  Every process it starts is stopped by PID before it returns.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import socket
 import statistics
 import sys
 import threading
@@ -48,42 +46,9 @@ sys.path.insert(1, os.path.dirname(HERE))
 
 import benchmark_node as B  # noqa: E402
 from benchmark_cluster import make_cluster  # noqa: E402
+from kv_localcluster import LineClient, RetryingWriter, WaitTimeout  # noqa: E402
 
 HOST = B.HOST
-
-
-class LineConn:
-    """One persistent line-protocol connection (blocking, with timeouts)."""
-
-    def __init__(self, port: int, connect_timeout: float = 0.3, timeout: float = 7.0):
-        self.sock = socket.create_connection((HOST, port), timeout=connect_timeout)
-        self.sock.settimeout(timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-
-    def send_lines(self, lines: list[bytes]) -> None:
-        self.sock.sendall(b"".join(lines))
-
-    def read_line(self) -> dict:
-        while True:
-            i = self.buf.find(b"\n")
-            if i >= 0:
-                line, self.buf = self.buf[:i], self.buf[i + 1:]
-                return json.loads(line)
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("connection closed by the node")
-            self.buf += chunk
-
-    def call(self, line: str) -> dict:
-        self.send_lines([line.encode() + b"\n"])
-        return self.read_line()
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
 
 # ----------------------------------------------------------------------------- poller
@@ -91,8 +56,8 @@ class Poller:
     """One thread per node: STATUS every `interval` s.  Keeps a timeline and flags two primaries
     in one term."""
 
-    def __init__(self, ports: dict[str, int], interval: float = 0.05):
-        self.ports = ports
+    def __init__(self, addrs: dict[str, str], interval: float = 0.05):
+        self.ports = addrs
         self.interval = interval
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
@@ -101,7 +66,7 @@ class Poller:
         self.timeline: list[tuple] = []            # (t, node, role or "down", term, primary)
         self.polls = 0
         self.threads = [threading.Thread(target=self._run, args=(nid,), daemon=True, name=f"poll-{nid}")
-                        for nid in ports]
+                        for nid in addrs]
 
     def start(self):
         self.t_start = time.monotonic()
@@ -118,15 +83,15 @@ class Poller:
 
     def _run(self, nid: str) -> None:
         conn = None
-        port = self.ports[nid]
+        addr = self.ports[nid]
         next_at = time.monotonic()
         while not self.stop_event.is_set():
             t = time.monotonic()
             st = None
             try:
                 if conn is None:
-                    conn = LineConn(port, connect_timeout=0.2, timeout=0.5)
-                st = conn.call("STATUS")
+                    conn = LineClient(addr, timeout=0.5)
+                st = conn.request("STATUS")
             except (OSError, ValueError):
                 if conn is not None:
                     conn.close()
@@ -164,184 +129,53 @@ class Poller:
 
 
 # ----------------------------------------------------------------------------- writers
-class Load:
-    """Shared state of the writers: acknowledged writes, pause/stop, counters."""
+class RoundWriters:
+    """The round's writers: kv_localcluster.RetryingWriter threads (follow NOT_PRIMARY hints,
+    re-send after indefinite answers: each key is written once, so re-sending is idempotent),
+    keys unique per run, round and writer.  stop() abandons the write in hand and joins."""
 
-    def __init__(self, ports: dict[str, int], run_id: str):
-        self.ports = ports
-        self.run_id = run_id
-        self.lock = threading.Lock()
-        self.acks: list[tuple] = []        # (round, key, value, node, t_sent, t_ack)
-        self.round = 0
-        self.running = threading.Event()   # set = writers may issue writes
-        self.stop_event = threading.Event()
-        self.idle: dict[int, bool] = {}
-        self.counters = {"not_primary": 0, "conn_errors": 0, "indefinite": 0, "other_errors": 0,
-                         "abandoned": 0}
-        self.other_error_samples: list[str] = []
+    def __init__(self, cluster, run_id: str, rno: int, n: int):
+        self.stop_ev = threading.Event()
+        self.abandon = threading.Event()
+        self.writers = [RetryingWriter(f"writer-{w}", cluster.addresses(),
+                                       (lambda w: lambda i: f"fo{run_id}:r{rno}:w{w}:{i}")(w),
+                                       self.stop_ev, abandon=self.abandon)
+                        for w in range(1, n + 1)]
+        self.by_addr = {cluster.address(nid): nid for nid in cluster.ids}
+        for w in self.writers:
+            w.start()
 
-    def bump(self, what: str, sample: str | None = None) -> None:
-        with self.lock:
-            self.counters[what] += 1
-            if sample and len(self.other_error_samples) < 10:
-                self.other_error_samples.append(sample)
+    def acks(self, rno: int) -> list[tuple]:
+        """(round, key, value, node, t_ack) of every acknowledged write, in ack order per writer
+        (each key is written once, so a writer's acked dict and ack_log line up)."""
+        out = []
+        for w in self.writers:
+            log = list(w.ack_log)
+            for (key, value), (t, addr) in zip(list(w.acked.items()), log):
+                out.append((rno, key, value, self.by_addr.get(addr, addr), t))
+        return out
 
-    def pause(self, timeout: float = 30.0) -> bool:
-        """Stop issuing writes and wait until no writer has a write in flight."""
-        self.running.clear()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if all(self.idle.values()):
-                    return True
-            time.sleep(0.01)
-        return False
+    def stop(self, timeout: float = 30.0) -> bool:
+        self.stop_ev.set()
+        self.abandon.set()
+        for w in self.writers:
+            w.join(timeout)
+        return not any(w.is_alive() for w in self.writers)
 
-    def resume(self, round_no: int) -> None:
-        with self.lock:
-            self.round = round_no
-        self.running.set()
-
-
-class Writer(threading.Thread):
-    def __init__(self, wid: int, load: Load, node_ids: list[str]):
-        super().__init__(daemon=True, name=f"writer-{wid}")
-        self.wid = wid
-        self.load = load
-        self.node_ids = node_ids
-        self.target = node_ids[0]
-        self.conns: dict[str, LineConn] = {}
-        self.down_until: dict[str, float] = {}
-        self.seq = 0
-        load.idle[wid] = True
-
-    def _conn(self, nid: str) -> LineConn:
-        c = self.conns.get(nid)
-        if c is None:
-            c = LineConn(self.load.ports[nid])
-            self.conns[nid] = c
-        return c
-
-    def _drop(self, nid: str) -> None:
-        c = self.conns.pop(nid, None)
-        if c is not None:
-            c.close()
-
-    def _next_node(self, after: str) -> str:
-        i = self.node_ids.index(after)
-        now = time.monotonic()
-        for k in range(1, len(self.node_ids) + 1):
-            cand = self.node_ids[(i + k) % len(self.node_ids)]
-            if self.down_until.get(cand, 0) <= now:
-                return cand
-        return self.node_ids[(i + 1) % len(self.node_ids)]
-
-    def run(self) -> None:
-        load = self.load
-        rnd = random.Random(self.wid)
-        try:
-            while not load.stop_event.is_set():
-                if not load.running.is_set():
-                    with load.lock:
-                        load.idle[self.wid] = True
-                    load.running.wait(0.1)
-                    continue
-                with load.lock:
-                    load.idle[self.wid] = False
-                    round_no = load.round
-                self.seq += 1
-                key = f"fo{load.run_id}:w{self.wid}:{self.seq}"
-                value = f"v{self.wid}-{self.seq}-{rnd.getrandbits(32):08x}"
-                self._write(key, value, round_no)
-        finally:
-            for nid in list(self.conns):
-                self._drop(nid)
-            with load.lock:
-                load.idle[self.wid] = True
-
-    def _write(self, key: str, value: str, round_no: int) -> None:
-        """Send one SET until it is acknowledged, or give it up when the writers are paused."""
-        load = self.load
-        line = f"SET {key} {value}"
-        misses = 0
-        while not load.stop_event.is_set():
-            if not load.running.is_set():
-                load.bump("abandoned")
-                return
-            nid = self.target
-            t_sent = time.monotonic()
-            try:
-                ans = self._conn(nid).call(line)
-            except (OSError, ValueError) as e:
-                self._drop(nid)
-                load.bump("conn_errors")
-                if not isinstance(e, ConnectionRefusedError):   # it may have reached the node
-                    load.bump("indefinite")
-                self.down_until[nid] = time.monotonic() + 0.2
-                self.target = self._next_node(nid)
-                misses += 1
-                time.sleep(min(0.05, 0.005 * misses))
-                continue
-            t_ack = time.monotonic()
-            if ans.get("status") == "OK":
-                with load.lock:
-                    load.acks.append((round_no, key, value, nid, t_sent, t_ack))
-                return
-            code = ans.get("code")
-            if code == "NOT_PRIMARY":
-                load.bump("not_primary")
-                hint = ans.get("primary")
-                if hint in load.ports and hint != nid and self.down_until.get(hint, 0) <= time.monotonic():
-                    self.target = hint
-                else:
-                    self.target = self._next_node(nid)
-                    misses += 1
-                    time.sleep(min(0.05, 0.005 * misses))
-            elif code in ("TIMEOUT", "NO_QUORUM") or ans.get("definite") is False:
-                load.bump("indefinite")
-                misses += 1
-                time.sleep(min(0.05, 0.005 * misses))
-            else:
-                load.bump("other_errors", json.dumps(ans)[:200])
-                misses += 1
-                time.sleep(min(0.05, 0.005 * misses))
+    def counters(self) -> dict:
+        keys = ("not_primary", "refused", "lost_in_flight", "indefinite", "failed")
+        return {k: sum(getattr(w, k) for w in self.writers) for k in keys}
 
 
 # ----------------------------------------------------------------------------- checks
-def statuses(cluster, ids) -> dict:
-    return {nid: B.line_call(cluster.port(nid), "STATUS", timeout=0.5) for nid in ids}
+def find_primary(cluster, timeout: float = 20.0, exclude=()) -> str | None:
+    try:
+        return cluster.wait_for_single_primary(timeout=timeout, exclude=exclude)
+    except WaitTimeout:
+        return None
 
 
-def wait_converged(cluster, ids, timeout: float) -> tuple[dict | None, float]:
-    """All nodes answer, exactly one is primary, and all report the same last_applied,
-    commit_index and digest.  Returns (statuses or None on timeout, seconds waited)."""
-    t0 = time.monotonic()
-    deadline = t0 + timeout
-    while time.monotonic() < deadline:
-        sts = statuses(cluster, ids)
-        if all(s is not None and s.get("status") == "OK" for s in sts.values()):
-            if sum(1 for s in sts.values() if s["role"] == "primary") == 1 and all(
-                    len({s[f] for s in sts.values()}) == 1 for f in ("last_applied", "commit_index", "digest")):
-                return sts, time.monotonic() - t0
-        time.sleep(0.03)
-    return None, time.monotonic() - t0
-
-
-def find_primary(cluster, ids, timeout: float = 20.0, exclude=()) -> str | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        sts = statuses(cluster, [i for i in ids if i not in exclude])
-        prims = [i for i, s in sts.items() if s and s.get("role") == "primary"]
-        if len(prims) == 1:
-            p = prims[0]
-            term = sts[p]["election_term"]
-            if sum(1 for s in sts.values() if s and s.get("primary") == p and s.get("election_term") == term) >= 2:
-                return p
-        time.sleep(0.03)
-    return None
-
-
-def verify(cluster, ids, writes: list[tuple], batch: int = 500, attempts: int = 10) -> dict:
+def verify(cluster, writes: list[tuple], batch: int = 500, attempts: int = 10) -> dict:
     """GET every (key, value) of writes from the primary (pipelined).  -> checked, lost, samples."""
     lost = []
     checked = 0
@@ -352,14 +186,13 @@ def verify(cluster, ids, writes: list[tuple], batch: int = 500, attempts: int = 
     while i < len(writes) and tries < attempts:
         try:
             if conn is None:
-                prim = find_primary(cluster, ids, 20)
+                prim = find_primary(cluster, 20)
                 if prim is None:
                     tries += 1
                     continue
-                conn = LineConn(cluster.port(prim), connect_timeout=1.0, timeout=10.0)
+                conn = LineClient(cluster.address(prim), timeout=10.0)
             chunk = writes[i:i + batch]
-            conn.send_lines([f"GET {w[1]}\n".encode() for w in chunk])
-            answers = [conn.read_line() for _ in chunk]
+            answers = conn.pipeline([f"GET {w[1]}" for w in chunk], batch=batch)
         except (OSError, ValueError):
             if conn is not None:
                 conn.close()
@@ -436,7 +269,6 @@ def main(argv=None) -> int:
     p.add_argument("--min-acks", type=int, default=20, help="acks from the primary before a kill (default 20)")
     p.add_argument("--failover-timeout", type=float, default=20.0, help="give a round up after this (default 20)")
     p.add_argument("--poll-interval", type=float, default=0.05, help="STATUS poll period (default 0.05)")
-    p.add_argument("--mini-cluster", action="store_true", help="use benchmark_cluster.MiniCluster")
     p.add_argument("--extra-args", default="", help="more server flags for every node, space separated")
     p.add_argument("--json", default=None, help="result file name in benchmarks/results/")
     args = p.parse_args(argv)
@@ -446,74 +278,63 @@ def main(argv=None) -> int:
     run_id = f"{random.getrandbits(24):06x}"
     print(f"benchmark_failover: {args.rounds} rounds of kill -9 of the primary, {args.writers} writers, "
           f"{args.nodes} nodes, fsync {args.fsync}; loadavg {env['loadavg_start']}", flush=True)
-    cluster = poller = load = None
-    writers: list[Writer] = []
+    cluster = poller = rw = None
+    counters: dict = {}
     rounds: list[dict] = []
     final = None
     all_acks: list = []
     t_base = time.monotonic()
     launcher = None
     try:
-        cluster, launcher = make_cluster(args.nodes, args.fsync, extra_args=args.extra_args.split(),
-                                         prefer_local=not args.mini_cluster)
+        cluster, launcher = make_cluster(args.nodes, args.fsync, extra_args=args.extra_args.split())
         ids = list(cluster.ids)
-        ports = {nid: cluster.port(nid) for nid in ids}
-        print(f"  cluster via {launcher}: {ports}", flush=True)
-        poller = Poller(ports, args.poll_interval).start()
-        load = Load(ports, run_id)
-        writers = [Writer(i + 1, load, ids) for i in range(args.writers)]
-        for w in writers:
-            w.start()
+        addrs = {nid: cluster.address(nid) for nid in ids}
+        print(f"  cluster via {launcher}: {addrs}", flush=True)
+        poller = Poller(addrs, args.poll_interval).start()
         for rno in range(1, args.rounds + 1):
             rec: dict = {"round": rno}
             rounds.append(rec)
-            victim = find_primary(cluster, ids, 20)
+            victim = find_primary(cluster, 20)
             rec["victim"] = victim
             if victim is None:
                 rec["error"] = "no single primary within 20 s"
                 print(f"  round {rno}: {rec['error']}", flush=True)
                 break
-            rec["victim_pid"] = cluster.pid(victim) if hasattr(cluster, "pid") else None
-            load.resume(rno)
+            rec["victim_pid"] = cluster.pid(victim)
+            rw = RoundWriters(cluster, run_id, rno, args.writers)
             t_start = time.monotonic()
             deadline = t_start + max(15.0, args.pre_kill * 5)
             while time.monotonic() < deadline:
-                with load.lock:
-                    n_ok = sum(1 for a in load.acks if a[0] == rno and a[3] == victim)
+                n_ok = sum(1 for a in rw.acks(rno) if a[3] == victim)
                 if time.monotonic() - t_start >= args.pre_kill and n_ok >= args.min_acks:
                     break
                 time.sleep(0.01)
             rec["acks_before_kill"] = n_ok
-            with load.lock:
-                n_before = len(load.acks)
             t_kill = time.monotonic()
             cluster.kill(victim)
             rec["t_kill"] = t_kill
             # failover: the first write acknowledged by another node after the kill
             first = None
             deadline = t_kill + args.failover_timeout
-            scan = n_before
             while first is None and time.monotonic() < deadline:
-                with load.lock:
-                    new = load.acks[scan:]
-                    scan = len(load.acks)
-                for a in new:
-                    if a[3] != victim and a[5] > t_kill:
-                        first = a
-                        break
-                if first is None:
+                later = [a for a in rw.acks(rno) if a[3] != victim and a[4] > t_kill]
+                if later:
+                    first = min(later, key=lambda a: a[4])
+                else:
                     time.sleep(0.002)
             if first is None:
                 rec["failover_s"] = None
                 rec["error"] = f"no write acknowledged by another node within {args.failover_timeout} s"
             else:
-                rec["failover_s"] = round(first[5] - t_kill, 4)
+                rec["failover_s"] = round(first[4] - t_kill, 4)
                 rec["new_primary"] = first[3]
             time.sleep(args.post_kill)
             seen = poller.first_primary_after(t_kill, victim)    # (after the sleep: the poller lags)
             rec["new_primary_seen_by_poller_s"] = round(seen[0] - t_kill, 4) if seen else None
             rec["new_term"] = seen[2] if seen else None
-            rec["writers_paused"] = load.pause(30)
+            rec["writers_paused"] = rw.stop(30)
+            for k, v in rw.counters().items():
+                counters[k] = counters.get(k, 0) + v
             t_r = time.monotonic()
             try:
                 cluster.restart(victim)
@@ -522,8 +343,12 @@ def main(argv=None) -> int:
                 rec["restarted"] = False
                 rec["error"] = f"restart of {victim} failed: {type(e).__name__}: {e}"
             rec["restart_s"] = round(time.monotonic() - t_r, 3)
-            sts, waited = wait_converged(cluster, ids, 30)
-            rec["converge_s"] = round(waited, 3)
+            t_c = time.monotonic()
+            try:
+                sts = cluster.wait_converged(timeout=30)
+            except WaitTimeout:
+                sts = None
+            rec["converge_s"] = round(time.monotonic() - t_c, 3)
             rec["digests_equal"] = sts is not None
             if sts is not None:
                 s0 = next(iter(sts.values()))
@@ -531,12 +356,12 @@ def main(argv=None) -> int:
             else:
                 rec["statuses_at_timeout"] = {k: (v and {f: v.get(f) for f in ("role", "election_term",
                                               "last_applied", "commit_index", "digest")})
-                                              for k, v in statuses(cluster, ids).items()}
-            with load.lock:
-                mine = [a for a in load.acks if a[0] == rno]
+                                              for k, v in cluster.statuses(ids, timeout=0.5).items()}
+            mine = rw.acks(rno)
+            all_acks += mine
             rec["acks"] = len(mine)
             rec["acks_by_new_primary"] = sum(1 for a in mine if a[3] != victim)
-            v = verify(cluster, ids, mine)
+            v = verify(cluster, mine)
             rec.update({"checked": v["checked"], "lost": v["lost"], "unchecked": v["unchecked"],
                         "lost_samples": v["lost_samples"]})
             print(f"  round {rno:2d}: killed {victim} -> {rec.get('new_primary')} "
@@ -544,18 +369,12 @@ def main(argv=None) -> int:
                   f"; acks {rec['acks']} checked {rec['checked']} lost {rec['lost']}"
                   f"; digests equal {rec['digests_equal']} after {rec['converge_s']} s"
                   + (f"; ERROR {rec['error']}" if rec.get("error") else ""), flush=True)
-        load.pause(30)
-        with load.lock:
-            all_acks = list(load.acks)
-        final = verify(cluster, ids, all_acks)
+        final = verify(cluster, all_acks)
         print(f"  final check of all {len(all_acks)} acknowledged writes: checked {final['checked']} "
               f"lost {final['lost']} unchecked {final['unchecked']}", flush=True)
     finally:
-        if load is not None:
-            load.stop_event.set()
-            load.running.set()
-        for w in writers:
-            w.join(10)
+        if rw is not None:
+            rw.stop(10)
         if poller is not None:
             poller.stop()
         if cluster is not None:
@@ -581,8 +400,7 @@ def main(argv=None) -> int:
         "status_polls_per_node_per_s": round(poller.polls / len(poller.ports)
                                              / max(1e-9, (poller.t_stop or time.monotonic()) - poller.t_start), 1)
         if poller else None,
-        "writer_counters": load.counters if load else None,
-        "writer_error_samples": load.other_error_samples if load else None,
+        "writer_counters": counters,
         "errors": [r["error"] for r in rounds if r.get("error")],
     }
     out = {"benchmark": "failover", "args": vars(args), "environment": env, "launcher": launcher,

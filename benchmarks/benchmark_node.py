@@ -46,7 +46,10 @@ from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-SERVER_SCRIPT = os.path.join(REPO, "kv_store_server.py")
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+from kv_localcluster import LocalCluster, wait_until  # noqa: E402
+
 RESULTS_DIR = os.path.join(HERE, "results")
 HOST = "127.0.0.1"
 
@@ -74,17 +77,6 @@ def line_call(port: int, line: str, timeout: float = 1.0, host: str = HOST) -> d
         return json.loads(buf) if buf.endswith(b"\n") else None
     except (OSError, ValueError):
         return None
-
-
-def wait_for(pred, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def stop_pid(popen: subprocess.Popen, timeout: float = 10.0) -> int | None:
@@ -116,39 +108,23 @@ def median(xs):
 
 # ----------------------------------------------------------------------------- servers
 class KVNodeProc:
-    """One standalone kv_store_server.py on a free port and a temp data dir, stopped by PID."""
+    """One standalone kv_store_server.py: a LocalCluster of one node (free port, temp data dir,
+    stopped by PID), with the .port / .pid / stop() this file uses."""
 
     def __init__(self, fsync: str = "always", extra_args=()):
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="kvbench-node-")
-        self.fsync = fsync
-        self.cmd = [sys.executable, SERVER_SCRIPT, "--standalone", "--node-id", "node1", "--host", HOST,
-                    "--port", str(self.port), "--data-dir", os.path.join(self.dir, "node1"),
-                    "--fsync", fsync, *extra_args]
-        self.popen: subprocess.Popen | None = None
+        self.cluster = LocalCluster(n=1, fsync=fsync, extra_args=tuple(extra_args))
+        self.port = self.cluster.port("node1")
 
     def start(self, timeout: float = 20) -> "KVNodeProc":
-        self.log = open(os.path.join(self.dir, "console.log"), "ab")
-        self.popen = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=self.log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
-
-        def ready():
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"kv node exited with {self.popen.returncode}; see {self.dir}/console.log")
-            st = line_call(self.port, "STATUS", timeout=0.5)
-            return st is not None and st.get("role") == "primary"
-        wait_for(ready, timeout, "the standalone node to become primary")
+        self.cluster.start(wait=True, timeout=timeout)
         return self
 
     @property
     def pid(self):
-        return self.popen.pid if self.popen else None
+        return self.cluster.pid("node1")
 
     def stop(self) -> None:
-        if self.popen is not None:
-            stop_pid(self.popen)
-            self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self.cluster.cleanup()
 
 
 def redis_ping(port: int, timeout: float = 0.5) -> bool:
@@ -182,7 +158,7 @@ class RedisProc:
             if self.popen.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.popen.returncode}; see {self.dir}/redis.log")
             return redis_ping(self.port)
-        wait_for(ready, timeout, "redis-server to answer PING")
+        wait_until(ready, timeout, "redis-server to answer PING", interval=0.05)
         return self
 
     def info(self, section: str = "replication") -> str:
