@@ -19,8 +19,15 @@ Layout (reading order):
                       files use them too)
     free ports        pick_free_ports(), port_in_use() (names the holder when psutil can tell)
     tail, fmt_exit    a log file's last lines; an exit code with its signal name
+    wait_until()      the one deadline-wait of the tests, benchmarks and demos
+    LineClient, RetryingWriter   a line-protocol connection; a writer thread that follows
+                      NOT_PRIMARY hints and re-sends idempotent SETs, keeping acknowledged and
+                      unknown outcomes apart
+    NetnsNetwork      one network namespace per node on a private bridge; iptables link faults
+    SmallDisk, CrashDisk   a tmpfs to fill up; an ext4 loop image to lose power on
     LocalCluster      the launcher: processes, observation, wait_*(), faults
-    atexit hook       SIGKILLs the nodes of every LocalCluster not stop()ped or detach()ed
+    atexit hook       SIGKILLs the nodes of every LocalCluster not stop()ped or detach()ed, then
+                      removes leftover namespaces and mounts
 
 Invariant: nothing is ever signalled by name; every process is addressed by the PID this module
 spawned or verified.  Only the standard library is needed; psutil (PID identity checks, the
@@ -1039,9 +1046,18 @@ class LocalCluster:
     restart(id, primary=False, wipe=False), stop() (every node, secondaries first; no process is
     left), cleanup() (stop + remove the temp dir), running_ids(), exit_code(id), detach().
     Observation: status(id, timeout=1.0) -> dict | None, statuses(), primary() -> id | None,
-    wait_for_single_primary(timeout=10, exclude=()), wait_converged(timeout=10, ids=None),
-    wait_until(predicate, timeout, what), send(id, line) -> answer dict, check_get(key, want).
-    Faults (proxied=True): partition(id), cut(a, b), cut_one_way(src, dst), heal().
+    wait_for_single_primary(timeout=15, exclude=(), ids=None, min_term=0),
+    wait_converged(timeout=30, ids=None, min_applied=0), wait_until(predicate, timeout, what),
+    send(id, line) -> answer dict, check_get(key, want), check_safety(), describe(),
+    log_text(id), restore() (heal, resume, free disks, restart what is down, wait for
+    convergence; returns the nodes that crashed on their own).
+    Faults (Jepsen's verbs): kill(id), kill_all(), pause(id) / resume(id) (SIGSTOP/SIGCONT),
+    partition(groups) / isolate(id) / cut(a, b) / cut_one_way(src, dst) / heal() (with
+    proxied=True or netns=True), fill_disk(id) / free_disk(id) (small_disks={id: MiB}: a tmpfs
+    under the node's data dir), power_loss() (crash_disks=MiB: ext4 images on loop devices).
+    Modes: proxied=True (links through an in-process FaultProxy on 127.0.0.1); netns=True (each
+    node in its own network namespace, real --host/--peers, iptables DROP rules: NetnsNetwork;
+    needs root); LocalCluster.attach("host:port,...") (a running cluster: observation only).
     Membership (Raft §4.1, CLUSTER ADD/REMOVE; unproxied clusters): add_node(id=None) (a new
     process with an empty data dir and --join; waits until it is a voter), remove_node(id)
     (CLUSTER REMOVE, then stops the process), replace_node(id) (remove the dead node first, then
@@ -1056,6 +1072,8 @@ class LocalCluster:
       * nodes run in their own session: a Ctrl-C in the terminal does not reach them;
       * every STATUS answer seen is checked against the history of primaries per term: two nodes
         primary in one term raises SplitBrain from the next wait_*() call (or check_safety());
+      * namespaces, links, rules and mounts it made are removed by cleanup() and at exit, also
+        after an error half-way through making them;
       * with proxied=True every peer link goes through this object's FaultProxy (127.0.0.1 only);
         clients still reach the nodes' real ports directly (but a NOT_PRIMARY hint names the
         primary by the proxy address the answering node knows it by, so it obeys the cuts).
