@@ -53,6 +53,7 @@ class FakeNode:
         "drop_after"   execute, then close without answering (indefinite for the client)
         "timeout"      execute, then answer TIMEOUT with definite false
         "no_quorum"    do not execute, answer NO_QUORUM with definite true
+        "disk_full"    do not execute, answer DISK_FULL (definite)
     """
 
     def __init__(self, node_id: str, store: dict | None = None, primary: bool = True):
@@ -136,6 +137,9 @@ class FakeNode:
             return None, authed
         if action == "no_quorum":
             return {"status": "ERROR", "code": "NO_QUORUM", "message": "no majority", "definite": True}, authed
+        if action == "disk_full":
+            return {"status": "ERROR", "code": "DISK_FULL", "message": "This node cannot persist writes",
+                    "definite": True}, authed
         result = self.execute(cmd, rest)
         if action == "drop_after":
             return None, authed
@@ -405,6 +409,10 @@ def test_fake_non_idempotent_command_not_resent_after_indefinite_failure(fakes):
     f.faults.append(("SET", "no_quorum"))
     assert cc.execute_command("SET once 3")["status"] == "OK"
     assert f.store["once"] == 3
+    f.faults.append(("SET", "disk_full"))            # DISK_FULL: definite, so re-sent, once
+    n = len(f.requests)
+    assert cc.execute_command("SET once 4")["status"] == "OK"
+    assert f.store["once"] == 4 and len([r for r in f.requests[n:] if r.startswith("SET once 4")]) == 2
     assert cc.execute_command("SET twice 1", idempotent=True)["status"] == "OK"
     cc2 = ClusterClient([fakes[1].addr], deadline=3)
     assert cc2.execute_command("PING")["message"] == "PONG" and cc2.primary_hint is None
