@@ -91,3 +91,16 @@ def test_full_disk_refuses_writes_clearly_stays_up_and_resumes():
         assert c.send(c.wait_for_single_primary(), "GET refused")["code"] == "NOT_FOUND"
         log = c.log_text(p)
         assert "disk full" in log and "disk space is back" in log
+
+
+def test_lost_write_check_flags_an_acknowledged_write_missing_from_the_final_state():
+    from kv_chaos import lost_writes
+    from kv_linearizability import History
+    h = History()
+    for v, outcome in ((1, "ok"), (2, "ok"), (3, "info"), (4, "fail")):
+        h.complete(h.invoke("c", "write", "k", v), outcome)
+    assert lost_writes(h, {"k": 2}) == (2, [])
+    assert lost_writes(h, {"k": 3}) == (2, [])           # the indefinite write took effect late
+    assert len(lost_writes(h, {"k": 1})[1]) == 1         # 2 was acknowledged after 1 and is gone
+    assert len(lost_writes(h, {"k": 4})[1]) == 1         # a definitely failed write cannot be there
+    assert len(lost_writes(h, {"k": None})[1]) == 1
