@@ -609,7 +609,8 @@ class ClusterManager(threading.Thread):
         """Run a storage write; on a full disk (the storage cut the partial write off and set
         disk_full) wait and retry until space is freed.  Meanwhile this loop answers nothing:
         no acks, votes or heartbeats (a node that cannot persist must not answer), so a primary
-        loses its lease and the others elect a new one; clients get DISK_FULL (Proposals.submit).
+        loses its lease and the others elect a new one; new writes get DISK_FULL (propose()),
+        writes already proposed TIMEOUT (indefinite) at their deadline.
         Any other failure, or a stop, raises."""
         st = self.storage
         logged = False
@@ -622,6 +623,8 @@ class ClusterManager(threading.Thread):
                 if not logged:
                     log.error("%s disk full, writes refused until space is freed: %s", self.node_id, st.disk_full)
                     logged = True
+                # writes already proposed still get their indefinite TIMEOUT at their deadline
+                self.proposals.expire(time.monotonic(), self.request_timeout)
                 self.stop_event.wait(0.1)
                 continue
             if logged:

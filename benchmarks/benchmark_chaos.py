@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 
@@ -71,6 +72,8 @@ def main(argv=None) -> int:
                          "(e.g. always,everysec,no), --runs times each, and count the acknowledged writes lost")
     ap.add_argument("--load", type=float, default=5.0, help="--power-loss: seconds of writes before the crash")
     args = ap.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every node, namespace, rule and mount is removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.power_loss:
         return power_loss_table(args)
     kinds = [k.strip() for k in args.nemesis.split(",") if k.strip()]
