@@ -868,8 +868,8 @@ class LogStorage:
             except OSError as e:
                 if e.errno in _NO_SPACE:   # the old file is untouched: retry once space is back
                     self.disk_full = f"cannot save the term/vote record: {e.strerror}"
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)     # frees what the partial write took
                 raise
             os.replace(tmp, self.state_path)
             _fsync_dir(self.data_dir)
