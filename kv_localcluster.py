@@ -562,13 +562,16 @@ class RetryingWriter(threading.Thread):
       acked[key]    the last acknowledged value;
       pending[key]  values sent after that ack whose outcome is unknown (connection lost after
                     sending, or an indefinite TIMEOUT/NO_QUORUM answer);
+      ack_log       (monotonic time, node address, key, value) of every acknowledgement;
       counters      n_acked, not_primary, refused (could not connect/send), lost_in_flight,
                     indefinite (indefinite error answers), failed (gave up), unexpected answers.
-    `abandon` makes it give up the write in hand at once (for kill -9 of every node)."""
+    `abandon` makes it give up the write in hand at once (for kill -9 of every node); `pace`
+    seconds pass between writes (0: as fast as the cluster answers); `timeout` bounds each
+    connect and each wait for an answer (a request stuck on a paused node waits this long)."""
 
     def __init__(self, name: str, addrs: list[str], key_for, stop: threading.Event,
                  abandon: threading.Event | None = None, op_deadline: float = 20.0,
-                 max_ops: int | None = None):
+                 max_ops: int | None = None, pace: float = 0.0, timeout: float = 15.0):
         super().__init__(name=name, daemon=True)
         self.addrs = list(addrs)
         self.key_for = key_for
@@ -576,9 +579,11 @@ class RetryingWriter(threading.Thread):
         self.abandon = abandon or threading.Event()
         self.op_deadline = op_deadline
         self.max_ops = max_ops
+        self.pace = pace
+        self.timeout = timeout
         self.acked: dict[str, int] = {}
         self.pending: dict[str, set] = {}
-        self.ack_log: list[tuple[float, str]] = []     # (monotonic time, node address)
+        self.ack_log: list[tuple[float, str, str, int]] = []   # (monotonic time, node address, key, value)
         self.n_acked = 0
         self.not_primary = 0
         self.refused = 0
@@ -597,6 +602,8 @@ class RetryingWriter(threading.Thread):
             while not self.stop_ev.is_set() and (self.max_ops is None or i < self.max_ops):
                 self.write(self.key_for(i), i)
                 i += 1
+                if self.pace:
+                    self.stop_ev.wait(self.pace)
         except BaseException as e:        # reported by the test (check_writer), never swallowed
             self.error = e
         finally:
@@ -625,7 +632,7 @@ class RetryingWriter(threading.Thread):
             reply = None
             try:
                 if self._conn is None:
-                    self._conn = LineClient(self._hint or self.addrs[self._target], timeout=15.0)
+                    self._conn = LineClient(self._hint or self.addrs[self._target], timeout=self.timeout)
                 self._conn.send_raw(line)
                 sent = True
                 reply = self._conn.read_reply()
@@ -642,7 +649,7 @@ class RetryingWriter(threading.Thread):
                     self.acked[key] = value
                     self.pending.pop(key, None)
                     self.n_acked += 1
-                    self.ack_log.append((time.monotonic(), self._conn.addr))
+                    self.ack_log.append((time.monotonic(), self._conn.addr, key, value))
                     return True
                 code = reply.get("code")
                 if code == "NOT_PRIMARY":

@@ -30,7 +30,7 @@ import psutil
 import pytest
 
 import cluster_manager as cm
-from kv_localcluster import wait_until
+from kv_localcluster import RetryingWriter, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CM = os.path.join(HERE, "cluster_manager.py")
@@ -273,7 +273,7 @@ def test_start_five_nodes_survives_two_killed(env):
     for nid in (prim, other):
         r = env.cm("--action", "kill", "--node", nid)
         assert r.returncode == 0, out(r)
-    new = wait_for(lambda: env.primary(), 30, "a new primary among the three left")
+    new = wait_until(lambda: env.primary(), 30, "a new primary among the three left")
     assert new not in (prim, other)
     port = env.base_port + int(new[4:]) - 1
     assert cm.call("127.0.0.1", port, ["GET f19", "SET after 1"]) == [
@@ -281,65 +281,12 @@ def test_start_five_nodes_survives_two_killed(env):
     stop_and_check(env, env.state())
 
 
-class RetryingWriter(threading.Thread):
-    """A client that keeps writing w<i> = i to the primary, following NOT_PRIMARY hints.  A write
-    counts as failed only on an indefinite or unexpected answer, or when it cannot get through
-    within 10 s; definite refusals (NOT_PRIMARY, a refused connection) are retried."""
-
-    def __init__(self, addrs: list[tuple[str, int]]):
-        super().__init__(daemon=True)
-        self.addrs = addrs
-        self.target: tuple[str, int] | None = None
-        self.acked: list[str] = []
-        self.failed: list[tuple[str, object]] = []
-        self.halt = threading.Event()
-
-    def _find_primary(self) -> tuple[str, int] | None:
-        for a in self.addrs:
-            st, _ = cm.probe(*a, timeout=0.5)
-            if st and st["role"] == "primary":
-                return a
-        return None
-
-    def run(self) -> None:
-        i = 0
-        while not self.halt.is_set():
-            key = f"w{i}"
-            deadline = time.monotonic() + 10
-            while True:
-                if time.monotonic() > deadline:
-                    self.failed.append((key, "no primary accepted it within 10 s"))
-                    break
-                self.target = self.target or self._find_primary()
-                if self.target is None:
-                    time.sleep(0.01)
-                    continue
-                try:
-                    ans = cm.call(*self.target, [f"SET {key} {i}"], timeout=5)[0]
-                except ConnectionRefusedError:
-                    self.target = None
-                    continue
-                except OSError as e:
-                    self.failed.append((key, e))
-                    break
-                if ans.get("status") == "OK":
-                    self.acked.append(key)
-                    break
-                if ans.get("code") == "NOT_PRIMARY":
-                    hint = ans.get("primary_addr")
-                    self.target = (hint.rsplit(":", 1)[0], int(hint.rsplit(":", 1)[1])) if hint else None
-                    if hint is None:
-                        time.sleep(0.01)
-                    continue
-                self.failed.append((key, ans))
-                break
-            i += 1
-
-
 def test_failover_moves_the_primary_with_zero_failed_writes(env):
     st = start_detached(env)
     old = env.primary()
-    writer = RetryingWriter([("127.0.0.1", env.base_port + i) for i in range(3)])
+    stop = threading.Event()
+    writer = RetryingWriter("failover-writer", [f"127.0.0.1:{env.base_port + i}" for i in range(3)],
+                            lambda i: f"w{i}", stop, op_deadline=10.0)
     writer.start()
     try:
         wait_until(lambda: len(writer.acked) >= 20, 10, "the writer to get going")
@@ -358,11 +305,15 @@ def test_failover_moves_the_primary_with_zero_failed_writes(env):
         n = len(writer.acked)
         wait_until(lambda: len(writer.acked) >= n + 20, 10, "writes after the second failover")
     finally:
-        writer.halt.set()
-        writer.join(timeout=15)
-    assert writer.failed == [], writer.failed[:5]
-    answers = cm.call("127.0.0.1", env.base_port + int(old[4:]) - 1, [f"GET {k}" for k in writer.acked], timeout=10)
-    lost = [k for k, a in zip(writer.acked, answers) if a.get("value") != int(k[1:])]
+        stop.set()
+        writer.join(timeout=25)
+    # a planned failover fails no write: none given up, none with an unknown outcome
+    assert writer.error is None and not writer.is_alive(), writer.error
+    assert (writer.failed, writer.indefinite, writer.lost_in_flight, writer.unexpected) == (0, 0, 0, []), \
+        writer.counts()
+    keys = list(writer.acked)
+    answers = cm.call("127.0.0.1", env.base_port + int(old[4:]) - 1, [f"GET {k}" for k in keys], timeout=10)
+    lost = [k for k, a in zip(keys, answers) if a.get("value") != writer.acked[k]]
     assert lost == [], f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
     stop_and_check(env, env.state())
 

@@ -566,7 +566,7 @@ class TestFailover(ClusterTestCase):
             self.assertEqual((w.failed, w.unexpected), (0, []), w.counts())
         self.assertGreater(self.c.status(new)["election_term"], term)
         new_addr = self.c.address(new)
-        first = min((t for w in writers for t, a in w.ack_log if t > t_kill and a == new_addr), default=None)
+        first = min((t for w in writers for t, a, *_ in w.ack_log if t > t_kill and a == new_addr), default=None)
         cl = self.client(new)
         checked, later = self.verify_acknowledged(cl, writers)
         self.assertGreaterEqual(checked, 100)

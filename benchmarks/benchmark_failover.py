@@ -146,14 +146,9 @@ class RoundWriters:
             w.start()
 
     def acks(self, rno: int) -> list[tuple]:
-        """(round, key, value, node, t_ack) of every acknowledged write, in ack order per writer
-        (each key is written once, so a writer's acked dict and ack_log line up)."""
-        out = []
-        for w in self.writers:
-            log = list(w.ack_log)
-            for (key, value), (t, addr) in zip(list(w.acked.items()), log):
-                out.append((rno, key, value, self.by_addr.get(addr, addr), t))
-        return out
+        """(round, key, value, node, t_ack) of every acknowledged write."""
+        return [(rno, key, value, self.by_addr.get(addr, addr), t)
+                for w in self.writers for t, addr, key, value in list(w.ack_log)]
 
     def stop(self, timeout: float = 30.0) -> bool:
         self.stop_ev.set()

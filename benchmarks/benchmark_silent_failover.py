@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import sys
 import threading
@@ -33,33 +32,14 @@ sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(HERE))
 
 import benchmark_node as B  # noqa: E402
-from kv_client import ClusterClient, KVConnectionError, KVError  # noqa: E402
-from kv_localcluster import LocalCluster  # noqa: E402
+from kv_client import ClusterClient  # noqa: E402
+from kv_localcluster import LocalCluster, RetryingWriter  # noqa: E402
 
 
-class Writer(threading.Thread):
-    """Writes k<n> = n every 10 ms through ClusterClient (it follows the primary); records each
-    acknowledgement with the node that gave it and when."""
-
-    def __init__(self, cluster: LocalCluster):
-        super().__init__(daemon=True, name="writer")
-        self.client = ClusterClient([f"{h}:{p}" for h, p in (cluster.addr(i) for i in cluster.ids)],
-                                    deadline=15.0)
-        self.ids = {"%s:%d" % cluster.addr(i): i for i in cluster.ids}
-        self.acks: list[tuple[float, str, str]] = []    # (t, key, node)
-        self.failed = 0
-        self.stop_event = threading.Event()
-        self.n = 0
-
-    def run(self) -> None:
-        while not self.stop_event.wait(0.01):
-            self.n += 1
-            key = f"k{self.n}"
-            try:
-                self.client.set(key, self.n)
-                self.acks.append((time.monotonic(), key, self.ids.get(self.client.primary_hint, "?")))
-            except (KVError, KVConnectionError):
-                self.failed += 1
+def acks(writer: RetryingWriter, cluster: LocalCluster) -> list[tuple[float, str, str]]:
+    """(t, key, node) of every write the writer had acknowledged."""
+    by_addr = {cluster.address(i): i for i in cluster.ids}
+    return [(t, key, by_addr.get(addr, "?")) for t, addr, key, _ in list(writer.ack_log)]
 
 
 def main(argv=None) -> int:
@@ -73,9 +53,12 @@ def main(argv=None) -> int:
     results: dict = {f: [] for f in faults}
     cluster = LocalCluster(n=3, proxied=True)
     writer = None
+    stop = threading.Event()
     try:
         cluster.start(timeout=30)
-        writer = Writer(cluster)
+        # k<n> = n every 10 ms, following the primary (kv_localcluster's RetryingWriter)
+        writer = RetryingWriter("writer", cluster.addresses(), lambda n: f"k{n}", stop, op_deadline=15.0, pace=0.01,
+                                timeout=5.0)      # ClusterClient's default request timeout, as before
         writer.start()
         for r in range(args.rounds):
             for fault in faults:
@@ -84,18 +67,18 @@ def main(argv=None) -> int:
                 time.sleep(0.3)   # let the writer get going on this primary
                 t0 = time.monotonic()
                 if fault == "pause":
-                    os.kill(cluster.pid(old), signal.SIGSTOP)
+                    cluster.pause(old)
                 else:
                     cluster.partition(old)
                 try:
                     new = cluster.wait_for_single_primary(30, exclude=[old])
                     t_elected = time.monotonic() - t0
-                    cluster.wait_until(lambda: any(t > t0 and n != old for t, _, n in writer.acks), 30,
+                    cluster.wait_until(lambda: any(t > t0 and n != old for t, _, n in acks(writer, cluster)), 30,
                                        "a write acknowledged by the new primary")
-                    t_write = min(t for t, _, n in writer.acks if t > t0 and n != old) - t0
+                    t_write = min(t for t, _, n in acks(writer, cluster) if t > t0 and n != old) - t0
                 finally:
                     if fault == "pause":
-                        os.kill(cluster.pid(old), signal.SIGCONT)
+                        cluster.resume(old)
                     else:
                         cluster.heal()
                 cluster.wait_until(lambda: (cluster.status(old) or {}).get("role") == "secondary", 30,
@@ -106,18 +89,17 @@ def main(argv=None) -> int:
                 results[fault].append(rec)
                 print(f"{fault:7s} round {r + 1}: {old} -> {new}, elected {t_elected:.3f}s, "
                       f"first acknowledged write {t_write:.3f}s after the fault", flush=True)
-        writer.stop_event.set()
+        stop.set()
         writer.join(20)
         # every acknowledged write is there
-        cl = ClusterClient([f"{h}:{p}" for h, p in (cluster.addr(i) for i in cluster.ids)], deadline=15.0)
-        lost = [k for _, k, _ in writer.acks if cl.get(k) != int(k[1:])]
+        cl = ClusterClient(cluster.addresses(), deadline=15.0)
+        lost = [k for k, v in writer.acked.items() if cl.get(k) != v]
         cl.close()
         safety = None
         cluster.check_safety()
         safety = "no two primaries in one term"
     finally:
-        if writer is not None:
-            writer.stop_event.set()
+        stop.set()
         cluster.cleanup()
     rows = []
     for fault, recs in results.items():
@@ -127,11 +109,11 @@ def main(argv=None) -> int:
                      round(statistics.median(ws), 3), max(ws)])
     print()
     print("fault -> a new primary elected (STATUS of the others), and -> the writer's first acknowledged write")
-    print("(the writer is ClusterClient: a request stuck on a paused primary waits for its socket timeout)")
+    print("(the writer is RetryingWriter: a request stuck on a paused primary waits for its socket timeout)")
     print(B.render(["fault", "rounds", "elected min s", "median s", "max s", "first write median s", "max s"], rows))
-    print(f"acknowledged writes {len(writer.acks)}, failed {writer.failed}, lost {len(lost)}; {safety}")
+    print(f"acknowledged writes {writer.n_acked}, failed {writer.failed}, lost {len(lost)}; {safety}")
     out = {"benchmark": "silent_failover", "args": vars(args), "environment": B.environment(),
-           "results": results, "acked": len(writer.acks), "failed": writer.failed, "lost": lost[:20]}
+           "results": results, "acked": writer.n_acked, "failed": writer.failed, "lost": lost[:20]}
     print("wrote", B.write_json(args.json, out))
     return 0 if not lost else 1
 
