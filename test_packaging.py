@@ -21,7 +21,8 @@ import tomllib
 import psutil
 import pytest
 
-from test_cluster_manager import free_base_port, gone, wait_for
+from kv_localcluster import wait_until
+from test_cluster_manager import free_base_port, gone
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -111,7 +112,7 @@ def test_pip_install_in_a_fresh_venv(tmp_path):
         assert len(state_pids) >= 4, state_pids       # the supervisor and three nodes
         r = _run([kvc, "--action", "stop", *args], timeout=60, cwd=str(tmp_path), env=env)
         assert r.returncode == 0, f"stop failed:\n{r.stdout}\n{r.stderr}"
-        wait_for(lambda: all(gone(p) for p in state_pids), 15, "every cluster process to exit")
+        wait_until(lambda: all(gone(p) for p in state_pids), 15, "every cluster process to exit")
     finally:
         for pid in state_pids:
             if not gone(pid):
