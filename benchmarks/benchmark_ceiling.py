@@ -42,6 +42,7 @@ sys.path.insert(1, os.path.dirname(HERE))
 import psutil  # noqa: E402
 
 import benchmark_node as B  # noqa: E402
+from kv_localcluster import wait_until  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -136,7 +137,7 @@ class CeilingProc:
             cmd += ["--wal-dir", self.dir]
         self.popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True)
-        B.wait_for(lambda: B.redis_ping(self.port), 15, "the ceiling server to answer PING")
+        wait_until(lambda: B.redis_ping(self.port), 15, "the ceiling server to answer PING", interval=0.05)
 
     @property
     def pids(self) -> list[int]:
