@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from kv_localcluster import LocalCluster, call
-from test_replication import RetryingWriter, LineClient, check_acknowledged
+from kv_localcluster import LineClient, LocalCluster, RetryingWriter, call
+from test_replication import check_acknowledged
 
 WAIT = 60
 
