@@ -238,6 +238,7 @@ class ClusterManager(threading.Thread):
         self.hb_recv_gaps: deque = deque(maxlen=2000)
         self._hb_sent_at = 0.0
         self._contact_at = 0.0
+        self.quorum_silence_max = 0.0   # longest a majority was silent to this primary (CheckQuorum)
 
     # ------------------------------------------------------------------ client side
     def not_primary(self, message: str = "This node is not primary") -> CommandError:
@@ -387,6 +388,7 @@ class ClusterManager(threading.Thread):
                     "snapshot_in_progress": self.snapshot_child is not None,
                     "heartbeat": {"sent_gap_ms": _gap_stats(self.hb_sent_gaps),
                                   "received_gap_ms": _gap_stats(self.hb_recv_gaps),
+                                  "quorum_silence_max_ms": round(self.quorum_silence_max * 1000, 1),
                                   "interval_ms": round(core.heartbeat_interval * 1000, 1),
                                   "election_timeout_ms": round(core.election_timeout * 1000, 1)}}
 
@@ -557,6 +559,10 @@ class ClusterManager(threading.Thread):
                         core.step(it, now)
                 items = ()
                 core.tick(now)
+                if core.role == LEADER:
+                    silence = core.quorum_silence(now)
+                    if silence > self.quorum_silence_max:
+                        self.quorum_silence_max = silence
                 rd = core.ready()
             self._log_changes()
             if rd.empty():

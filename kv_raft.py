@@ -752,6 +752,11 @@ class RaftCore:
         configuration does not count itself, §4.2.2)."""
         return self.quorum - (1 if self.id in self.voters else 0)
 
+    def quorum_silence(self, now: float) -> float:
+        """A leader's seconds since it last heard from a majority (CheckQuorum steps it down at
+        one election timeout); 0 elsewhere.  For monitoring."""
+        return max(0.0, now - self._quorum_heard()) if self.role == LEADER else 0.0
+
     def _quorum_heard(self) -> float:
         """When a majority of voters (counting ourselves if we vote) was last heard from; never
         before our election."""

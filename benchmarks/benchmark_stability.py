@@ -16,9 +16,10 @@ Each run (every process it starts is stopped by PID, every loop is bounded by --
        a probe client: one SET then one GET every 10 ms, latency recorded;
        STATUS of every node every 100 ms: role, term, primary, snapshot in progress;
   3. counts leader changes (a new primary or a new term after the start), error replies (to
-     the probe, and those redis-benchmark -e prints), the probe's p99 in 5 s windows with and
-     without a snapshot in flight, and each node's heartbeat gaps (sent by the primary,
-     received by the secondaries; STATUS "heartbeat");
+     the probe; and redis-benchmark's, which stops at its first error reply), the probe's p99
+     in 5 s windows with and without a snapshot in flight, and each node's heartbeat gaps (sent by the primary,
+     received by the secondaries) and the longest silence of a majority to the primary (what
+     CheckQuorum acts on), from STATUS "heartbeat";
   4. checks the nodes converged (equal last_applied and digest) after the load.
 Prints a table per run and a summary, writes benchmarks/results/benchmark_stability.json and,
 when matplotlib is installed, benchmark_stability.png (the timeline of the last run).
@@ -220,6 +221,11 @@ def one_run(args, run_no: int) -> dict:
             rb_last[name] = rates[-1] if rates else None
         conv = cluster.wait_converged(120)
         final = cluster.statuses()
+        if args.keep_logs:   # each node's log, for a run worth reading
+            os.makedirs(args.keep_logs, exist_ok=True)
+            for nid in cluster.ids:
+                shutil.copyfile(os.path.join(base, nid, "node.log"),
+                                os.path.join(args.keep_logs, f"run{run_no}-{nid}.log"))
     finally:
         for p in procs:
             if p.poll() is None:
@@ -297,6 +303,7 @@ def main(argv=None) -> int:
     p.add_argument("--hogs", type=int, default=2, help="busy-loop processes (default 2)")
     p.add_argument("--snapshot-threshold", type=int, default=100_000,
                    help="the nodes' --snapshot-threshold (default 100000, the server's default)")
+    p.add_argument("--keep-logs", metavar="DIR", help="copy every node's node.log of each run into DIR")
     p.add_argument("--json", default="benchmark_stability.json", help="result file in benchmarks/results/")
     args = p.parse_args(argv)
     if not B.have_redis_benchmark():
@@ -318,12 +325,14 @@ def main(argv=None) -> int:
              round(r["p99_ms_snapshot"] / r["p99_ms_quiet"], 2) if r["p99_ms_snapshot"] and r["p99_ms_quiet"] else None,
              max((((h or {}).get("sent_gap_ms") or {}).get("max") or 0) for h in r["heartbeat"].values()),
              max((((h or {}).get("received_gap_ms") or {}).get("max") or 0) for h in r["heartbeat"].values()),
+             max(((h or {}).get("quorum_silence_max_ms") or 0) for h in r["heartbeat"].values()),
              r["probe_ops"], len(r["converged"]["digest"]) == 1] for r in runs]
     print()
     print(f"{args.keys:,} keys, {args.duration:.0f} s of redis-benchmark c=50 + -P 16, {args.hogs} CPU hogs, "
           "SNAPSHOT everywhere + automatic snapshots")
     print(B.render(["run", "leader changes", "error replies", "probe p99 ms", "p99 ms in snapshot",
-                    "ratio", "hb sent gap max ms", "hb recv gap max ms", "probe ops", "converged"], rows))
+                    "ratio", "hb sent gap max ms", "hb recv gap max ms", "quorum silence max ms",
+                    "probe ops", "converged"], rows))
     ok = sum(1 for r in runs if r["leader_changes"] == 0 and r["error_replies"] == 0)
     print(f"summary: {ok} of {len(runs)} runs with 0 leader changes and 0 error replies")
     out = {"benchmark": "stability", "args": vars(args), "environment": B.environment(),
