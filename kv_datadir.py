@@ -31,6 +31,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 
@@ -168,6 +169,7 @@ class Identity:
         self.cluster_id = cluster_id
         self.node_id = node_id
         self.created = created
+        self._lock = threading.Lock()
 
     @classmethod
     def read(cls, data_dir: str) -> "Identity | None":
@@ -222,18 +224,19 @@ class Identity:
         return ident
 
     def set_cluster_id(self, cluster_id: str) -> bool:
-        """Learn the cluster id (once).  True when it is now cluster_id; False when the dir
-        already belongs to another cluster."""
-        if self.cluster_id == cluster_id:
+        """Learn the cluster id (once; thread-safe).  True when it is now cluster_id; False when
+        the dir already belongs to another cluster."""
+        with self._lock:
+            if self.cluster_id == cluster_id:
+                return True
+            if self.cluster_id is not None:
+                return False
+            self.save(cluster_id)
+            self.cluster_id = cluster_id
             return True
-        if self.cluster_id is not None:
-            return False
-        self.cluster_id = cluster_id
-        self.save()
-        return True
 
-    def save(self) -> None:
-        _write_json_atomic(self.path, {"mode": self.mode, "cluster_id": self.cluster_id,
+    def save(self, cluster_id: str | None = None) -> None:
+        _write_json_atomic(self.path, {"mode": self.mode, "cluster_id": cluster_id or self.cluster_id,
                                        "node_id": self.node_id, "created": self.created})
 
 

@@ -83,6 +83,7 @@ from kv_storage import LogStorage, ReplicationLog, StorageCorruption, check_data
 from kv_cluster import ClusterManager, Waiter, gc_freeze
 from kv_handler import ConnectionHandler
 from kv_commands import Expirer   # also registers the data commands in kv_handler's table
+from kv_transport import SparseLog
 from kv_protocol import CommandError
 from kv_cli import (CliParser, UsageError, at_least, check_host, check_node_id, even_size_warning, non_negative,
                     parse_addr, parse_peers, port_in_use, positive)
@@ -147,6 +148,7 @@ class KVNode:
         self.members = members      # the bootstrap membership (--peers, --cluster-file, default)
         self.raft_lock = threading.RLock()
         self.identity = getattr(args, "identity", None)      # kv_datadir.Identity (main() opens it)
+        self.sparse_log = SparseLog(60.0)      # handshake refusals: once per peer per minute
         self.store = KeyValueStore()
         self.started = time.time()
         self.clients = 0
@@ -200,7 +202,8 @@ class KVNode:
                                       raft_lock=self.raft_lock, secret=args.cluster_secret,
                                       snapshot_threshold=args.snapshot_threshold,
                                       request_timeout=args.request_timeout, on_fatal=lambda why: self.fatal(why),
-                                      link_factory=link_factory,
+                                      link_factory=link_factory, identity=self.identity,
+                                      sparse_log=self.sparse_log,
                                       self_addr=f"{args.advertise or args.host}:{self.port}")
         self.stats = kv_info.ServerStats()
         self.run_id = os.urandom(20).hex()              # INFO run_id: new every start, as Redis
@@ -756,6 +759,12 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     node.start()
+    if standalone:
+        # a cluster of one elects itself at once: accept no client before it serves reads and
+        # writes (the listening socket queues early connections; nothing is answered before this)
+        deadline = time.monotonic() + 10 * args.election_timeout + 5
+        while not node.manager.read_ok() and time.monotonic() < deadline:
+            time.sleep(0.005)
     cfg = node.core.config
     mode = ("joining through " + args.join if node.core.membership_state == "joining"
             else "standalone" if not node.peer_ids else

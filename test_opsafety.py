@@ -60,8 +60,8 @@ def free_port() -> int:
 class Node:
     """One kv_store_server.py process; stop() by PID (SIGTERM, SIGKILL after a deadline)."""
 
-    def __init__(self, *args, env: dict | None = None, cwd: str | None = None):
-        self.port = free_port()
+    def __init__(self, *args, env: dict | None = None, cwd: str | None = None, port: int | None = None):
+        self.port = port or free_port()
         self.args = ["--port", str(self.port), *args]
         self.env = env
         self.cwd = cwd
@@ -437,3 +437,138 @@ def test_wrong_password_is_reported_at_once(tmp_path, nodes):
             "--deadline", "60", "--no-cluster-manager")
     assert r.returncode == 2 and "AUTH_FAILED" in r.stdout and "retrying cannot help" in r.stderr, tcm.out(r)
     assert "cluster unavailable" not in r.stdout, tcm.out(r)
+
+
+# ------------------------------------------------------------------- start-up and elections, as seen
+def test_standalone_set_right_after_start_and_get_right_after_restart(tmp_path, nodes):
+    """The first request a script sends once the port accepts succeeds: the node was primary
+    before it accepted it (3 rounds: the bug reproduced 3 of 3)."""
+    d = str(tmp_path / "s")
+    for i in range(3):
+        n = Node("--standalone", "--data-dir", d)
+        nodes.append(n.start())
+        if i:
+            assert n.request(f"GET k{i - 1}")[0] == {"status": "OK", "value": i - 1}
+        assert n.request(f"SET k{i} {i}")[0]["status"] == "OK"
+        assert n.stop() == 0
+
+
+def _resp(port: int, *args: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"*{len(args)}\r\n".encode() + b"".join(f"${len(a)}\r\n{a}\r\n".encode() for a in args))
+        return s.recv(4096)
+
+
+def test_no_primary_known_answers_the_election_variant_over_both_protocols(tmp_path, nodes):
+    """A node that cannot find a primary holds the request, then answers a retryable NOT_PRIMARY
+    that says an election is in progress ("election": true, no primary), and -TRYAGAIN to
+    redis-cli users."""
+    peers = f"node2=127.0.0.1:{free_port()},node3=127.0.0.1:{free_port()}"     # never started
+    n = Node("--node-id", "node1", "--peers", peers, "--data-dir", str(tmp_path / "n1"))
+    nodes.append(n.start())
+    for line in ("SET a 1", "GET a"):
+        ans = n.request(line)[0]
+        assert ans["code"] == "NOT_PRIMARY" and ans["election"] is True and ans["primary"] is None, ans
+        assert ans["definite"] is True and "election is in progress" in ans["message"], ans
+    raw = _resp(n.port, "SET", "a", "1")
+    assert raw.startswith(b"-TRYAGAIN ") and b"election is in progress" in raw, raw
+
+
+def test_requests_during_a_first_election_never_get_a_bare_not_primary(tmp_path, nodes):
+    """Requests sent while a fresh cluster elects its first primary are held: each is answered
+    OK, or NOT_PRIMARY naming the primary, or (the hold ran out) the election variant - never
+    NOT_PRIMARY with a null primary and nothing said."""
+    ports = [free_port() for _ in range(3)]
+    ids = ["node1", "node2", "node3"]
+    procs = []
+    for i, nid in enumerate(ids):
+        peers = ",".join(f"{m}=127.0.0.1:{p}" for m, p in zip(ids, ports) if m != nid)
+        n = Node("--node-id", nid, "--peers", peers, "--data-dir", str(tmp_path / nid),
+                 *(["--primary"] if i == 0 else []), port=ports[i])
+        procs.append(n)
+        nodes.append(n)
+    for n in procs:
+        n.start(wait=False)
+    for n in procs:
+        tcm.wait_for(n.listening, 15, "listen")
+    answers = [n.request("SET early 1")[0] for n in procs]
+    for ans in answers:
+        ok = ans["status"] == "OK"
+        hinted = ans.get("code") == "NOT_PRIMARY" and ans.get("primary") is not None
+        election = ans.get("code") == "NOT_PRIMARY" and ans.get("election") is True
+        assert ok or hinted or election, answers
+
+
+# ------------------------------------------------------------------------------ cluster identity
+def test_nodes_of_different_clusters_refuse_each_other(tmp_path, nodes):
+    p1, p2 = free_port(), free_port()
+    a = Node("--node-id", "node1", "--peers", f"node2=127.0.0.1:{p2}", "--data-dir", str(tmp_path / "a"),
+             "--cluster-id", "aaaa", "--primary", port=p1)
+    b = Node("--node-id", "node2", "--peers", f"node1=127.0.0.1:{p1}", "--data-dir", str(tmp_path / "b"),
+             "--cluster-id", "bbbb", port=p2)
+    for n in (a, b):
+        nodes.append(n.start())
+
+    def refused(path, other):
+        with open(path) as f:
+            text = f.read()
+        return "belongs to cluster" in text and other in text
+    tcm.wait_for(lambda: refused(str(tmp_path / "a" / "node.log"), "bbbb"), 15, "node1 to refuse node2")
+    tcm.wait_for(lambda: refused(str(tmp_path / "b" / "node.log"), "aaaa"), 15, "node2 to refuse node1")
+    for n in (a, b):
+        st = n.request("STATUS")[0]
+        assert st["role"] != "primary" and not any(p["reachable"] for p in st["peers"].values()), st
+
+
+def test_fresh_member_learns_the_cluster_id_and_keeps_it(tmp_path, nodes):
+    p1, p2 = free_port(), free_port()
+    a = Node("--node-id", "node1", "--peers", f"node2=127.0.0.1:{p2}", "--data-dir", str(tmp_path / "a"),
+             "--primary", port=p1)
+    b = Node("--node-id", "node2", "--peers", f"node1=127.0.0.1:{p1}", "--data-dir", str(tmp_path / "b"), port=p2)
+    for n in (a, b):
+        nodes.append(n.start())
+    cid = a.request("STATUS")[0]["cluster_id"]
+    assert cid                                           # --primary on a fresh dir bootstraps an id
+    tcm.wait_for(lambda: b.request("STATUS")[0]["cluster_id"] == cid, 15, "node2 to learn the cluster id")
+    with open(tmp_path / "b" / "identity.json") as f:
+        assert json.load(f)["cluster_id"] == cid
+
+
+# ------------------------------------------------------------------------------------------ secrets
+def _handshake(port: int, sender: str, proof: str) -> dict:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        f = s.makefile("rb")
+        s.sendall(json.dumps({"type": "HELLO", "from": sender, "to": "node1"}).encode() + b"\n")
+        ch = json.loads(f.readline())
+        if ch.get("type") != "CHALLENGE":
+            return ch
+        s.sendall(json.dumps({"type": "PROOF", "proof": proof}).encode() + b"\n")
+        return json.loads(f.readline())
+
+
+def test_secret_mismatch_is_logged_once_per_peer_and_says_which_side_to_check(tmp_path, nodes):
+    p1, p2, p3 = free_port(), free_port(), free_port()
+    a = Node("--node-id", "node1", "--peers", f"node2=127.0.0.1:{p2},node3=127.0.0.1:{p3}",
+             "--data-dir", str(tmp_path / "a"), env=dict(os.environ, KV_CLUSTER_SECRET="right-secret"), port=p1)
+    nodes.append(a.start())
+    for _ in range(20):                                  # a peer retrying with the wrong secret
+        ans = _handshake(p1, "node2", "not-the-proof")
+        assert ans.get("reason") == "secret", ans
+    for _ in range(5):
+        assert _handshake(p1, "node9", "x").get("reason") == "member"
+    b = Node("--node-id", "node2", "--peers", f"node1=127.0.0.1:{p1},node3=127.0.0.1:{p3}",
+             "--data-dir", str(tmp_path / "b"), env=dict(os.environ, KV_CLUSTER_SECRET="wrong-secret"), port=p2)
+    nodes.append(b.start())
+
+    def sender_logged():
+        with open(tmp_path / "b" / "node.log") as f:
+            return [ln for ln in f if "refused this node's cluster secret" in ln]
+    lines = tcm.wait_for(sender_logged, 15, "node2 to log the refused secret")
+    assert "check --cluster-secret" in lines[0] and "node1" in lines[0], lines
+    with open(tmp_path / "a" / "node.log") as f:
+        text = f.read()
+    secret_lines = [ln for ln in text.splitlines() if "did not prove the cluster secret" in ln]
+    assert len(secret_lines) == 1, secret_lines          # 20+ refusals of node2, one line a minute
+    assert "check --cluster-secret" in secret_lines[0] and "node2" in secret_lines[0], secret_lines
+    assert len([ln for ln in text.splitlines() if "'node9' is not a member" in ln]) == 1, text
+    assert "right-secret" not in text and "wrong-secret" not in text
