@@ -11,6 +11,9 @@
     python cluster_manager.py --action remove-node --node node2     # CLUSTER REMOVE, then stops it
     python cluster_manager.py --action replace --node node2         # a dead node -> a fresh one, new id
     python cluster_manager.py --action start --nodes 5              # clusters of 1, 3 or 5
+    python cluster_manager.py --action restart --node node2 --wipe   # start it empty; the primary refills it
+    python cluster_manager.py --action backup --to DIR      # consistent snapshot from the primary
+    python cluster_manager.py --action restore --from DIR --data-dir NEW   # seed and start a new cluster
 
 The launcher itself (LocalCluster, NodeProcess, FaultProxy, the STATUS one-shot probe(), free-port
 helpers and the errors it raises) lives in kv_localcluster.py; every public name of it is
@@ -26,7 +29,7 @@ Layout (reading order):
     Supervisor        the manager process: sole parent of the node processes; watches, reports,
                       restarts on failure, serves other terminals over a Unix socket
     action_*()        start / status / health / stop / kill / restart / failover /
-                      add-node / remove-node / replace (membership changes, Raft §4.1)
+                      add-node / remove-node / replace (membership changes, Raft §4.1) / backup / restore
     main()            command line
 
 Process model: every node process is the child of exactly one manager (the foreground `start`, or
@@ -36,8 +39,14 @@ terminals ask that manager over <data-dir>/manager.sock; when no manager is aliv
 from the state file, after checking that the PID still is that node's process (command line and
 start time).  Nothing is ever signalled by name.
 
-Exit codes: 0 success (healthy, for --action health); 1 the action failed or the cluster is
-unhealthy; 2 bad usage or a refusal (port taken, data dir of another cluster, already running).
+Which cluster: every action but start/restore works only on the cluster recorded in
+<data-dir>/cluster_state.json (PIDs checked against start time and the node's data dir in its
+command line; STATUS answers against the cluster id); with no record it does nothing and exits 1
+("no cluster at DIR").  Secrets live in <data-dir>/*.secret (0600) and reach nodes by environment.
+
+Exit codes: 0 success (healthy, for --action health); 1 the action failed, the cluster is
+unhealthy, or there is no cluster at DIR; 2 bad usage or a refusal (port taken, data dir of
+another cluster, already running).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 """KV Store node: one member of a replicated key-value cluster.
 
     python kv_store_server.py --node-id node1 --port 6379 --primary
-    python kv_store_server.py --standalone            # a cluster of one on 6379
+    python kv_store_server.py --standalone            # a cluster of one on 6379, data in ./data/standalone
+    python kv_store_server.py --check-data DIR        # verify a data dir (read-only), exit 0 or 1
 
 Layout (reading order):
     NodeRole, NodeInfo      the seed's public names: a node's role and address
@@ -744,6 +745,10 @@ def main(argv=None) -> int:
         log.critical("%s refusing to start: %s. %s", args.node_id, e,
                      RECOVERY_HINT.format(data_dir=args.data_dir, node_id=args.node_id))
         return 4
+    except OSError as e:     # a file in the dir this user cannot read or write, a full disk, ...
+        log.critical("%s cannot use data dir %s: %s (%s)", args.node_id, args.data_dir, e.strerror,
+                     e.filename or "")
+        return 2
     try:
         server = TCPServer(node)
     except OSError as e:
