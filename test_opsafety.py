@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -51,6 +52,17 @@ def one_line_error(r: subprocess.CompletedProcess, want: str | None = None) -> s
     if want is not None:
         assert want in lines[0], tcm.out(r)
     return lines[0]
+
+
+def walk(script: str, cases, cwd: str | None = None) -> None:
+    """Run each (args, expected text) bad-usage case (a few at a time) and check its refusal."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda c: run(script, *c[0], cwd=cwd), cases))
+    for (args, want), r in zip(cases, results):
+        try:
+            one_line_error(r, want)
+        except AssertionError as e:
+            raise AssertionError(f"{os.path.basename(script)} {args}: {e}") from None
 
 
 def free_port() -> int:
@@ -102,6 +114,9 @@ class Node:
 def nodes():
     started: list[Node] = []
     yield started
+    for n in started:                    # SIGTERM to all first: they shut down side by side
+        if n.proc is not None and n.proc.poll() is None:
+            n.proc.send_signal(signal.SIGTERM)
     for n in started:
         n.stop()
 
@@ -160,9 +175,8 @@ def test_server_bad_usage_one_line_exit_2(tmp_path):
         (["--check-data", os.path.join(d, "nothing-here")], "no such directory"),
     ]
     try:
-        for args, want in cases:
-            one_line_error(run(SERVER, "--port", str(free_port()), *args, cwd=d) if "--port" not in args
-                           else run(SERVER, *args, cwd=d), want)
+        walk(SERVER, [(args if "--port" in args else ["--port", str(free_port()), *args], want)
+                      for args, want in cases], cwd=d)
     finally:
         held.close()
 
@@ -200,8 +214,7 @@ def test_cluster_manager_bad_usage_one_line_exit_2(tmp_path):
         (["--action", "restore", *dd], None),         # no --from
         (["--action", "restore", "--from", d, *dd], "not a backup"),
     ]
-    for args, want in cases:
-        one_line_error(run(CM, *args), want)
+    walk(CM, cases)
 
 
 def test_example_client_bad_usage_one_line_exit_2():
@@ -215,8 +228,7 @@ def test_example_client_bad_usage_one_line_exit_2():
         (["--cluster-manager-args", '"unclosed'], "--cluster-manager-args"),
         (["--bogus"], "unrecognized"),
     ]
-    for args, want in cases:
-        one_line_error(run(CLIENT, *args), want)
+    walk(CLIENT, cases)
 
 
 # ---------------------------------------------------------------------------------------- data dirs
