@@ -18,7 +18,7 @@ import re
 import socket
 import sys
 
-__all__ = ["CliParser", "UsageError", "port", "positive", "non_negative", "at_least", "check_node_id",
+__all__ = ["CliParser", "UsageError", "port", "port_or_zero", "positive", "non_negative", "at_least", "check_node_id",
            "parse_peers", "parse_addr", "check_host", "port_in_use", "even_size_warning", "fail"]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -43,6 +43,13 @@ def port(text: str) -> int:
     if not 1 <= n <= 65535:
         raise argparse.ArgumentTypeError(f"port {n} is out of range (1-65535)")
     return n
+
+
+def port_or_zero(text: str) -> int:
+    """A port, or 0: a free port the OS picks (a standalone node in a test)."""
+    if text.strip() == "0":
+        return 0
+    return port(text)
 
 
 def _number(text: str, kind):

@@ -88,7 +88,7 @@ from kv_transport import SparseLog
 from kv_protocol import CommandError
 from kv_cli import (CliParser, UsageError, at_least, check_host, check_node_id, even_size_warning, non_negative,
                     parse_addr, parse_peers, port_in_use, positive)
-from kv_cli import fail as cli_fail, port as cli_port
+from kv_cli import fail as cli_fail, port_or_zero
 from kv_datadir import IDENTITY_FILE, MIN_FREE_BYTES, DataDirError, DataDirLock, Identity, read_secret
 from kv_datadir import prepare as prepare_data_dir
 
@@ -543,7 +543,7 @@ def parse_members(args: argparse.Namespace) -> dict[str, NodeInfo]:
     if args.standalone:
         if args.peers is not None or args.cluster_file:
             raise UsageError("--standalone runs a cluster of one: it takes neither --peers nor --cluster-file")
-        return {args.node_id: NodeInfo(args.node_id, args.host, args.port or 6379)}
+        return {args.node_id: NodeInfo(args.node_id, args.host, 6379 if args.port is None else args.port)}
     if args.peers is not None and args.cluster_file:
         raise UsageError("give the membership once: --peers or --cluster-file, not both")
     members: dict[str, NodeInfo] = {}
@@ -606,7 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "data dir / port; 3 fatal storage error while running; 4 corrupt data at start-up.")
     p.add_argument("--node-id", default="node1", help="this node's id (default node1)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=cli_port, default=None, help="port for clients and peers (default from the cluster, 6379 for node1)")
+    p.add_argument("--port", type=port_or_zero, default=None,
+                   help="port for clients and peers (default from the cluster, 6379 for node1; 0 = any free port, "
+                        "standalone only)")
     p.add_argument("--primary", action="store_true", help="start the first election at once (never forces leadership)")
     p.add_argument("--standalone", action="store_true", help="a cluster of one that commits on its own (data dir default ./data/standalone)")
     p.add_argument("--peers", default=None, help="the other members: node2=host:port,node3=host:port")
@@ -698,6 +700,8 @@ def main(argv=None) -> int:
     if args.election_timeout <= 2 * args.heartbeat_interval:
         return cli_fail(prog, f"--election-timeout ({args.election_timeout}) must be more than twice "
                               f"--heartbeat-interval ({args.heartbeat_interval})")
+    if args.port == 0 and not args.standalone:
+        return cli_fail(prog, "--port 0 (any free port) only works with --standalone: peers must know the port")
     try:
         check_host(args.host)
         members = parse_members(args)

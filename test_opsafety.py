@@ -155,6 +155,7 @@ def test_server_bad_usage_one_line_exit_2(tmp_path):
         (["--host", "no-such-host.invalid"], "does not resolve"),
         (["--port", "70000"], "out of range"),
         (["--port", "abc"], "not a port"),
+        (["--port", "0", "--node-id", "node2"], "only works with --standalone"),
         (["--standalone", "--port", str(taken)], "not available"),
         (["--heartbeat-interval", "0"], "more than 0"),
         (["--election-timeout", "0.05"], "more than twice"),
