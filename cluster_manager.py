@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -79,7 +80,8 @@ from kv_cli import CliParser, UsageError, at_least, check_host, check_node_id, e
 from kv_cli import port as cli_port
 from kv_datadir import DataDirError, DataDirLock, Identity, read_secret
 from kv_datadir import prepare as prepare_data_dir
-from kv_storage import SnapshotMeta, StorageCorruption, verify_snapshot_file, write_snapshot_file
+from kv_storage import (SnapshotMeta, StorageCorruption, read_snapshot_file, verify_snapshot_file,
+                        write_snapshot_file)
 from kv_localcluster import (CONSOLE_LOG, SERVER_SCRIPT, ClusterError, FaultProxy, LocalCluster, NodeFailed,
                              NodeProcess, PortInUse, SplitBrain, WaitTimeout, _create_time, _process_matches,
                              call, fmt_exit, pick_free_ports, port_in_use, probe, tail)
@@ -1424,13 +1426,22 @@ def action_restore(opts) -> int:
         return _fail(f"--data-dir {opts.data_dir} already holds a cluster; restore seeds a NEW cluster: "
                      f"give an empty --data-dir", 2)
     marker = check_data_dir(opts)
-    marker["restored_from"] = {"backup": src, "cluster_id": info.get("cluster_id"), **meta.to_dict()}
+    marker["restored_from"] = {"backup": src, "cluster_id": info.get("cluster_id"),
+                               **{k: v for k, v in meta.to_dict().items() if k != "config"}}
+    # The snapshot carries the configuration in force when it was taken (the OLD cluster's
+    # members and addresses, which a node trusts over its flags): the new cluster gets its own.
+    seeded = os.path.join(opts.data_dir, "snapshot.seed")
+    snap_meta, items = read_snapshot_file(os.path.join(src, "snapshot.dat"))
+    new_meta = dataclasses.replace(snap_meta, config=None if snap_meta.config is None
+                                   else {"voters": membership(opts), "learners": {}})
+    write_snapshot_file(seeded, new_meta, items)
     for nid in membership(opts):
         ndir = os.path.join(opts.data_dir, nid)
         os.makedirs(ndir)
-        shutil.copyfile(os.path.join(src, "snapshot.dat"), os.path.join(ndir, "snapshot.dat"))
+        shutil.copyfile(seeded, os.path.join(ndir, "snapshot.dat"))
         write_json_atomic(os.path.join(ndir, "raft_state.json"), {"term": meta.last_term, "voted_for": None})
         Identity(ndir, "cluster", marker["cluster_id"], nid, time.strftime("%Y-%m-%dT%H:%M:%S")).save()
+    os.unlink(seeded)
     write_json_atomic(os.path.join(opts.data_dir, MARKER_FILE), marker)
     print(f"seeded cluster {marker['cluster_id']} ({opts.nodes} nodes) in {opts.data_dir} from the backup of "
           f"cluster {info.get('cluster_id')} at index {meta.last_index} ({meta.count} keys, digest {meta.digest})")
