@@ -40,7 +40,7 @@ __all__ = ["DataDirError", "prepare", "DataDirLock", "Identity", "read_secret", 
 
 LOCK_FILE = "node.lock"
 IDENTITY_FILE = "identity.json"
-MIN_FREE_BYTES = 16 * 1024 * 1024     # below this a node cannot even write a few batches
+MIN_FREE_BYTES = 1024 * 1024     # below this a full disk is all but certain: refuse at start-up, clearly
 
 
 class DataDirError(Exception):

@@ -627,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="verify the WAL and snapshot in DIR (read-only), report each problem with file and "
                         "offset, exit 0 (sound) or 1 (damaged); starts no node")
     p.add_argument("--min-free-mb", type=non_negative(float), default=MIN_FREE_BYTES / 2**20,
-                   help="refuse to start when the data dir's file system has less free space (default 16)")
+                   help="refuse to start when the data dir's file system has less free space (default 1)")
     p.add_argument("--fsync", choices=["always", "everysec", "no"], default="always", help="WAL fsync policy (default always)")
     p.add_argument("--heartbeat-interval", type=positive(float), default=0.05, help="seconds between heartbeats (default 0.05)")
     p.add_argument("--election-timeout", type=positive(float), default=0.8,
