@@ -28,6 +28,7 @@ import psutil
 import pytest
 
 import test_cluster_manager as tcm
+from kv_localcluster import call, wait_until
 from kv_client import AUTH_FAILED, ClusterClient, KVError
 from kv_storage import LogStorage, ReplicationLog
 
@@ -84,7 +85,7 @@ class Node:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env=self.env, cwd=self.cwd)
         if wait:
-            tcm.wait_for(self.listening, 15, f"node on port {self.port} to listen")
+            wait_until(self.listening, 15, f"node on port {self.port} to listen")
         return self
 
     def listening(self) -> bool:
@@ -97,7 +98,7 @@ class Node:
             return False
 
     def request(self, *lines: str, password: str | None = None) -> list[dict]:
-        return tcm.cm.call("127.0.0.1", self.port, list(lines), password=password, timeout=10)
+        return call("127.0.0.1", self.port, list(lines), password=password, timeout=10)
 
     def stop(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -488,9 +489,10 @@ def test_no_primary_known_answers_the_election_variant_over_both_protocols(tmp_p
 
 
 def test_requests_during_a_first_election_never_get_a_bare_not_primary(tmp_path, nodes):
-    """Requests sent while a fresh cluster elects its first primary are held: each is answered
-    OK, or NOT_PRIMARY naming the primary, or (the hold ran out) the election variant - never
-    NOT_PRIMARY with a null primary and nothing said."""
+    """Requests sent while a fresh cluster elects its first primary are held: a NOT_PRIMARY
+    answer names the primary, or (the hold ran out) is the election variant - never NOT_PRIMARY
+    with a null primary and nothing said.  (A brand-new primary may also answer NO_QUORUM or
+    TIMEOUT under load: those are not what this test is about.)"""
     ports = [free_port() for _ in range(3)]
     ids = ["node1", "node2", "node3"]
     procs = []
@@ -503,13 +505,12 @@ def test_requests_during_a_first_election_never_get_a_bare_not_primary(tmp_path,
     for n in procs:
         n.start(wait=False)
     for n in procs:
-        tcm.wait_for(n.listening, 15, "listen")
+        wait_until(n.listening, 15, "listen")
     answers = [n.request("SET early 1")[0] for n in procs]
+    assert any(a["status"] == "OK" or a.get("code") == "NOT_PRIMARY" for a in answers), answers
     for ans in answers:
-        ok = ans["status"] == "OK"
-        hinted = ans.get("code") == "NOT_PRIMARY" and ans.get("primary") is not None
-        election = ans.get("code") == "NOT_PRIMARY" and ans.get("election") is True
-        assert ok or hinted or election, answers
+        if ans.get("code") == "NOT_PRIMARY" and ans.get("primary") is None:
+            assert ans.get("election") is True and "election is in progress" in ans["message"], answers
 
 
 # ------------------------------------------------------------------------------ cluster identity
@@ -526,8 +527,8 @@ def test_nodes_of_different_clusters_refuse_each_other(tmp_path, nodes):
         with open(path) as f:
             text = f.read()
         return "belongs to cluster" in text and other in text
-    tcm.wait_for(lambda: refused(str(tmp_path / "a" / "node.log"), "bbbb"), 15, "node1 to refuse node2")
-    tcm.wait_for(lambda: refused(str(tmp_path / "b" / "node.log"), "aaaa"), 15, "node2 to refuse node1")
+    wait_until(lambda: refused(str(tmp_path / "a" / "node.log"), "bbbb"), 15, "node1 to refuse node2")
+    wait_until(lambda: refused(str(tmp_path / "b" / "node.log"), "aaaa"), 15, "node2 to refuse node1")
     for n in (a, b):
         st = n.request("STATUS")[0]
         assert st["role"] != "primary" and not any(p["reachable"] for p in st["peers"].values()), st
@@ -542,7 +543,7 @@ def test_fresh_member_learns_the_cluster_id_and_keeps_it(tmp_path, nodes):
         nodes.append(n.start())
     cid = a.request("STATUS")[0]["cluster_id"]
     assert cid                                           # --primary on a fresh dir bootstraps an id
-    tcm.wait_for(lambda: b.request("STATUS")[0]["cluster_id"] == cid, 15, "node2 to learn the cluster id")
+    wait_until(lambda: b.request("STATUS")[0]["cluster_id"] == cid, 15, "node2 to learn the cluster id")
     with open(tmp_path / "b" / "identity.json") as f:
         assert json.load(f)["cluster_id"] == cid
 
@@ -576,7 +577,7 @@ def test_secret_mismatch_is_logged_once_per_peer_and_says_which_side_to_check(tm
     def sender_logged():
         with open(tmp_path / "b" / "node.log") as f:
             return [ln for ln in f if "refused this node's cluster secret" in ln]
-    lines = tcm.wait_for(sender_logged, 15, "node2 to log the refused secret")
+    lines = wait_until(sender_logged, 15, "node2 to log the refused secret")
     assert "check --cluster-secret" in lines[0] and "node1" in lines[0], lines
     with open(tmp_path / "a" / "node.log") as f:
         text = f.read()
