@@ -11,6 +11,9 @@
     python cluster_manager.py --action remove-node --node node2     # CLUSTER REMOVE, then stops it
     python cluster_manager.py --action replace --node node2         # a dead node -> a fresh one, new id
     python cluster_manager.py --action start --nodes 5              # clusters of 1, 3 or 5
+    python cluster_manager.py --action restart --node node2 --wipe   # start it empty; the primary refills it
+    python cluster_manager.py --action backup --to DIR      # consistent snapshot from the primary
+    python cluster_manager.py --action restore --from DIR --data-dir NEW   # seed and start a new cluster
 
 The launcher itself (LocalCluster, NodeProcess, FaultProxy, the STATUS one-shot probe(), free-port
 helpers and the errors it raises) lives in kv_localcluster.py; every public name of it is
@@ -26,7 +29,7 @@ Layout (reading order):
     Supervisor        the manager process: sole parent of the node processes; watches, reports,
                       restarts on failure, serves other terminals over a Unix socket
     action_*()        start / status / health / stop / kill / restart / failover /
-                      add-node / remove-node / replace (membership changes, Raft §4.1)
+                      add-node / remove-node / replace (membership changes, Raft §4.1) / backup / restore
     main()            command line
 
 Process model: every node process is the child of exactly one manager (the foreground `start`, or
@@ -36,18 +39,25 @@ terminals ask that manager over <data-dir>/manager.sock; when no manager is aliv
 from the state file, after checking that the PID still is that node's process (command line and
 start time).  Nothing is ever signalled by name.
 
-Exit codes: 0 success (healthy, for --action health); 1 the action failed or the cluster is
-unhealthy; 2 bad usage or a refusal (port taken, data dir of another cluster, already running).
+Which cluster: every action but start/restore works only on the cluster recorded in
+<data-dir>/cluster_state.json (PIDs checked against start time and the node's data dir in its
+command line; STATUS answers against the cluster id); with no record it does nothing and exits 1
+("no cluster at DIR").  Secrets live in <data-dir>/*.secret (0600) and reach nodes by environment.
+
+Exit codes: 0 success (healthy, for --action health); 1 the action failed, the cluster is
+unhealthy, or there is no cluster at DIR; 2 bad usage or a refusal (port taken, data dir of
+another cluster, already running).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
+import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -66,6 +76,12 @@ try:
 except ImportError:   # plain output
     colorama = None
 
+from kv_cli import CliParser, UsageError, at_least, check_host, check_node_id, even_size_warning, non_negative, positive
+from kv_cli import port as cli_port
+from kv_datadir import DataDirError, DataDirLock, Identity, read_secret
+from kv_datadir import prepare as prepare_data_dir
+from kv_storage import (SnapshotMeta, StorageCorruption, read_snapshot_file, verify_snapshot_file,
+                        write_snapshot_file)
 from kv_localcluster import (CONSOLE_LOG, SERVER_SCRIPT, ClusterError, FaultProxy, LocalCluster, NodeFailed,
                              NodeProcess, PortInUse, SplitBrain, WaitTimeout, _create_time, _process_matches,
                              call, fmt_exit, pick_free_ports, port_in_use, probe, tail)
@@ -90,6 +106,38 @@ class DataDirConflict(ClusterError):
 
 class AlreadyRunning(ClusterError):
     """A cluster (or leftover nodes of one) already runs from this data dir."""
+
+
+class NoCluster(ClusterError):
+    """The data dir records no cluster (never started here, or stopped): nothing to act on."""
+
+
+SECRET_FILES = {"requirepass": "requirepass.secret", "cluster_secret": "cluster_secret.secret"}
+
+
+def write_secret_files(data_dir: str, opts) -> None:
+    """Keep the cluster's secrets in <data-dir>/*.secret (mode 0600), so nodes (--*-file) and
+    second-terminal actions get them without a secret in any argv, state file or log; a
+    secret not set is removed."""
+    for attr, name in SECRET_FILES.items():
+        path = os.path.join(data_dir, name)
+        value = getattr(opts, attr)
+        if value is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            continue
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+        os.replace(path + ".tmp", path)
+
+
+def read_secret_file(data_dir: str, attr: str) -> str | None:
+    try:
+        with open(os.path.join(data_dir, SECRET_FILES[attr])) as f:
+            return f.read().rstrip("\n") or None
+    except FileNotFoundError:
+        return None
 
 
 # ---------------------------------------------------------------------------------- health verdict
@@ -355,39 +403,6 @@ def check_data_dir(opts) -> dict:
     return marker
 
 
-class DataDirLock:
-    """An exclusive flock on <data-dir>/manager.lock, held by the one manager of a data dir for its
-    whole life (the kernel drops it when the manager dies, however it dies)."""
-
-    def __init__(self, data_dir: str):
-        self.path = os.path.join(data_dir, LOCK_FILE)
-        self.fd: int | None = None
-
-    def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
-        return True
-
-    def holder(self) -> str:
-        try:
-            with open(self.path) as f:
-                return f.read().strip() or "?"
-        except OSError:
-            return "?"
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
 def control_socket_path(data_dir: str) -> str:
     path = os.path.join(data_dir, CONTROL_SOCKET)
     if len(path) > 100:   # AF_UNIX paths are limited to ~108 bytes
@@ -418,8 +433,8 @@ def control_request(path: str, req: dict, timeout: float, on_progress=None) -> d
 
 def check_not_running(opts) -> None:
     """Refuse when a manager or leftover nodes of an earlier run use this data dir."""
-    lock = DataDirLock(opts.data_dir)
-    if not lock.acquire():
+    lock = DataDirLock(opts.data_dir, LOCK_FILE)
+    if not lock.try_acquire():
         raise AlreadyRunning(f"a cluster is already running from {opts.data_dir} (manager pid {lock.holder()}); "
                              f"see it with --action status, stop it with --action stop")
     lock.release()
@@ -454,7 +469,7 @@ class Supervisor:
         self.lock = threading.RLock()
         self.stop_event = threading.Event()
         self.hurry = False
-        self.data_lock = DataDirLock(opts.data_dir)
+        self.data_lock = DataDirLock(opts.data_dir, LOCK_FILE)
         self.sock_path = control_socket_path(opts.data_dir)
         self.state_path = os.path.join(opts.data_dir, STATE_FILE)
         self.marker: dict = {}
@@ -529,8 +544,8 @@ class Supervisor:
             "host": o.host, "base_port": o.base_port, "nodes": nodes,
             "boot_ids": c.boot_ids, "boot_ports": c.boot_ports, "joiners": c.joiners,
             "args": {"nodes": o.nodes, "fsync": o.fsync, "heartbeat_interval": o.heartbeat_interval,
-                     "election_timeout": o.election_timeout, "requirepass": o.requirepass,
-                     "cluster_secret": o.cluster_secret, "restart_on_failure": o.restart_on_failure,
+                     "election_timeout": o.election_timeout, "requirepass": o.requirepass is not None,
+                     "cluster_secret": o.cluster_secret is not None, "restart_on_failure": o.restart_on_failure,
                      "log_level": o.log_level, "server_arg": o.server_arg or [],
                      "server_script": o.server_script},
         })
@@ -542,7 +557,7 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         os.makedirs(o.data_dir, exist_ok=True)
         try:
-            if not self.data_lock.acquire():
+            if not self.data_lock.try_acquire():
                 raise AlreadyRunning(f"a cluster is already running from {o.data_dir} (manager pid "
                                      f"{self.data_lock.holder()}); see it with --action status")
             self.marker = check_data_dir(o)
@@ -554,12 +569,14 @@ class Supervisor:
                                      f"({', '.join(f'{k} pid {v}' for k, v in live_nodes(state).items())}); "
                                      f"stop them with --action stop")
             self.cluster.check_ports()
-        except ClusterError as e:
+        except (ClusterError, DataDirError) as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
             self.data_lock.release()
             self.cluster.stop()
             return 2
         write_json_atomic(os.path.join(o.data_dir, MARKER_FILE), self.marker)
+        write_secret_files(o.data_dir, o)
+        self.cluster.extra_args = tuple(self.cluster.extra_args) + ("--cluster-id", self.marker["cluster_id"])
         ctl = threading.Thread(target=self._serve_control, name="control", daemon=True)
         ctl.start()
         code = 0
@@ -796,7 +813,9 @@ class Supervisor:
         if op == "restart":
             t0 = time.monotonic()
             ids = [nid] if nid else self._rolling_order()
+            wipe = bool(req.get("wipe")) and nid is not None
             done = {}
+            moved = ""
             try:
                 for x in ids:
                     with self.lock:
@@ -805,6 +824,9 @@ class Supervisor:
                         if p is not None and p.alive():
                             self.say(f"restarting {x} (pid {p.pid})")
                             c.stop_node(x, timeout=self.opts.timeout, shutdown_command=False)
+                        if wipe:
+                            moved = wipe_node_dir(c.data_dir_of(x))
+                            self.say(f"{x}'s data dir moved to {moved}; it restarts empty", self.col.yellow)
                         done[x] = c.start_node(x, wait=True, timeout=self.opts.timeout)
                         self.down.pop(x, None)
                         self.crashes.pop(x, None)
@@ -812,9 +834,9 @@ class Supervisor:
                         self.say(f"{x} restarted (pid {done[x]})", self.col.yellow)
                     if len(ids) > 1:
                         c.wait_converged(timeout=self.opts.timeout)
-            except ClusterError as e:
+            except (ClusterError, OSError) as e:
                 return {"ok": False, "message": str(e), "pids": done}
-            return {"ok": True, "pids": done, "seconds": round(time.monotonic() - t0, 3)}
+            return {"ok": True, "pids": done, "moved": moved, "seconds": round(time.monotonic() - t0, 3)}
         return {"ok": False, "message": f"unknown op {op!r}"}
 
     def _rolling_order(self) -> list[str]:
@@ -831,28 +853,53 @@ class Target:
     def __init__(self, opts):
         self.opts = opts
         self.state_path = os.path.join(opts.data_dir, STATE_FILE)
-        self.state = read_json(self.state_path)
+        self.state = read_json(self.state_path) if os.path.isdir(opts.data_dir) else None
         s = self.state
-        if s is not None:
-            nodes = s["nodes"]
-            ids = sorted(nodes, key=lambda x: int(x[4:]) if x[4:].isdigit() else x)
-            args = s.get("args", {})
-            self.cluster = LocalCluster(
-                n=len(ids), host=s.get("host", opts.host), data_dir=s["data_dir"],
-                ports=[nodes[i]["port"] for i in ids], fsync=args.get("fsync", "always"),
-                ids=ids, boot_ids=s.get("boot_ids"), joiners=s.get("joiners"), known_ports=s.get("boot_ports"),
-                heartbeat_interval=args.get("heartbeat_interval"), election_timeout=args.get("election_timeout"),
-                requirepass=opts.requirepass if opts.requirepass is not None else args.get("requirepass"),
-                cluster_secret=args.get("cluster_secret"), log_level=args.get("log_level"),
-                extra_args=args.get("server_arg") or (), server_script=args.get("server_script", SERVER_SCRIPT))
-            for nid in ids:
-                n = nodes[nid]
-                if n.get("pid") and _process_matches(n["pid"], nid, n.get("create_time")):
-                    self.cluster.adopt(nid, n["pid"], n.get("create_time"), n.get("cmdline"))
-        else:
-            self.cluster = LocalCluster(n=opts.nodes, base_port=opts.base_port, host=opts.host,
-                                        data_dir=opts.data_dir, requirepass=opts.requirepass)
+        if s is None:
+            marker = read_json(os.path.join(opts.data_dir, MARKER_FILE)) if os.path.isdir(opts.data_dir) else None
+            if marker is not None:
+                raise NoCluster(f"no cluster at {opts.data_dir} is running (cluster {marker.get('cluster_id')} "
+                                f"was stopped; start it with --action start --data-dir {opts.data_dir})")
+            raise NoCluster(f"no cluster at {opts.data_dir} (no {STATE_FILE}: no cluster was started from "
+                            f"this --data-dir); nothing was done")
+        self.cluster_id = s.get("cluster_id")
+        self.data_dir = s["data_dir"]
+        nodes = s["nodes"]
+        ids = sorted(nodes, key=lambda x: int(x[4:]) if x[4:].isdigit() else x)
+        args = s.get("args", {})
+        rp = opts.requirepass if opts.requirepass is not None else read_secret_file(opts.data_dir, "requirepass")
+        cid = ["--cluster-id", self.cluster_id] if self.cluster_id else []
+        self.cluster = LocalCluster(
+            n=len(ids), host=s.get("host", opts.host), data_dir=self.data_dir,
+            ports=[nodes[i]["port"] for i in ids], fsync=args.get("fsync", "always"),
+            ids=ids, boot_ids=s.get("boot_ids"), joiners=s.get("joiners"), known_ports=s.get("boot_ports"),
+            heartbeat_interval=args.get("heartbeat_interval"), election_timeout=args.get("election_timeout"),
+            requirepass=rp, cluster_secret=read_secret_file(opts.data_dir, "cluster_secret"),
+            log_level=args.get("log_level"), extra_args=list(args.get("server_arg") or ()) + cid,
+            server_script=args.get("server_script", SERVER_SCRIPT))
+        for nid in ids:
+            n = nodes[nid]
+            if n.get("pid") and self.is_ours(nid, n["pid"], n.get("create_time")):
+                self.cluster.adopt(nid, n["pid"], n.get("create_time"), n.get("cmdline"))
         self.cluster.detach()
+
+    def is_ours(self, nid: str, pid: int, create_time: float | None) -> bool:
+        """pid is this cluster's node nid: a kv_store_server.py for nid (started at create_time when
+        known) whose command line names this cluster's data dir for it."""
+        if not _process_matches(pid, nid, create_time):
+            return False
+        if psutil is None:
+            return create_time is not None
+        try:
+            cmd = psutil.Process(pid).cmdline()
+        except psutil.NoSuchProcess:
+            return False
+        except psutil.AccessDenied:
+            return create_time is not None
+        want = os.path.abspath(self.cluster.data_dir_of(nid))
+        dirs = [b for a, b in zip(cmd, cmd[1:]) if a == "--data-dir"] + \
+               [a.split("=", 1)[1] for a in cmd if a.startswith("--data-dir=")]
+        return any(os.path.abspath(d) == want for d in dirs)
 
     @property
     def recorded(self) -> bool:
@@ -872,11 +919,20 @@ class Target:
         return None
 
     def adopt_from_status(self, sts: dict) -> None:
-        """Track nodes the state file does not know, by the PID they report (verified)."""
+        """Track nodes the state file does not know, by the PID they report - only when that
+        answer comes from this cluster (its cluster id) and the PID is verified to be this
+        cluster's process for the node (command line with this data dir).  Whatever else listens
+        on a recorded port is never acted on."""
         c = self.cluster
         for nid, st in sts.items():
-            if st and c.process(nid) is None and st.get("pid") and _process_matches(st["pid"], nid, None):
+            if (st and c.process(nid) is None and st.get("pid") and st.get("cluster_id") == self.cluster_id
+                    and self.is_ours(nid, st["pid"], None)):
                 c.adopt(nid, st["pid"])
+
+    def foreign(self, sts: dict) -> dict[str, str]:
+        """{node: why} for answers on this cluster's ports that come from another cluster."""
+        return {nid: f"{nid}'s port answers as cluster {st.get('cluster_id')}, not {self.cluster_id}"
+                for nid, st in sts.items() if st and self.cluster_id and st.get("cluster_id") != self.cluster_id}
 
     def where(self) -> str:
         return ", ".join(self.cluster.addresses())
@@ -890,7 +946,7 @@ def invoked_as() -> str:
 
 
 def _fail(msg: str, code: int = 1) -> int:
-    print(f"error: {msg}", file=sys.stderr)
+    print(f"cluster_manager.py: error: {msg}", file=sys.stderr)
     return code
 
 
@@ -904,21 +960,24 @@ def action_start(opts) -> int:
     if opts.supervise:
         return Supervisor(opts, foreground=False).run()
     # --detach: check here, so a refusal reaches this terminal; then leave a supervisor behind.
-    os.makedirs(opts.data_dir, exist_ok=True)
     try:
         check_data_dir(opts)
         check_not_running(opts)
         LocalCluster(n=opts.nodes, base_port=opts.base_port, host=opts.host, data_dir=opts.data_dir).check_ports()
-    except ClusterError as e:
+    except (ClusterError, DataDirError) as e:
         return _fail(str(e), 2)
     log_path = os.path.join(opts.data_dir, MANAGER_LOG)
     cmd = [sys.executable, os.path.abspath(__file__), "--action", "start", "--supervise"] + _pass_through(opts)
     with open(log_path, "ab") as logf:
         logf.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
         logf.flush()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        for var, value in (("KV_REQUIREPASS", opts.requirepass), ("KV_CLUSTER_SECRET", opts.cluster_secret)):
+            env.pop(var, None)
+            if value is not None:     # secrets by environment, never in the supervisor's argv
+                env[var] = value
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                 start_new_session=True, close_fds=True,
-                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                 start_new_session=True, close_fds=True, env=env)
     state_path = os.path.join(opts.data_dir, STATE_FILE)
     deadline = time.monotonic() + opts.timeout + 10
     while True:
@@ -946,7 +1005,6 @@ def _pass_through(opts) -> list[str]:
            "--restart-delay", str(opts.restart_delay), "--refresh", str(opts.refresh),
            "--max-lag", str(opts.max_lag), "--server-script", opts.server_script]
     for flag, v in (("--heartbeat-interval", opts.heartbeat_interval), ("--election-timeout", opts.election_timeout),
-                    ("--requirepass", opts.requirepass), ("--cluster-secret", opts.cluster_secret),
                     ("--log-level", opts.log_level)):
         if v is not None:
             out += [flag, str(v)]
@@ -961,6 +1019,8 @@ def _print_status(opts, t: Target) -> tuple[dict, dict]:
     c = t.cluster
     sampler = ProcSampler()
     sts, errors = _statuses_with_errors(c)
+    for nid, why in t.foreign(sts).items():
+        sts[nid], errors[nid] = None, why
     t.adopt_from_status(sts)
     pids = [s.get("pid") for s in sts.values() if s]
     sampler.sample(pids)
@@ -984,6 +1044,8 @@ def _print_status(opts, t: Target) -> tuple[dict, dict]:
 def action_status(opts) -> int:
     t = Target(opts)
     sts, _ = _print_status(opts, t)
+    for why in t.foreign(sts).values():
+        print(f"warning: {why}: another cluster uses this port", file=sys.stderr)
     if not any(sts.values()):
         print(f"no node answers on {t.where()}", file=sys.stderr)
         return 1
@@ -1038,14 +1100,15 @@ def action_stop(opts) -> int:
             if group:
                 c._stop_many(group, opts.timeout, shutdown_command=True)
     left = [nid for nid in c.ids if c.process(nid) is not None and c.process(nid).alive()]
-    answering = [nid for nid, s in _statuses_with_errors(c, timeout=0.5)[0].items() if s]
+    answering = [nid for nid, s in _statuses_with_errors(c, timeout=0.5)[0].items()
+                 if s and s.get("cluster_id") == t.cluster_id]
     if left or answering:
         return _fail(f"still running: {', '.join(sorted(set(left) | set(answering)))}")
     if t.state is not None and not _manager_alive(t.state):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(t.state_path)
     if ctl is None and not alive:
-        print(f"no cluster running in {opts.data_dir} (nothing answers on {t.where()})")
+        print(f"no node of cluster {t.cluster_id} at {opts.data_dir} was running; removed its stale {STATE_FILE}")
     else:
         print("cluster stopped; no node process left")
     return 0
@@ -1067,6 +1130,8 @@ def action_kill(opts) -> int:
     if opts.node not in c.ids:
         return _fail(f"--action kill needs --node, one of {', '.join(c.ids)}", 2)
     st = c.status(opts.node, timeout=0.5)
+    if st is not None and st.get("cluster_id") != t.cluster_id:
+        st = None                      # another cluster's node on this port: never ours to kill
     was = f", was {st['role']} in term {st['election_term']}" if st else ""
     ctl = t.manager()
     if ctl is not None:
@@ -1087,19 +1152,38 @@ def action_kill(opts) -> int:
     return 0
 
 
+def wipe_node_dir(node_dir: str) -> str:
+    """Move a (stopped) node's data dir aside (kept for analysis); returns where it went."""
+    if not os.path.isdir(node_dir):
+        return ""
+    dest = f"{node_dir}.wiped-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while os.path.exists(dest):
+        n += 1
+        dest = f"{node_dir}.wiped-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
+    os.rename(node_dir, dest)
+    return dest
+
+
 def action_restart(opts) -> int:
     t = Target(opts)
     c = t.cluster
     if opts.node is not None and opts.node not in c.ids:
         return _fail(f"unknown node {opts.node!r} (nodes: {', '.join(c.ids)})", 2)
+    if opts.wipe and (opts.node is None or c.n < 2):
+        return _fail("--wipe restarts ONE node of a cluster empty (the primary copies everything back): "
+                     "give --node, and use it only in a cluster of 2 or more", 2)
     ctl = t.manager()
     t0 = time.monotonic()
     if ctl is not None:
-        ans = control_request(ctl, {"op": "restart", "node": opts.node}, timeout=opts.timeout * (c.n + 1) + 30)
+        ans = control_request(ctl, {"op": "restart", "node": opts.node, "wipe": opts.wipe},
+                              timeout=opts.timeout * (c.n + 1) + 30)
         if not ans.get("ok"):
             return _fail(ans.get("message", "restart failed"))
+        if ans.get("moved"):
+            print(f"moved {opts.node}'s data dir to {ans['moved']}")
         for nid, pid in ans["pids"].items():
-            print(f"restarted {nid} (pid {pid})")
+            print(f"restarted {nid} (pid {pid}{', empty' if opts.wipe else ''})")
         c = Target(opts).cluster          # the new PIDs
     else:
         if t.state is None:
@@ -1111,6 +1195,10 @@ def action_restart(opts) -> int:
             for nid in ids:
                 if c.process(nid) is not None and c.process(nid).alive():
                     c.stop_node(nid, timeout=opts.timeout)
+                if opts.wipe:
+                    moved = wipe_node_dir(c.data_dir_of(nid))
+                    if moved:
+                        print(f"moved {nid}'s data dir to {moved}")
                 pid = c.start_node(nid, timeout=opts.timeout)
                 _update_state_pids(t)
                 print(f"restarted {nid} (pid {pid}; no manager is running, so nothing watches it)")
@@ -1267,47 +1355,154 @@ def action_replace(opts) -> int:
     return _membership_action(opts, "replace")
 
 
+def action_backup(opts) -> int:
+    """A consistent snapshot from the primary: SNAPSHOT makes it write one covering everything it
+    applied (committed entries only), then its snapshot.dat is copied and verified."""
+    if not opts.to:
+        return _fail("--action backup needs --to DIR (a new or empty directory)", 2)
+    dest = os.path.abspath(opts.to)
+    if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
+        return _fail(f"--to {opts.to} exists and is not an empty directory; choose a new one", 2)
+    try:
+        prepare_data_dir(dest, min_free=0)
+    except DataDirError as e:
+        return _fail(f"--to: {e}", 2)
+    t = Target(opts)
+    c = t.cluster
+    try:
+        prim = c.wait_for_single_primary(timeout=opts.timeout)
+    except (ClusterError, SplitBrain) as e:
+        return _fail(f"no primary to take the backup from: {e}")
+    st = c.status(prim) or {}
+    if st.get("cluster_id") != t.cluster_id:
+        return _fail(f"{prim}'s port answers as cluster {st.get('cluster_id')}, not {t.cluster_id}")
+    ans = c.send(prim, "SNAPSHOT", timeout=max(opts.timeout, 60))
+    if ans.get("status") != "OK":
+        return _fail(f"{prim} refused SNAPSHOT: {ans.get('code')}: {ans.get('message')}")
+    index = ans.get("index", 0)
+    src = os.path.join(c.data_dir_of(prim), "snapshot.dat")
+    out = os.path.join(dest, "snapshot.dat")
+    if index == 0:
+        write_snapshot_file(out, SnapshotMeta(0, 0, 0, f"{0:016x}"), ())
+    else:
+        try:
+            with open(src, "rb") as f:            # the fd keeps this version even if a newer one lands
+                with open(out + ".tmp", "wb") as g:
+                    shutil.copyfileobj(f, g, 1 << 20)
+                    g.flush()
+                    os.fsync(g.fileno())
+            os.replace(out + ".tmp", out)
+        except OSError as e:
+            return _fail(f"cannot copy {src}: {e}")
+    try:
+        meta = verify_snapshot_file(out)
+    except StorageCorruption as e:
+        return _fail(f"the copied snapshot does not verify: {e}")
+    if meta.last_index < index:
+        return _fail(f"the copied snapshot covers index {meta.last_index}, the primary reported {index}; try again")
+    write_json_atomic(os.path.join(dest, "backup.json"), {
+        "format": "kv-backup", "version": 1, "cluster_id": t.cluster_id, "taken_from": prim,
+        "taken_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta.to_dict()})
+    print(f"backup of cluster {t.cluster_id} from primary {prim} at index {meta.last_index} "
+          f"(term {meta.last_term}, {meta.count} keys, digest {meta.digest}) written to {dest}")
+    return 0
+
+
+def action_restore(opts) -> int:
+    """Seed a NEW cluster from a backup: every node dir gets the snapshot and the term it was taken
+    in (so the first election starts past it), with a fresh cluster id; then start as usual."""
+    if not opts.from_dir:
+        return _fail("--action restore needs --from DIR (made by --action backup)", 2)
+    src = os.path.abspath(opts.from_dir)
+    info = read_json(os.path.join(src, "backup.json")) if os.path.isdir(src) else None
+    if info is None or info.get("format") != "kv-backup":
+        return _fail(f"--from {opts.from_dir} is not a backup made by --action backup (no backup.json)", 2)
+    try:
+        meta = verify_snapshot_file(os.path.join(src, "snapshot.dat"))
+    except (OSError, StorageCorruption) as e:
+        return _fail(f"the backup in {opts.from_dir} does not verify: {e}")
+    if os.path.exists(os.path.join(opts.data_dir, MARKER_FILE)) or any(
+            os.path.exists(os.path.join(opts.data_dir, f"node{i}")) for i in range(1, opts.nodes + 1)):
+        return _fail(f"--data-dir {opts.data_dir} already holds a cluster; restore seeds a NEW cluster: "
+                     f"give an empty --data-dir", 2)
+    marker = check_data_dir(opts)
+    marker["restored_from"] = {"backup": src, "cluster_id": info.get("cluster_id"),
+                               **{k: v for k, v in meta.to_dict().items() if k != "config"}}
+    # The snapshot carries the configuration in force when it was taken (the OLD cluster's
+    # members and addresses, which a node trusts over its flags): the new cluster gets its own.
+    seeded = os.path.join(opts.data_dir, "snapshot.seed")
+    snap_meta, items = read_snapshot_file(os.path.join(src, "snapshot.dat"))
+    new_meta = dataclasses.replace(snap_meta, config=None if snap_meta.config is None
+                                   else {"voters": membership(opts), "learners": {}})
+    write_snapshot_file(seeded, new_meta, items)
+    for nid in membership(opts):
+        ndir = os.path.join(opts.data_dir, nid)
+        os.makedirs(ndir)
+        shutil.copyfile(seeded, os.path.join(ndir, "snapshot.dat"))
+        write_json_atomic(os.path.join(ndir, "raft_state.json"), {"term": meta.last_term, "voted_for": None})
+        Identity(ndir, "cluster", marker["cluster_id"], nid, time.strftime("%Y-%m-%dT%H:%M:%S")).save()
+    os.unlink(seeded)
+    write_json_atomic(os.path.join(opts.data_dir, MARKER_FILE), marker)
+    print(f"seeded cluster {marker['cluster_id']} ({opts.nodes} nodes) in {opts.data_dir} from the backup of "
+          f"cluster {info.get('cluster_id')} at index {meta.last_index} ({meta.count} keys, digest {meta.digest})")
+    return action_start(opts)
+
+
 ACTIONS = {"start": action_start, "status": action_status, "health": action_health, "stop": action_stop,
            "kill": action_kill, "restart": action_restart, "failover": action_failover,
-           "add-node": action_add_node, "remove-node": action_remove_node, "replace": action_replace}
+           "add-node": action_add_node, "remove-node": action_remove_node, "replace": action_replace,
+           "backup": action_backup, "restore": action_restore}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="kv-cluster" if invoked_as() == "kv-cluster" else "cluster_manager.py",
         description="Start, watch, drill and stop a local KV Store cluster (node1 on --base-port with "
                     "--primary, node2 on the next port, ...). Every action except start works from a "
                     "second terminal against the cluster recorded in --data-dir.",
-        epilog="Exit codes: 0 success (health: healthy), 1 failed or unhealthy, 2 bad usage or refused "
-               "(port taken, data dir of another cluster, cluster already running).")
+        epilog="Secrets: --requirepass-file / --cluster-secret-file or KV_REQUIREPASS / KV_CLUSTER_SECRET keep them "
+               "out of ps; the manager keeps them in <data-dir>/*.secret (mode 0600) and hands them to the nodes "
+               "by environment. Exit codes: 0 success (health: healthy), 1 failed or unhealthy (also: no cluster "
+               "at DIR), 2 bad usage or refused (port taken, data dir of another cluster, cluster already running).")
     p.add_argument("--action", required=True, choices=list(ACTIONS),
                    help="start: spawn the nodes and watch them (foreground unless --detach); status: table of "
                         "every node; health: exit 0 only with one primary and every node up and in sync; stop: "
                         "graceful, secondaries first; kill: SIGKILL --node; restart: --node, or all one by one; "
-                        "failover: planned leadership transfer (to --node, or the most caught-up secondary)")
+                        "failover: planned leadership transfer (to --node, or the most caught-up secondary); "
+                        "backup: consistent snapshot from the primary into --to DIR; restore: seed a NEW cluster in "
+                        "--data-dir from --from DIR and start it")
     p.add_argument("--node", default=None, help="node id for kill / restart / failover / remove-node / replace, "
                    "or the new id for add-node (default: the next free nodeN)")
-    p.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
-    p.add_argument("--base-port", type=int, default=6379, help="port of node1; nodeN gets base-port+N-1 (default 6379)")
+    p.add_argument("--nodes", type=at_least(1), default=3, help="number of nodes (default 3)")
+    p.add_argument("--base-port", type=cli_port, default=6379, help="port of node1; nodeN gets base-port+N-1 (default 6379)")
     p.add_argument("--host", default="127.0.0.1", help="address the nodes bind and are reached on (default 127.0.0.1)")
     p.add_argument("--data-dir", default="./data", help="cluster directory: one sub-dir per node, state file, logs (default ./data)")
     p.add_argument("--fsync", choices=["always", "everysec", "no"], default="always", help="node WAL fsync policy (default always)")
-    p.add_argument("--heartbeat-interval", type=float, default=None, help="seconds (default: the server's)")
-    p.add_argument("--election-timeout", type=float, default=None, help="seconds (default: the server's)")
-    p.add_argument("--requirepass", default=None, help="clients must AUTH (the manager does)")
-    p.add_argument("--cluster-secret", default=None, help="peers must prove this secret")
+    p.add_argument("--heartbeat-interval", type=positive(float), default=None, help="seconds (default: the server's)")
+    p.add_argument("--election-timeout", type=positive(float), default=None, help="seconds (default: the server's)")
+    p.add_argument("--requirepass", default=None, help="clients must AUTH (the manager does); shows in ps: prefer "
+                                                       "--requirepass-file or KV_REQUIREPASS")
+    p.add_argument("--requirepass-file", default=None, help="read the client password from this file")
+    p.add_argument("--cluster-secret", default=None, help="peers must prove this secret; shows in ps: prefer "
+                                                          "--cluster-secret-file or KV_CLUSTER_SECRET")
+    p.add_argument("--cluster-secret-file", default=None, help="read the cluster secret from this file")
+    p.add_argument("--wipe", action="store_true",
+                   help="restart --node: move its data dir aside (<dir>.wiped-<time>) and start it empty; the primary "
+                        "copies everything back (the recovery for a node with a corrupt WAL)")
+    p.add_argument("--to", default=None, help="backup: directory to write the backup to (new or empty)")
+    p.add_argument("--from", dest="from_dir", default=None, help="restore: a directory written by --action backup")
     p.add_argument("--log-level", choices=["debug", "info", "warning"], default=None, help="node log level (default: the server's)")
     p.add_argument("--server-arg", action="append", metavar="ARG",
                    help="extra kv_store_server.py argument for every node, e.g. --server-arg=--snapshot-threshold=1000")
     p.add_argument("--detach", action="store_true", help="start: run the cluster in the background and return")
     p.add_argument("--restart-on-failure", action="store_true", help="start: restart a node that dies")
-    p.add_argument("--restart-delay", type=float, default=0.5, help="seconds before such a restart, doubling on repeated crashes (default 0.5)")
-    p.add_argument("--timeout", type=float, default=10.0,
+    p.add_argument("--restart-delay", type=non_negative(float), default=0.5, help="seconds before such a restart, doubling on repeated crashes (default 0.5)")
+    p.add_argument("--timeout", type=positive(float), default=10.0,
                    help="start: seconds to wait for a primary; stop: seconds before SIGKILL; restart/failover: seconds to "
                         "converge (default 10)")
-    p.add_argument("--wait", type=float, default=0.0, help="health: keep polling up to this many seconds for a healthy cluster (default 0)")
-    p.add_argument("--max-lag", type=int, default=0, help="health: entries a node may trail the primary's commit index (default 0)")
-    p.add_argument("--refresh", type=float, default=0.5, help="start: seconds between table refreshes (default 0.5)")
+    p.add_argument("--wait", type=non_negative(float), default=0.0, help="health: keep polling up to this many seconds for a healthy cluster (default 0)")
+    p.add_argument("--max-lag", type=non_negative(int), default=0, help="health: entries a node may trail the primary's commit index (default 0)")
+    p.add_argument("--refresh", type=positive(float), default=0.5, help="start: seconds between table refreshes (default 0.5)")
     p.add_argument("--json", action="store_true", help="status: print JSON instead of a table")
     p.add_argument("--no-color", action="store_true", help="no colours (also when NO_COLOR is set or not a terminal)")
     p.add_argument("--supervise", action="store_true", help=argparse.SUPPRESS)   # the detached manager itself
@@ -1315,14 +1510,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_usage(opts) -> None:
+    """Everything about the flags that argparse cannot check; raises UsageError / DataDirError."""
+    if opts.base_port + opts.nodes - 1 > 65535:
+        raise UsageError(f"--base-port {opts.base_port} with --nodes {opts.nodes} runs past port 65535")
+    check_host(opts.host)
+    if opts.node is not None:
+        check_node_id(opts.node, "--node")
+    if (opts.heartbeat_interval is not None and opts.election_timeout is not None
+            and opts.election_timeout <= 2 * opts.heartbeat_interval):
+        raise UsageError(f"--election-timeout ({opts.election_timeout}) must be more than twice "
+                         f"--heartbeat-interval ({opts.heartbeat_interval})")
+    for flag, attr in (("--wipe", "wipe"), ("--to", "to"), ("--from", "from_dir"), ("--detach", "detach")):
+        allowed = {"wipe": ("restart",), "to": ("backup",), "from_dir": ("restore",),
+                   "detach": ("start", "restore")}[attr]
+        if getattr(opts, attr) and opts.action not in allowed:
+            raise UsageError(f"{flag} goes with --action {' / '.join(allowed)}, not {opts.action}")
+    opts.requirepass = read_secret("--requirepass", opts.requirepass, opts.requirepass_file, "KV_REQUIREPASS")
+    opts.cluster_secret = read_secret("--cluster-secret", opts.cluster_secret, opts.cluster_secret_file,
+                                      "KV_CLUSTER_SECRET")
+    if opts.action in ("start", "restore") and not opts.supervise:
+        opts.data_dir = prepare_data_dir(opts.data_dir)
+    elif os.path.exists(opts.data_dir) and not os.path.isdir(opts.data_dir):
+        raise UsageError(f"--data-dir {opts.data_dir} is not a directory")
+
+
 def main(argv=None) -> int:
     opts = build_parser().parse_args(argv)
-    if opts.nodes < 1:
-        return _fail("--nodes must be at least 1", 2)
+    try:
+        check_usage(opts)
+    except (UsageError, DataDirError) as e:
+        return _fail(str(e), 2)
+    if opts.action in ("start", "restore") and not opts.supervise:
+        warn = even_size_warning(opts.nodes)
+        if warn:
+            print(warn, file=sys.stderr)
     try:
         return ACTIONS[opts.action](opts)
-    except (ClusterError, SplitBrain) as e:
-        return _fail(str(e), 2 if isinstance(e, (PortInUse, DataDirConflict, AlreadyRunning)) else 1)
+    except (ClusterError, SplitBrain, DataDirError) as e:
+        return _fail(str(e), 2 if isinstance(e, (PortInUse, DataDirConflict, AlreadyRunning, DataDirError)) else 1)
 
 
 if __name__ == "__main__":

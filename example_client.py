@@ -46,7 +46,9 @@ try:                                    # optional: process inspection for the f
 except ImportError:                     # pragma: no cover
     psutil = None
 
-from kv_client import (ANY_NODE_COMMANDS, AUTH_FAILED, AUTH_REQUIRED, BAD_REQUEST, DEFAULT_NODES,
+from kv_cli import CliParser, at_least, positive
+from kv_cli import fail as cli_fail
+from kv_client import (ANY_NODE_COMMANDS, AUTH_CODES, AUTH_FAILED, AUTH_REQUIRED, BAD_REQUEST, DEFAULT_NODES,
                        DEFINITE_CODES, INDEFINITE_CODES, KEY_MAX_BYTES, NOT_FOUND, NOT_PRIMARY, NO_QUORUM,
                        OK, TIMEOUT, TOO_LARGE, UNKNOWN_COMMAND, ClusterClient, ClusterUnavailable,
                        ConnectFailed, ConnectionLost, KVConnectionError, KVError, KVStoreClient,
@@ -710,6 +712,14 @@ DEMOS = {
     "failover": demo_failover,
     "commands": demo_commands,
 }
+def auth_hint(e: KVError) -> str:
+    """What to do about AUTH_FAILED / AUTH_REQUIRED, in one line."""
+    if e.code == AUTH_FAILED:
+        return (f"the node {e.node or ''} refused the password (AUTH_FAILED): give the one the nodes run with "
+                f"(--password, as in their --requirepass-file / KV_REQUIREPASS); retrying cannot help")
+    return (f"the node {e.node or ''} requires a password (AUTH_REQUIRED): pass --password (or set KV_PASSWORD)")
+
+
 ALL_ORDER = ("basic", "replication", "types", "restrictions", "concurrent", "failover", "commands")
 
 
@@ -723,7 +733,12 @@ def run_demos(names: Iterable[str], args: argparse.Namespace) -> int:
             DEMOS[name](ctx)
         except DemoFailed as e:
             rep.info(f"{name} stopped: {e}")
-        except (KVConnectionError, KVError, ValueError) as e:
+        except KVError as e:
+            rep.fail(f"{name}: {type(e).__name__}: {e}")
+            if e.code in AUTH_CODES:           # every other demo would fail the same way
+                print(f"stopping: {auth_hint(e)}", file=sys.stderr, flush=True)
+                return 2
+        except (KVConnectionError, ValueError) as e:
             rep.fail(f"{name}: {type(e).__name__}: {e}")
     c = colours
     verdict = (c.paint(c.green, "all checks passed") if not rep.failed
@@ -1187,7 +1202,8 @@ def _show(value: Any) -> str:
 # Command line
 # =============================================================================================
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CliParser(
+        prog="example_client.py",
         description="KV Store client: demos and an interactive REPL over ClusterClient.",
         epilog="Demos print ✓/✗ lines and exit 1 if any check failed.  `failover` kills the primary "
                "(via cluster_manager.py, else SIGKILL of the pid the node reports) and restarts it.")
@@ -1195,15 +1211,17 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=[*DEMOS, "all", "interactive"], help="what to run (default basic)")
     p.add_argument("--nodes", default=",".join(DEFAULT_NODES),
                    help="comma-separated host:port of the nodes (default the default cluster)")
-    p.add_argument("--deadline", type=float, default=10.0,
+    p.add_argument("--deadline", type=positive(float), default=10.0,
                    help="seconds an operation may keep retrying before giving up (default 10)")
-    p.add_argument("--password", default=None, help="AUTH secret when the nodes run with --requirepass")
+    p.add_argument("--password", default=os.environ.get("KV_PASSWORD") or None,
+                   help="AUTH secret when the nodes run with --requirepass (default $KV_PASSWORD; the environment "
+                        "keeps it out of ps)")
     p.add_argument("--cluster-manager-args", default="",
                    help="extra options for cluster_manager.py kill/restart, e.g. \"--base-port 7000 --data-dir /tmp/kv\"")
     p.add_argument("--no-cluster-manager", action="store_true",
                    help="failover demo: kill with SIGKILL of the reported pid and do not restart via cluster_manager.py")
     p.add_argument("--no-restart", action="store_true", help="failover demo: leave the killed node down")
-    p.add_argument("--failover-writes", type=int, default=1000,
+    p.add_argument("--failover-writes", type=at_least(1), default=1000,
                    help="failover demo: writes to acknowledge in total (default 1000)")
     p.add_argument("--no-color", action="store_true", help="no ANSI colours (also NO_COLOR=1)")
     return p
@@ -1214,8 +1232,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parse_nodes(args.nodes)
     except ValueError as e:
-        print(f"error: --nodes: {e}", file=sys.stderr)
-        return 2
+        return cli_fail("example_client.py", f"--nodes: {e}")
+    try:
+        shlex.split(args.cluster_manager_args)
+    except ValueError as e:
+        return cli_fail("example_client.py", f"--cluster-manager-args: {e}")
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")   # ✓/✗ on an ASCII-only terminal
     if args.demo == "interactive":

@@ -62,6 +62,7 @@ __all__ = ["DEFAULT_NODES", "OK", "NOT_PRIMARY", "NOT_FOUND", "BAD_REQUEST", "UN
 DEFAULT_NODES = ("127.0.0.1:6379", "127.0.0.1:6380", "127.0.0.1:6381")
 
 # Commands every node answers OK (so an OK answer does not show who is primary).
+AUTH_CODES = frozenset({AUTH_FAILED, AUTH_REQUIRED})   # definite, and never retried: no wait fixes them
 ANY_NODE_COMMANDS = frozenset({"PING", "ECHO", "STATUS", "INFO", "AUTH", "SELECT", "CONFIG", "CLIENT", "COMMAND"})
 
 KEY_MAX_BYTES = 64 * 1024
@@ -1110,7 +1111,9 @@ class ClusterClient:
                 if any(o.get("node_id") == st.get("node_id") for o in out.values()):
                     continue                          # the same node under a second address
                 out[addr] = st
-            except (KVConnectionError, KVError) as e:
+            except KVError as e:          # e.g. AUTH_FAILED: the node answered, and refused
+                out[addr] = {**e.answer, "status": "ERROR", "code": e.code, "address": addr, "message": e.message}
+            except KVConnectionError as e:
                 out[addr] = {"status": "ERROR", "code": "UNREACHABLE", "address": addr, "message": str(e)}
         leaders = [(s.get("election_term", 0), a) for a, s in out.items() if s.get("role") == "primary"]
         if leaders:
@@ -1131,12 +1134,18 @@ class ClusterClient:
                     st = self._status_of(hint, 1.0)
                     if st.get("role") == "primary":
                         return PrimaryInfo(st["node_id"], st.get("address") or hint, st.get("election_term", 0)), st
-                except (KVConnectionError, KVError) as e:
+                except KVError as e:
+                    if e.code in AUTH_CODES:
+                        raise                      # a wrong password does not get better by waiting
+                    last = str(e)
+                except KVConnectionError as e:
                     last = str(e)
                 self._drop_primary(hint)
             best = None
             for addr, st in self.cluster_status(1.0).items():
                 attempts += 1
+                if st.get("code") in AUTH_CODES:
+                    raise error_from_answer(st, addr)   # definite and final: report it at once
                 if st.get("status") != OK:
                     last = st.get("message")
                 elif st.get("role") == "primary":

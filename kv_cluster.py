@@ -31,6 +31,7 @@ requests are answered with the "removed" notice), then closed.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 from collections import deque
@@ -192,7 +193,7 @@ class ClusterManager(threading.Thread):
     def __init__(self, node_id: str, core: RaftCore, storage, state_machine, peers: dict,
                  *, raft_lock, secret: str | None = None, snapshot_threshold: int = 0,
                  request_timeout: float = 5.0, on_fatal=None, link_factory=None,
-                 self_addr: str | None = None):
+                 self_addr: str | None = None, identity=None, sparse_log=None):
         super().__init__(name=f"cluster-manager-{node_id}", daemon=True)
         self.node_id = node_id
         self.core = core
@@ -215,7 +216,10 @@ class ClusterManager(threading.Thread):
         self.changed = threading.Condition(threading.Lock())   # role/commit changes, for waiters
         self.secret = secret
         self.self_addr = self_addr      # "host:port" peers reach us on (sent in HELLO)
-        self._make_link = link_factory or PeerLink    # a test passes an in-process fake transport
+        self._hold_lock = threading.Lock()
+        self._hold_until = float("-inf")     # end of the current await_primary() window
+        # a test passes an in-process fake transport; the real one checks the cluster id
+        self._make_link = link_factory or functools.partial(PeerLink, identity=identity, sparse_log=sparse_log)
         self.links: dict[str, PeerLink] = {pid: self._new_link(pid, addr)
                                            for pid, addr in self.peer_addrs.items()}
         self._retiring: dict[str, float] = {}     # peer that left the configuration -> close time
@@ -252,12 +256,46 @@ class ClusterManager(threading.Thread):
             message += f"; primary is {leader} at {addr}"
         return CommandError("NOT_PRIMARY", message, primary=leader, primary_addr=addr)
 
+    def await_primary(self) -> None:
+        """While no primary is known (a cluster starting, or electing), hold the caller up to one
+        election timeout for one.  Returns when this node leads; raises NOT_PRIMARY naming the
+        primary when another node does, or the election variant of NOT_PRIMARY (retryable,
+        "election": true, RESP "-TRYAGAIN ...") when the wait ends without one.
+
+        Holds share a window: requests arriving while one is held wait for the same deadline,
+        and for one election timeout after a window expired unanswered they are refused at once
+        (a pipeline of writes costs one wait, not one each).  Caller holds no lock."""
+        core = self.core
+        if core.role == LEADER:
+            return
+        if core.leader_id is not None:
+            raise self.not_primary()
+        et = core.election_timeout
+        now = time.monotonic()
+        with self._hold_lock:
+            if now >= self._hold_until + et:
+                self._hold_until = now + et
+            deadline = self._hold_until
+        with self.changed:
+            while core.role != LEADER and core.leader_id is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CommandError(
+                        "NOT_PRIMARY", f"No primary is known: an election is in progress (this node is "
+                        f"{'a candidate' if core.role == CANDIDATE else 'waiting for one'}); retry shortly. "
+                        "The request was not applied", primary=None, primary_addr=None, election=True,
+                        resp_message="TRYAGAIN No primary is known: an election is in progress; retry shortly")
+                self.changed.wait(min(left, 0.05))
+        if core.role != LEADER:
+            raise self.not_primary()
+
     def propose(self, op: str, key, value, kind: str, on_done=None) -> Waiter:
         """Append one write as primary without waiting; raises CommandError (definite) when it
         cannot be accepted.  Without on_done, the caller collects the outcome with wait()
         (pipelined clients propose a batch, then wait).  With on_done, the thread that resolves
         the write calls on_done(waiter), which must answer the client (outcome() gives the
-        result or raises), must not block, and must call waiter.set() once the answer is out."""
+        result or raises), must not block, and must call waiter.set() once the answer is out.
+        While no primary is known it first waits for one (await_primary)."""
         return self._propose(lambda core, now: core.propose(op, key, value, kind, now), on_done)
 
     def propose_config(self, action: str, node_id: str, addr: str | None = None) -> Waiter:
@@ -275,6 +313,8 @@ class ClusterManager(threading.Thread):
 
     def _propose(self, make_entry, on_done) -> Waiter:
         core = self.core
+        if core.role != LEADER:
+            self.await_primary()
         with self.raft_lock:
             if core.role != LEADER:
                 raise self.not_primary()
@@ -329,6 +369,8 @@ class ClusterManager(threading.Thread):
         if self.read_ok():
             return
         core = self.core
+        if core.role != LEADER:
+            self.await_primary()
         deadline = time.monotonic() + core.election_timeout
         while True:
             if core.role != LEADER:

@@ -36,7 +36,7 @@ from typing import Callable
 
 import kv_protocol as P
 from kv_protocol import REPLY_OK, CommandError, Reply, Simple
-from kv_transport import decode_entry, decode_message, handshake_proof
+from kv_transport import WrongCluster, check_cluster, decode_entry, decode_message, handshake_proof
 
 log = logging.getLogger("kvstore")
 
@@ -638,22 +638,41 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         node = self.node
         sock = self.sock
 
-        def refuse(code: str, message: str) -> None:
-            log.warning("%s refused internal message from %s: %s", node.node_id, self.client_address, message)
-            sock.sendall(P.encode_line({"status": "ERROR", "code": code, "message": message, "definite": True}))
+        sparse = node.sparse_log
+
+        def refuse(code: str, message: str, why: str, hint: str = "", **extra) -> None:
+            # once per peer and reason per minute: a refused peer retries ten times a second
+            sparse.warning((why, hello.get("from") if isinstance(hello.get("from"), str) else self.client_address[0]),
+                           "%s refused internal message from %s: %s%s", node.node_id, self.client_address,
+                           message, hint)
+            sock.sendall(P.encode_line({"status": "ERROR", "code": code, "message": message, "definite": True,
+                                        "reason": why, **extra}))
 
         if hello.get("type") != "HELLO":
-            refuse("AUTH_REQUIRED", "internal message refused: peer handshake (HELLO) required first")
+            refuse("AUTH_REQUIRED", "internal message refused: peer handshake (HELLO) required first", "hello")
             return
         sender = hello.get("from")
         if not node.accepts_peer(sender):
-            refuse("AUTH_REQUIRED", f"internal message refused: {sender!r} is not a member of this cluster")
+            refuse("AUTH_REQUIRED", f"internal message refused: {sender!r} is not a member of this cluster",
+                   "member", f"; check that node's --peers / --cluster-file (this node's members: "
+                             f"{', '.join(sorted(node.peer_ids))})")
             return
         if hello.get("to") not in (None, node.node_id):
-            refuse("BAD_REQUEST", f"this is {node.node_id}, not {hello.get('to')!r}")
+            refuse("BAD_REQUEST", f"this is {node.node_id}, not {hello.get('to')!r}", "address")
+            return
+        ident = node.identity
+        theirs = hello.get("cluster")
+        try:
+            check_cluster(ident, theirs if isinstance(theirs, str) else None, node.node_id, sender, sparse,
+                          "peer")
+        except WrongCluster:
+            sock.sendall(P.encode_line({"status": "ERROR", "code": "BAD_REQUEST", "definite": True,
+                                        "reason": "cluster", "message": f"wrong cluster: {node.node_id} belongs to "
+                                        f"cluster {ident.cluster_id}, {sender} to cluster {theirs}"}))
             return
         nonce = secrets.token_hex(16)
-        sock.sendall(P.encode_line({"type": "CHALLENGE", "nonce": nonce}))
+        sock.sendall(P.encode_line({"type": "CHALLENGE", "nonce": nonce,
+                                    "cluster": ident.cluster_id if ident is not None else None}))
         frame = self.reader.read_frame()
         if frame is None:
             return
@@ -665,7 +684,10 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         if secret is not None:
             want = handshake_proof(secret, nonce, sender, node.node_id)
             if proof.get("type") != "PROOF" or not hmac.compare_digest(str(proof.get("proof", "")), want):
-                refuse("AUTH_REQUIRED", f"internal message refused: {sender} did not prove the cluster secret")
+                refuse("AUTH_REQUIRED", f"internal message refused: {sender} did not prove the cluster secret",
+                       "secret", f"; check --cluster-secret(-file) / KV_CLUSTER_SECRET on {sender} and on "
+                                 f"{node.node_id}: they differ (if {node.node_id} accepts its other peers, "
+                                 f"the wrong one is {sender}'s)")
                 return
         sock.sendall(P.encode_line({"type": "WELCOME"}))
         self.session.peer_id = sender

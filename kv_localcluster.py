@@ -1239,7 +1239,8 @@ class LocalCluster:
         return self.address(dst)
 
     def command(self, node_id: str, primary: bool = False) -> list[str]:
-        """The full command line that starts node_id."""
+        """The full command line that starts node_id (secrets travel in the environment,
+        KV_REQUIREPASS / KV_CLUSTER_SECRET, never on it)."""
         cmd = [self.python, self.server_script, "--node-id", node_id, "--host", self._hosts.get(node_id, self.host),
                "--port", str(self._ports[node_id]), "--data-dir", self.data_dir_of(node_id),
                "--fsync", self.fsync]
@@ -1253,10 +1254,6 @@ class LocalCluster:
             cmd += ["--heartbeat-interval", str(self.heartbeat_interval)]
         if self.election_timeout is not None:
             cmd += ["--election-timeout", str(self.election_timeout)]
-        if self.requirepass is not None:
-            cmd += ["--requirepass", self.requirepass]
-        if self.cluster_secret is not None:
-            cmd += ["--cluster-secret", self.cluster_secret]
         if self.log_level is not None:
             cmd += ["--log-level", self.log_level]
         if primary:
@@ -1330,6 +1327,12 @@ class LocalCluster:
             if self._net is not None:
                 cmd = self._net.exec_prefix(node_id) + cmd
             env = dict(os.environ, PYTHONUNBUFFERED="1")
+            env.pop("KV_REQUIREPASS", None)
+            env.pop("KV_CLUSTER_SECRET", None)
+            if self.requirepass is not None:     # secrets by environment: argv shows in ps
+                env["KV_REQUIREPASS"] = self.requirepass
+            if self.cluster_secret is not None:
+                env["KV_CLUSTER_SECRET"] = self.cluster_secret
             with open(self.log_path(node_id), "ab") as logf:
                 logf.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} cluster_manager starts {node_id}: "
                            f"{' '.join(cmd)}\n".encode())

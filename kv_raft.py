@@ -997,6 +997,12 @@ class RaftCore:
             if mtype == "REPLICATE_RESP":
                 self._on_replicate_resp(sender, pr, msg)
             elif mtype == "HEARTBEAT_RESP":
+                last = msg.get("last_index")
+                if last is not None and last < pr.match_index:
+                    # it holds less than it acknowledged: it lost its log (a wiped data dir).
+                    # Start over from what it has now; an idle cluster sends nothing else.
+                    pr.match_index = last
+                    pr.become_probe()
                 if pr.match_index < self.last_index and pr.state == PROBE:
                     self._send_append(sender)
             elif mtype == "SYNC_RESP":

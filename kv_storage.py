@@ -109,7 +109,8 @@ Deviations from INTERFACES.md (additions only; every name in the spec exists as 
     - Snapshot body lines hold chunks of items (see the format above) rather than one line per
       item; write_snapshot_file() returns the number of bytes written.
     - Extra read-only helpers: last_index, next_index, stats(), verify_snapshot_file(),
-      read_snapshot_file().
+      read_snapshot_file(), and check_data(dir) (the server's --check-data: the recovery rules
+      applied without changing anything, going on past a problem to report every damaged file).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 __all__ = ["ReplicationLog", "encode_record", "SnapshotMeta", "StorageCorruption", "Recovered",
            "LogStorage", "write_snapshot_file", "verify_snapshot_file", "read_snapshot_file",
-           "FSYNC_POLICIES"]
+           "FSYNC_POLICIES", "DataCheck", "check_data"]
 
 FSYNC_POLICIES = ("always", "everysec", "no")
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -661,6 +662,108 @@ def _decode_payloads(path: str, offsets: array, payloads: list, skip: int) -> li
     raise _wal_corruption(path, offsets[skip], "payloads do not decode as one list of records")
 
 
+def _read_segment(path: str, data: bytes, first: int, is_last: bool, snap: int, expected: int,
+                  entries: list) -> tuple[array, int, tuple | None, int]:
+    """Check one segment (recovery rules 3 and 4) and append its entries past the snapshot `snap`
+    to `entries`; `expected` is the index the log must continue at.  Returns (record offsets,
+    valid size, torn tail (offset, reason) or None, the next expected index).  Raises
+    StorageCorruption.  Reads only: cutting a torn tail is the caller's business."""
+    offsets, payloads, size, bad = _scan_segment(path, data, is_last)
+    if first < 1:
+        raise _wal_corruption(path, 0, "segment name gives first index 0")
+    skip = min(max(snap + 1 - first, 0), len(payloads))   # records covered by the snapshot
+    wires = _decode_payloads(path, offsets, payloads, skip)
+    from_wire = ReplicationLog.from_wire
+    idx = first + skip
+    for pos, w in enumerate(wires, skip):
+        try:
+            e = from_wire(w)
+        except ValueError as exc:
+            raise _wal_corruption(path, offsets[pos], str(exc)) from None
+        if e.index != idx:
+            raise _wal_corruption(path, offsets[pos], f"record holds index {e.index}, but its "
+                                  f"position in a segment starting at {first} means {idx}")
+        if idx != expected:
+            raise _wal_corruption(path, offsets[pos], f"log is not contiguous: expected index "
+                                  f"{expected}, found {idx}")
+        entries.append(e)
+        expected += 1
+        idx += 1
+    if not offsets and first > snap and first != expected:
+        raise StorageCorruption(f"corrupt WAL: empty segment {path} starts at index {first} "
+                                f"but the log continues at {expected}", path, 0)
+    return offsets, size, bad, expected
+
+
+@dataclass
+class DataCheck:
+    """What check_data() found: problems (each a StorageCorruption naming file and offset),
+    notes (harmless findings, e.g. a torn tail start-up would cut), and a summary."""
+    problems: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    term: int | None = None
+    snapshot_index: int = 0
+    first_index: int | None = None
+    last_index: int = 0
+    segments: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_data(data_dir: str) -> DataCheck:
+    """Verify a data dir without changing it (the server's --check-data): the hard state, the
+    snapshot (header, trailer, CRC) and every WAL segment (records, CRCs, decoding, indexes,
+    contiguity).  Unlike load() it goes on past a problem, so every damaged file is reported,
+    each with its offset.  A torn tail in the last segment is a note, not a problem (start-up
+    cuts it).  Raises FileNotFoundError / NotADirectoryError for a missing dir."""
+    chk = DataCheck()
+    names = sorted(os.listdir(data_dir))
+    state_path = os.path.join(data_dir, "raft_state.json")
+    if os.path.exists(state_path):
+        try:
+            chk.term, _ = LogStorage(data_dir)._read_hard_state()
+        except StorageCorruption as e:
+            chk.problems.append(e)
+    snap = 0
+    snap_path = os.path.join(data_dir, "snapshot.dat")
+    if os.path.exists(snap_path):
+        try:
+            snap = verify_snapshot_file(snap_path).last_index
+        except StorageCorruption as e:
+            chk.problems.append(e)
+    chk.snapshot_index = snap
+    segs = sorted((int(m.group(1)), os.path.join(data_dir, n)) for n in names if (m := _SEGMENT_RE.match(n)))
+    chk.segments = len(segs)
+    expected: int | None = snap + 1     # None after a damaged segment: resume at the next one
+    last = snap
+    for i, (first, path) in enumerate(segs):
+        entries: list = []
+        start = expected if expected is not None else max(first, snap + 1)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            _, _, bad, expected = _read_segment(path, data, first, i == len(segs) - 1, snap, start, entries)
+        except StorageCorruption as e:
+            chk.problems.append(e)
+            expected = None
+            continue
+        except OSError as e:
+            chk.problems.append(StorageCorruption(f"cannot read {path}: {e.strerror}", path, None))
+            expected = None
+            continue
+        if entries:
+            if chk.first_index is None:
+                chk.first_index = entries[0].index
+            last = entries[-1].index
+        if bad is not None:
+            chk.notes.append(f"torn tail in {path} at offset {bad[0]} ({bad[1]}): start-up will cut "
+                             f"{len(data) - bad[0]} bytes that were never acknowledged")
+    chk.last_index = last
+    return chk
+
+
 # ---------------------------------------------------------------------------------------------
 class LogStorage:
     """A node's durable state: WAL segments, the snapshot file, and the term/vote record.
@@ -789,32 +892,10 @@ class LogStorage:
             for i, (first, path) in enumerate(names):
                 with open(path, "rb") as f:
                     data = f.read()
-                offsets, payloads, size, bad = _scan_segment(path, data, i == len(names) - 1)
+                offsets, size, bad, expected = _read_segment(path, data, first, i == len(names) - 1,
+                                                             snap, expected, entries)
                 if bad is not None:
                     torn = (path, bad[0], len(data) - bad[0], bad[1])
-                if first < 1:
-                    raise _wal_corruption(path, 0, "segment name gives first index 0")
-                skip = min(max(snap + 1 - first, 0), len(payloads))   # records covered by the snapshot
-                wires = _decode_payloads(path, offsets, payloads, skip)
-                from_wire = ReplicationLog.from_wire
-                idx = first + skip
-                for pos, w in enumerate(wires, skip):
-                    try:
-                        e = from_wire(w)
-                    except ValueError as exc:
-                        raise _wal_corruption(path, offsets[pos], str(exc)) from None
-                    if e.index != idx:
-                        raise _wal_corruption(path, offsets[pos], f"record holds index {e.index}, but its "
-                                              f"position in a segment starting at {first} means {idx}")
-                    if idx != expected:
-                        raise _wal_corruption(path, offsets[pos], f"log is not contiguous: expected index "
-                                              f"{expected}, found {idx}")
-                    entries.append(e)
-                    expected += 1
-                    idx += 1
-                if not offsets and first > snap and first != expected:
-                    raise StorageCorruption(f"corrupt WAL: empty segment {path} starts at index {first} "
-                                            f"but the log continues at {expected}", path, 0)
                 segments.append(_Segment(path, first, offsets, size))
             if torn is not None:
                 path, off, nbytes, reason = torn

@@ -2,7 +2,8 @@
 """KV Store node: one member of a replicated key-value cluster.
 
     python kv_store_server.py --node-id node1 --port 6379 --primary
-    python kv_store_server.py --standalone            # a cluster of one on 6379
+    python kv_store_server.py --standalone            # a cluster of one on 6379, data in ./data/standalone
+    python kv_store_server.py --check-data DIR        # verify a data dir (read-only), exit 0 or 1
 
 Layout (reading order):
     NodeRole, NodeInfo      the seed's public names: a node's role and address
@@ -79,11 +80,17 @@ import kv_protocol as P
 import kv_sentinel
 from kv_raft import CANDIDATE, LEADER, Membership, RaftCore
 from kv_state import KeyValueStore
-from kv_storage import LogStorage, ReplicationLog, StorageCorruption
+from kv_storage import LogStorage, ReplicationLog, StorageCorruption, check_data
 from kv_cluster import ClusterManager, Waiter, gc_freeze
 from kv_handler import ConnectionHandler
 from kv_commands import Expirer   # also registers the data commands in kv_handler's table
+from kv_transport import SparseLog
 from kv_protocol import CommandError
+from kv_cli import (CliParser, UsageError, at_least, check_host, check_node_id, even_size_warning, non_negative,
+                    parse_addr, parse_peers, port_in_use, positive)
+from kv_cli import fail as cli_fail, port_or_zero
+from kv_datadir import IDENTITY_FILE, MIN_FREE_BYTES, DataDirError, DataDirLock, Identity, read_secret
+from kv_datadir import prepare as prepare_data_dir
 
 __all__ = ["NodeRole", "NodeInfo", "ReplicationLog", "KeyValueStore", "ClusterManager", "KVNode",
            "TCPServer", "main"]
@@ -141,6 +148,8 @@ class KVNode:
         self.port = self.info.port
         self.members = members      # the bootstrap membership (--peers, --cluster-file, default)
         self.raft_lock = threading.RLock()
+        self.identity = getattr(args, "identity", None)      # kv_datadir.Identity (main() opens it)
+        self.sparse_log = SparseLog(60.0)      # handshake refusals: once per peer per minute
         self.store = KeyValueStore()
         self.started = time.time()
         self.clients = 0
@@ -194,7 +203,8 @@ class KVNode:
                                       raft_lock=self.raft_lock, secret=args.cluster_secret,
                                       snapshot_threshold=args.snapshot_threshold,
                                       request_timeout=args.request_timeout, on_fatal=lambda why: self.fatal(why),
-                                      link_factory=link_factory,
+                                      link_factory=link_factory, identity=self.identity,
+                                      sparse_log=self.sparse_log,
                                       self_addr=f"{args.advertise or args.host}:{self.port}")
         self.stats = kv_info.ServerStats()
         self.run_id = os.urandom(20).hex()              # INFO run_id: new every start, as Redis
@@ -207,6 +217,10 @@ class KVNode:
             self.node_id, lambda: self.core.role == LEADER,
             lambda: [cs.owner for cs in self.stats.live() if cs.owner is not None]))
         self.expirer = Expirer(self)   # active expiry while primary (kv_commands)
+
+    @property
+    def cluster_id(self) -> str | None:
+        return self.identity.cluster_id if self.identity is not None else None
 
     # -- lifecycle
     def start(self) -> None:
@@ -450,7 +464,8 @@ class KVNode:
             d["primary_addr"] = self.info.addr
         d.update(last_applied=applied, keys=nkeys, keys_with_ttl=nttl, digest=digest, pid=os.getpid(),
                  uptime=round(time.time() - self.started, 3), fsync=self.config.fsync,
-                 address=self.info.addr, clients=self.clients)
+                 address=self.info.addr, clients=self.clients, cluster_id=self.cluster_id,
+                 data_dir=os.path.abspath(self.config.data_dir))
         return {"status": "OK", "node_id": self.node_id, "role": d.pop("role"), **d}
 
 
@@ -516,51 +531,86 @@ class TCPServer(socketserver.ThreadingTCPServer):
 
 # ---------------------------------------------------------------------------------------------
 def parse_members(args: argparse.Namespace) -> dict[str, NodeInfo]:
-    if args.join and (args.peers or args.cluster_file or args.standalone):
-        raise SystemExit("error: --join asks an existing cluster; it excludes --peers, --cluster-file "
-                         "and --standalone")
-    if args.standalone or args.join:
-        return {args.node_id: NodeInfo(args.node_id, args.host, args.port or 6379)}
+    """The membership the flags describe; raises UsageError (exit 2) for any bad value."""
+    check_node_id(args.node_id, "--node-id")
+    if args.join is not None:
+        if args.peers is not None or args.cluster_file or args.standalone:
+            raise UsageError("--join asks an existing cluster; it excludes --peers, --cluster-file and --standalone")
+        parse_addr(args.join, "--join")
+        if args.advertise is not None:
+            check_host(args.advertise, "--advertise")
+        return {args.node_id: NodeInfo(args.node_id, args.host, 6379 if args.port is None else args.port)}
+    if args.standalone:
+        if args.peers is not None or args.cluster_file:
+            raise UsageError("--standalone runs a cluster of one: it takes neither --peers nor --cluster-file")
+        return {args.node_id: NodeInfo(args.node_id, args.host, 6379 if args.port is None else args.port)}
+    if args.peers is not None and args.cluster_file:
+        raise UsageError("give the membership once: --peers or --cluster-file, not both")
     members: dict[str, NodeInfo] = {}
     if args.cluster_file:
-        with open(args.cluster_file) as f:
-            spec = json.load(f)
-        nodes = spec.get("nodes", spec)
+        try:
+            with open(args.cluster_file) as f:
+                spec = json.load(f)
+        except OSError as e:
+            raise UsageError(f"cannot read --cluster-file {args.cluster_file}: {e.strerror}") from None
+        except ValueError as e:
+            raise UsageError(f"--cluster-file {args.cluster_file} is not JSON: {e}") from None
+        nodes = spec.get("nodes", spec) if isinstance(spec, dict) else None
+        if not isinstance(nodes, dict) or not nodes:
+            raise UsageError(f'--cluster-file {args.cluster_file} must hold {{"nodes": {{"node1": "host:port", ...}}}}')
         for nid, addr in nodes.items():
-            host, _, port = addr.rpartition(":")
-            members[nid] = NodeInfo(nid, host, int(port))
+            check_node_id(nid, f"{args.cluster_file}: node id")
+            if not isinstance(addr, str):
+                raise UsageError(f"{args.cluster_file}: address of {nid} must be a \"host:port\" string")
+            members[nid] = NodeInfo(nid, *parse_addr(addr, f"{args.cluster_file}: {nid}"))
         if args.node_id not in members:
-            raise SystemExit(f"error: {args.node_id} is not in {args.cluster_file}")
+            raise UsageError(f"{args.node_id} is not in {args.cluster_file} (members: {', '.join(members)})")
         if args.port:
             members[args.node_id].port = args.port
+        _check_distinct(members)
         return members
-    if args.peers:
-        for item in args.peers.split(","):
-            nid, sep, addr = item.strip().partition("=")
-            host, _, port = addr.rpartition(":")
-            if not sep or not host or not port.isdigit():
-                raise SystemExit(f"error: --peers entry {item!r} is not id=host:port")
-            members[nid] = NodeInfo(nid, host, int(port))
-        if args.node_id in members:
-            raise SystemExit(f"error: --peers lists this node ({args.node_id}); name only the others")
+    if args.peers is not None:
+        for nid, (host, port) in parse_peers(args.peers, args.node_id).items():
+            members[nid] = NodeInfo(nid, host, port)
         members[args.node_id] = NodeInfo(args.node_id, args.host, args.port or 6379)
+        _check_distinct(members)
         return members
     if args.node_id not in DEFAULT_CLUSTER:
-        raise SystemExit(f"error: {args.node_id} is not in the default cluster (node1..node3); "
+        raise UsageError(f"{args.node_id} is not in the default cluster (node1..node3); "
                          "use --peers, --cluster-file or --standalone")
     for nid, (host, port) in DEFAULT_CLUSTER.items():
         members[nid] = NodeInfo(nid, host, port)
     members[args.node_id] = NodeInfo(args.node_id, args.host, args.port or DEFAULT_CLUSTER[args.node_id][1])
+    _check_distinct(members)
     return members
 
 
+def _check_distinct(members: dict[str, NodeInfo]) -> None:
+    seen: dict[tuple[str, int], str] = {}
+    for nid, info in members.items():
+        key = (_canonical_host(info.host), info.port)
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {nid} would both use {info.host}:{info.port}")
+        seen[key] = nid
+
+
+def _canonical_host(host: str) -> str:
+    return "127.0.0.1" if host in ("localhost", "0.0.0.0", "") else host
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="KV Store node (one member of a replicated cluster)")
+    p = CliParser(prog="kv_store_server.py", description="KV Store node (one member of a replicated cluster)",
+                  epilog="Secrets: prefer --requirepass-file / --cluster-secret-file or the environment "
+                         "variables KV_REQUIREPASS / KV_CLUSTER_SECRET: a secret on the command line shows in ps. "
+                         "Exit codes: 0 stopped cleanly; 1 --check-data found damage; 2 bad usage or a refused "
+                         "data dir / port; 3 fatal storage error while running; 4 corrupt data at start-up.")
     p.add_argument("--node-id", default="node1", help="this node's id (default node1)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port for clients and peers (default from the cluster, 6379 for node1)")
+    p.add_argument("--port", type=port_or_zero, default=None,
+                   help="port for clients and peers (default from the cluster, 6379 for node1; 0 = any free port, "
+                        "standalone only)")
     p.add_argument("--primary", action="store_true", help="start the first election at once (never forces leadership)")
-    p.add_argument("--standalone", action="store_true", help="a cluster of one that commits on its own")
+    p.add_argument("--standalone", action="store_true", help="a cluster of one that commits on its own (data dir default ./data/standalone)")
     p.add_argument("--peers", default=None, help="the other members: node2=host:port,node3=host:port")
     p.add_argument("--cluster-file", default=None, help='JSON {"nodes": {"node1": "host:port", ...}}')
     p.add_argument("--join", default=None, metavar="HOST:PORT",
@@ -568,17 +618,30 @@ def build_parser() -> argparse.ArgumentParser:
                         "this node (as a learner, promoted to voter once caught up)")
     p.add_argument("--advertise", default=None, metavar="HOST",
                    help="the host other members reach this node on, announced by --join (default --host)")
-    p.add_argument("--data-dir", default=None, help="where the node keeps its log and snapshots (default ./data/<node-id>)")
+    p.add_argument("--cluster-id", default=None,
+                   help="the cluster this node belongs to (cluster_manager passes it); a data dir of another "
+                        "cluster is refused, and peers of another cluster are refused in the handshake")
+    p.add_argument("--data-dir", default=None, help="where the node keeps its log and snapshots (default ./data/<node-id>, "
+                                                    "./data/standalone with --standalone)")
+    p.add_argument("--check-data", metavar="DIR", default=None,
+                   help="verify the WAL and snapshot in DIR (read-only), report each problem with file and "
+                        "offset, exit 0 (sound) or 1 (damaged); starts no node")
+    p.add_argument("--min-free-mb", type=non_negative(float), default=MIN_FREE_BYTES / 2**20,
+                   help="refuse to start when the data dir's file system has less free space (default 1)")
     p.add_argument("--fsync", choices=["always", "everysec", "no"], default="always", help="WAL fsync policy (default always)")
-    p.add_argument("--heartbeat-interval", type=float, default=0.05, help="seconds between heartbeats (default 0.05)")
-    p.add_argument("--election-timeout", type=float, default=0.8,
+    p.add_argument("--heartbeat-interval", type=positive(float), default=0.05, help="seconds between heartbeats (default 0.05)")
+    p.add_argument("--election-timeout", type=positive(float), default=0.8,
                    help="minimum election timeout in seconds, for silent failures (pause, partition); randomized in [T, 2T) (default 0.8). A crashed primary is noticed at once, whatever this is")
-    p.add_argument("--request-timeout", type=float, default=5.0, help="longest a write waits for commit (default 5)")
-    p.add_argument("--snapshot-threshold", type=int, default=100_000, help="log entries between automatic snapshots (default 100000; 0 = never)")
-    p.add_argument("--max-clients", type=int, default=10_000, help="simultaneous connections (default 10000)")
-    p.add_argument("--max-request-bytes", type=int, default=16 * 1024 * 1024, help="largest request (default 16 MiB)")
-    p.add_argument("--requirepass", default=None, help="clients must AUTH with this secret first")
-    p.add_argument("--cluster-secret", default=None, help="peers must prove this secret before any internal message")
+    p.add_argument("--request-timeout", type=positive(float), default=5.0, help="longest a write waits for commit (default 5)")
+    p.add_argument("--snapshot-threshold", type=non_negative(int), default=100_000, help="log entries between automatic snapshots (default 100000; 0 = never)")
+    p.add_argument("--max-clients", type=at_least(1), default=10_000, help="simultaneous connections (default 10000)")
+    p.add_argument("--max-request-bytes", type=at_least(1024), default=16 * 1024 * 1024, help="largest request (default 16 MiB)")
+    p.add_argument("--requirepass", default=None, help="clients must AUTH with this secret first (shows in ps: prefer "
+                                                       "--requirepass-file or KV_REQUIREPASS)")
+    p.add_argument("--requirepass-file", default=None, help="read the client password from this file")
+    p.add_argument("--cluster-secret", default=None, help="peers must prove this secret before any internal message "
+                                                          "(shows in ps: prefer --cluster-secret-file or KV_CLUSTER_SECRET)")
+    p.add_argument("--cluster-secret-file", default=None, help="read the cluster secret from this file")
     p.add_argument("--sentinel-name", default=kv_sentinel.DEFAULT_SERVICE_NAME,
                    help="master name this node answers Sentinel discovery for (default kvstore)")
     p.add_argument("--log-level", choices=["debug", "info", "warning"], default="info")
@@ -602,20 +665,83 @@ def setup_logging(level: str, data_dir: str) -> None:
     root.propagate = False
 
 
+def check_data_main(path: str) -> int:
+    """--check-data DIR: verify without changing anything; exit 0 sound, 1 damaged, 2 no such dir."""
+    if not os.path.isdir(path):
+        return cli_fail("kv_store_server.py", f"--check-data {path}: no such directory")
+    chk = check_data(path)
+    for e in chk.problems:
+        print(f"PROBLEM: {e}")
+    for note in chk.notes:
+        print(f"note: {note}")
+    ident = Identity.read(path) if os.path.exists(os.path.join(path, IDENTITY_FILE)) else None
+    who = f"{ident.mode}, cluster {ident.cluster_id}, node {ident.node_id}; " if ident else ""
+    summary = (f"{path}: {who}term {chk.term if chk.term is not None else 0}, snapshot at {chk.snapshot_index}, "
+               f"{chk.segments} WAL segment(s), log {chk.first_index or '-'}..{chk.last_index}")
+    if chk.ok:
+        print(f"OK {summary}")
+        return 0
+    print(f"DAMAGED ({len(chk.problems)} problem(s)) {summary}")
+    print(RECOVERY_HINT.format(data_dir=path, node_id=ident.node_id if ident else "<node>"))
+    return 1
+
+
+RECOVERY_HINT = ("To recover a cluster member: move {data_dir} away (keep it for analysis), then restart the node "
+                 "empty and let the primary copy everything back: "
+                 "python cluster_manager.py --action restart --node {node_id} --wipe. "
+                 "For a standalone node, restore it from a backup (see docs/CLUSTERING.md, Operating).")
+
+
 def main(argv=None) -> int:
+    prog = "kv_store_server.py"
     args = build_parser().parse_args(argv)
+    if args.check_data is not None:
+        return check_data_main(args.check_data)
     if args.election_timeout <= 2 * args.heartbeat_interval:
-        print(f"error: --election-timeout ({args.election_timeout}) must be more than twice "
-              f"--heartbeat-interval ({args.heartbeat_interval})", file=sys.stderr)
-        return 2
-    members = parse_members(args)
+        return cli_fail(prog, f"--election-timeout ({args.election_timeout}) must be more than twice "
+                              f"--heartbeat-interval ({args.heartbeat_interval})")
+    if args.port == 0 and not args.standalone:
+        return cli_fail(prog, "--port 0 (any free port) only works with --standalone: peers must know the port")
+    try:
+        check_host(args.host)
+        members = parse_members(args)
+        if args.cluster_id is not None:
+            check_node_id(args.cluster_id, "--cluster-id")
+        args.requirepass = read_secret("--requirepass", args.requirepass, args.requirepass_file, "KV_REQUIREPASS")
+        args.cluster_secret = read_secret("--cluster-secret", args.cluster_secret, args.cluster_secret_file,
+                                          "KV_CLUSTER_SECRET")
+    except (UsageError, DataDirError) as e:
+        return cli_fail(prog, str(e))
+    for secret, what in ((args.requirepass, "password"), (args.cluster_secret, "cluster secret")):
+        if secret is not None and any(c.isspace() for c in secret):
+            return cli_fail(prog, f"the {what} contains white space; AUTH and the peer handshake cannot carry it")
     args.port = members[args.node_id].port
-    args.data_dir = args.data_dir or os.path.join("data", args.node_id)
-    os.makedirs(args.data_dir, exist_ok=True)
+    standalone = args.standalone or (len(members) == 1 and args.join is None)   # --join: a member-to-be
+    if args.data_dir is None:        # the default ./data/<node-id> (or ./data/standalone): make ./data
+        args.data_dir = os.path.join("data", "standalone" if args.standalone else args.node_id)
+        try:
+            os.makedirs("data", exist_ok=True)
+        except OSError as e:
+            return cli_fail(prog, f"cannot create ./data for the default data dir: {e.strerror}; give --data-dir")
+    why = port_in_use(args.host, args.port)
+    if why:
+        return cli_fail(prog, f"cannot listen: {why}; stop that process or choose another --port")
+    try:
+        args.data_dir = prepare_data_dir(args.data_dir, int(args.min_free_mb * 2**20))
+        lock = DataDirLock(args.data_dir)
+        lock.acquire()
+        identity = Identity.open(args.data_dir, "standalone" if standalone else "cluster", args.node_id,
+                                 cluster_id=args.cluster_id, bootstrap=args.primary)
+    except DataDirError as e:
+        return cli_fail(prog, str(e))
+    args.identity = identity
     setup_logging(args.log_level, args.data_dir)
     if args.unsafe_no_read_lease:
         log.warning("%s UNSAFE: --unsafe-no-read-lease: reads are not linearizable (a planted bug "
                     "for the fault harness; never use it for data)", args.node_id)
+    warn = even_size_warning(len(members))
+    if warn:
+        log.warning("%s %s", args.node_id, warn)
     threading.stack_size(512 * 1024)
     # A thread that wants the GIL asks the holder to drop it after the switch interval, and
     # then any waiting thread may win it.  With dozens of busy client threads, the threads that
@@ -626,14 +752,20 @@ def main(argv=None) -> int:
     try:
         node = KVNode(args, members)
     except StorageCorruption as e:
-        log.critical("%s refusing to start: %s", args.node_id, e)
+        log.critical("%s refusing to start: %s. %s", args.node_id, e,
+                     RECOVERY_HINT.format(data_dir=args.data_dir, node_id=args.node_id))
         return 4
+    except OSError as e:     # a file in the dir this user cannot read or write, a full disk, ...
+        log.critical("%s cannot use data dir %s: %s (%s)", args.node_id, args.data_dir, e.strerror,
+                     e.filename or "")
+        return 2
     try:
         server = TCPServer(node)
     except OSError as e:
         log.critical("%s cannot listen on %s:%s: %s", args.node_id, args.host, args.port, e)
-        return 5
+        return 2
     node.server = server
+    node.data_lock = lock
 
     def on_signal(signum, frame):
         log.info("%s received %s, shutting down", node.node_id, signal.Signals(signum).name)
@@ -642,12 +774,19 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     node.start()
+    if standalone:
+        # a cluster of one elects itself at once: accept no client before it serves reads and
+        # writes (the listening socket queues early connections; nothing is answered before this)
+        deadline = time.monotonic() + 10 * args.election_timeout + 5
+        while not node.manager.read_ok() and time.monotonic() < deadline:
+            time.sleep(0.005)
     cfg = node.core.config
     mode = ("joining through " + args.join if node.core.membership_state == "joining"
             else "standalone" if not node.peer_ids else
             f"cluster of {len(cfg.voters)} voters" + (f" + {len(cfg.learners)} learners" if cfg.learners else ""))
-    log.info("%s listening on %s:%d (%s, fsync %s, data dir %s)", node.node_id, args.host, args.port,
-             mode, args.fsync, args.data_dir)
+    cid = f", cluster {identity.cluster_id}" if identity.cluster_id else ""
+    log.info("%s listening on %s:%d (%s%s, fsync %s, data dir %s)", node.node_id, args.host, args.port,
+             mode, cid, args.fsync, args.data_dir)
     server.serve_forever(poll_interval=0.1)
     server.server_close()
     return 0

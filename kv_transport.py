@@ -10,13 +10,17 @@ Layout:
 
 Wire format (same port as clients, line protocol): every internal message is one JSON object per
 line with "type", "from", "to" and "term".  A connection becomes a peer connection with
-    -> {"type": "HELLO", "from": "node1", "to": "node2", "addr": "host:port"}   (addr: where
-                                      node1 listens, so a node that has no configuration yet,
+    -> {"type": "HELLO", "from": "node1", "to": "node2", "addr": "host:port",    (addr: where
+        "cluster": "<cluster id>"|null}  node1 listens, so a node that has no configuration yet,
                                       joining, can open its own link back)
-    <- {"type": "CHALLENGE", "nonce": "<hex>"}
+    <- {"type": "CHALLENGE", "nonce": "<hex>", "cluster": "<cluster id>"|null}
     -> {"type": "PROOF", "proof": hmac_sha256(secret, nonce|from|to)}
     <- {"type": "WELCOME"}            (or an error line, and the connection is closed)
 after which the sender only writes; answers travel on the receiver's own outbound link.
+Cluster identity: when both sides know their cluster id and the ids differ, each side refuses
+the other (the receiver before its CHALLENGE, the sender on reading it); a side that has no id
+yet (a fresh member) learns it from the other and keeps it in its data dir (kv_datadir.Identity).
+Refusals and failed handshakes are logged at most once per peer per minute (SparseLog).
 
 A REPLICATE carries its entries after its own line: {"type": "REPLICATE", ..., "n": K} is
 followed by K lines, each one entry's payload exactly as the WAL stores it
@@ -56,12 +60,52 @@ MAX_BACKLOG = 64 * 1024 * 1024   # bytes waiting for one peer; past this the lin
 SEND_TIMEOUT = 5.0               # seconds a blocked write to a peer may take before the link resets
 
 
+class SparseLog:
+    """Log a recurring problem once per key per `period` seconds (a peer retrying a refused
+    handshake ten times a second must not flood the log).  Thread-safe."""
+
+    def __init__(self, period: float = 60.0):
+        self.period = period
+        self._last: dict = {}
+        self._lock = threading.Lock()
+
+    def warning(self, key, msg: str, *args) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.period:
+                return False
+            self._last[key] = now
+        log.warning(msg, *args)
+        return True
+
+
+class WrongCluster(ConnectionError):
+    """The peer belongs to another cluster (its cluster id differs from ours)."""
+
+
 def handshake_proof(secret: str | None, nonce: str, sender: str, receiver: str) -> str:
     key = (secret or "").encode()
     return hmac.new(key, f"{nonce}|{sender}|{receiver}".encode(), hashlib.sha256).hexdigest()
 
 
 _encode_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def check_cluster(ident, theirs: str | None, me: str, peer: str, sparse: SparseLog, side: str) -> None:
+    """The cluster id rule of the handshake, for either side: raise WrongCluster when both ids are
+    known and differ; learn theirs when we have none yet."""
+    if ident is None or theirs is None:
+        return
+    was = ident.cluster_id
+    if ident.set_cluster_id(theirs):
+        if was is None:
+            log.info("%s joined cluster %s (learnt from %s in the handshake)", me, theirs, peer)
+        return
+    sparse.warning(("cluster", peer), "%s refuses %s %s: it belongs to cluster %s, this node to cluster %s; "
+                   "two clusters' members are mixed up: check %s's --peers / --cluster-file and data dir",
+                   me, side, peer, theirs, ident.cluster_id, peer)
+    raise WrongCluster(f"{peer} belongs to cluster {theirs}, not {ident.cluster_id}")
 
 
 def encode_message(msg: dict) -> bytes:
@@ -116,12 +160,15 @@ class PeerLink(threading.Thread):
     """
 
     def __init__(self, node_id: str, peer_id: str, addr: tuple[str, int], secret: str | None,
-                 on_down, on_up, stop_event: threading.Event, on_dead=None, self_addr: str | None = None):
+                 on_down, on_up, stop_event: threading.Event, on_dead=None, self_addr: str | None = None,
+                 identity=None, sparse_log: SparseLog | None = None):
         super().__init__(name=f"peer-{peer_id}", daemon=True)
         self.node_id = node_id
         self.peer_id = peer_id
         self.addr = addr
         self.secret = secret
+        self.identity = identity            # kv_datadir.Identity or None (no cluster id checks)
+        self.sparse = sparse_log or SparseLog()
         self.on_down = on_down
         self.on_up = on_up
         self.on_dead = on_dead
@@ -191,19 +238,25 @@ class PeerLink(threading.Thread):
         s = socket.create_connection(self.addr, timeout=1.0)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         f = s.makefile("rb")
+        ident = self.identity
         try:
-            hello = {"type": "HELLO", "from": self.node_id, "to": self.peer_id}
+            hello = {"type": "HELLO", "from": self.node_id, "to": self.peer_id,
+                     "cluster": ident.cluster_id if ident is not None else None}
             if self.self_addr:
                 hello["addr"] = self.self_addr
             s.sendall(json.dumps(hello).encode() + b"\n")
             ch = json.loads(f.readline() or b"{}")
             if ch.get("type") != "CHALLENGE":
-                raise ConnectionError(f"handshake refused: {ch.get('message', ch)}")
+                self._refused(ch)
+            check_cluster(ident, ch.get("cluster"), self.node_id, self.peer_id, self.sparse, "peer")
             proof = handshake_proof(self.secret, ch["nonce"], self.node_id, self.peer_id)
             s.sendall(json.dumps({"type": "PROOF", "proof": proof}).encode() + b"\n")
             ok = json.loads(f.readline() or b"{}")
             if ok.get("type") != "WELCOME":
-                raise ConnectionError(f"handshake refused: {ok.get('message', ok)}")
+                self._refused(ok)
+        except BaseException:
+            s.close()
+            raise
         finally:
             f.close()
         # Blocking from here on (a timeout would add a poll() before every send); a write that
@@ -213,6 +266,20 @@ class PeerLink(threading.Thread):
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
                      struct.pack("ll", sec, int((SEND_TIMEOUT - sec) * 1e6)))
         return s
+
+    def _refused(self, answer: dict):
+        """Log (once a minute) why the peer refused our handshake, saying which side to check."""
+        why = answer.get("message", answer)
+        if answer.get("reason") == "secret":
+            self.sparse.warning(("secret", self.peer_id),
+                                "%s: peer %s at %s:%s refused this node's cluster secret; check --cluster-secret"
+                                "(-file) / KV_CLUSTER_SECRET on %s and on %s: they differ (if %s's other peers "
+                                "connect to it, the wrong one is this node's)", self.node_id, self.peer_id,
+                                *self.addr, self.node_id, self.peer_id, self.peer_id)
+        else:
+            self.sparse.warning(("refused", self.peer_id), "%s: peer %s at %s:%s refused the handshake: %s",
+                                self.node_id, self.peer_id, *self.addr, why)
+        raise ConnectionError(f"handshake refused: {why}")
 
     def run(self) -> None:
         just_broke = False

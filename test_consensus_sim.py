@@ -1688,6 +1688,32 @@ def test_follower_back_from_outage_behind_compaction_caught_up_promptly():
     sim.heal_and_converge()
 
 
+@pytest.mark.parametrize("compacted", [False, True])
+def test_follower_that_lost_its_log_is_caught_up_while_idle(compacted):
+    """§5.3 liveness (the leader repairs a follower's log): a follower restarted with an empty
+    data dir while the cluster is idle is caught up without any new write.  Its only messages
+    are HEARTBEAT_RESPs whose last_index is below the match_index it acknowledged before; the
+    leader must notice that from any reply, heartbeats included, and start over (REPLICATE
+    from index 1, or SYNC when the log was compacted)."""
+    sim = make(3, seed=101 + compacted, start_election="n1", name="lost_its_log_idle")
+    lead = sim.wait_leader()
+    es = [sim.write(f"k{i}", i) for i in range(20)]
+    assert sim.run_until(lambda: sim.applied_everywhere(es[-1].index), 2 * ET)
+    if compacted:
+        assert sim.take_snapshot(lead.id)
+    victim = next(n for n in sim.node_list if n.id != lead.id)
+    sim.run_for(ET)
+    sim.crash(victim.id)
+    victim.store = FakeStorage()       # the operator wiped its data dir
+    sim.restart(victim.id)
+    target = lead.core.commit_index
+    ok = sim.run_until(lambda: victim.applied >= target, 10 * ET)
+    assert ok, (f"{victim.id} restarted empty is not caught up after {10 * ET:.1f}s of an idle cluster "
+                f"(no write was made): {sim.node_list}")
+    assert lead.core.role == LEADER and victim.sm_state == lead.sm_state
+    sim.final_checks()
+
+
 def test_snapshot_retries_are_paced_while_follower_is_down():
     """§7 + DESIGN §4: while a follower that needs a snapshot is unreachable, the leader retries
     the SYNC at most about once per heartbeat interval after the host reports a failed transfer
