@@ -693,6 +693,7 @@ class ClusterClient:
          INCR and CAS like execute_command: never re-sent after an indefinite failure)
         | BAD_REQUEST, UNKNOWN_COMMAND, TOO_LARGE,    | definite   | raise           | raise | raise        | raise           |
         |   AUTH_REQUIRED, AUTH_FAILED, other codes   |            |                 |       |              |                 |
+        |   (TOO_MANY_CLIENTS: the node is full)      |            |                 |       |              |                 |
 
         (a) after an indefinite failure, a DELETE retry answering NOT_FOUND returns True.
         (b) get(key, default) returns the default instead.

@@ -80,7 +80,7 @@ from typing import Any, Callable
 
 __all__ = [
     "OK", "NOT_PRIMARY", "NOT_FOUND", "BAD_REQUEST", "UNKNOWN_COMMAND", "TOO_LARGE", "NO_QUORUM",
-    "AUTH_REQUIRED", "AUTH_FAILED", "TIMEOUT", "CHANGE_IN_PROGRESS", "DISK_FULL",
+    "AUTH_REQUIRED", "AUTH_FAILED", "TIMEOUT", "CHANGE_IN_PROGRESS", "DISK_FULL", "TOO_MANY_CLIENTS",
     "DEFINITE_CODES", "INDEFINITE_CODES", "ERROR_CODES",
     "KEY_MAX_BYTES", "DEFAULT_MAX_REQUEST_BYTES", "MAX_MULTIBULK_ARGS", "RECV_SIZE",
     "ProtocolError", "Frame", "FrameReader",
@@ -115,9 +115,10 @@ AUTH_FAILED = "AUTH_FAILED"
 TIMEOUT = "TIMEOUT"
 CHANGE_IN_PROGRESS = "CHANGE_IN_PROGRESS"   # a membership change was refused for now: retry later
 DISK_FULL = "DISK_FULL"     # the node cannot persist (ENOSPC): the write was refused before append
+TOO_MANY_CLIENTS = "TOO_MANY_CLIENTS"       # past --max-clients: answered once, connection closed
 
 DEFINITE_CODES = frozenset({NOT_PRIMARY, BAD_REQUEST, UNKNOWN_COMMAND, TOO_LARGE, AUTH_REQUIRED,
-                            AUTH_FAILED, NOT_FOUND, CHANGE_IN_PROGRESS, DISK_FULL})
+                            AUTH_FAILED, NOT_FOUND, CHANGE_IN_PROGRESS, DISK_FULL, TOO_MANY_CLIENTS})
 INDEFINITE_CODES = frozenset({TIMEOUT, NO_QUORUM})
 ERROR_CODES = DEFINITE_CODES | INDEFINITE_CODES
 

@@ -518,7 +518,7 @@ class TCPServer(socketserver.ThreadingTCPServer):
             if first == b"*":
                 request.sendall(b"-ERR max number of clients reached\r\n")
             else:
-                request.sendall(P.encode_line({"status": "ERROR", "code": "TOO_MANY_CLIENTS",
+                request.sendall(P.encode_line({"status": "ERROR", "code": P.TOO_MANY_CLIENTS,
                                                "message": "max number of clients reached", "definite": True}))
         except OSError:
             pass   # the client is gone already; nothing to tell it

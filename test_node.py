@@ -40,6 +40,7 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
+import kv_protocol
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.backoff import NoBackoff
@@ -1042,7 +1043,9 @@ def test_max_clients_line_refused_with_an_error(make_node):
             data, closed = read_until_closed(s, timeout=5)
         assert closed, f"the 21st connection was left hanging; got {data!r}"
         r = json.loads(data)
-        assert r["status"] == "ERROR" and "max" in r["message"].lower() and r["code"], r
+        assert r["status"] == "ERROR" and "max" in r["message"].lower(), r
+        assert r["code"] == "TOO_MANY_CLIENTS" and r["definite"] is True, r
+        assert r["code"] in kv_protocol.DEFINITE_CODES
         for c in held:
             assert c.cmd("PING")["status"] == "OK"
         held.pop().close()      # a slot frees: a new client gets in

@@ -1,0 +1,213 @@
+"""Docs that cannot rot: what the code offers and what docs/ says must be the same set.
+
+Fast (no servers; each script's --help runs once, side by side). Checked both ways:
+
+- every flag in the --help of kv_store_server.py, cluster_manager.py and example_client.py is
+  in docs/CLUSTERING.md (the reference), every benchmark flag in benchmarks/README.md;
+- every `--flag` named in README.md, docs/*.md and benchmarks/README.md exists in some
+  script's --help (flags of other tools, such as redis-cli's, are listed in FOREIGN_FLAGS);
+- every command class the server dispatches (kv_handler.COMMANDS) and every command name the
+  two parsers accept is in the "Commands" section of docs/CLUSTERING.md;
+- every error code the server can send (kv_protocol's code sets, and any code written as a
+  literal in a server module) is a row of the "Error codes" table, marked definite or
+  indefinite as kv_protocol says, and every row is a real code.
+
+A failure lists exactly what is missing, and where.
+"""
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import kv_store_server  # noqa: F401  (registers every command handler in kv_handler.COMMANDS)
+import kv_handler
+import kv_protocol as P
+
+ROOT = Path(__file__).resolve().parent
+DOCS = ROOT / "docs"
+REFERENCE = DOCS / "CLUSTERING.md"
+BENCH_README = ROOT / "benchmarks" / "README.md"
+
+MAIN_SCRIPTS = ("kv_store_server.py", "cluster_manager.py", "example_client.py")
+BENCH_SCRIPTS = tuple(sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").glob("benchmark_*.py")))
+TEST_SCRIPTS = ("test_consensus_sim.py", "test_redis_diff.py")     # replay tools, in TESTING_GUIDE.md
+
+# Flags the docs may name that belong to other programs, and which one.
+FOREIGN_FLAGS = {
+    "--stat": "redis-cli", "--latency": "redis-cli", "--raw": "redis-cli",
+    "--durations": "pytest",
+    "--appendonly": "redis-server", "--appendfsync": "redis-server", "--save": "redis-server",
+    "--replicaof": "redis-server",
+}
+# Command classes that are not commands a client names: a parse failure, a command queued
+# inside MULTI, and the class behind every data command (each data command is checked by name).
+NOT_CLIENT_COMMANDS = {"Invalid", "Queued", "DataCommand"}
+# Class name -> the command word, where it is not the class name in upper case.
+CLASS_WORDS = {"ClientCmd": "CLIENT", "ClusterCmd": "CLUSTER", "CommandCmd": "COMMAND",
+               "ConfigGet": "CONFIG", "DbSize": "DBSIZE", "ReadOnly": "READONLY", "ReadWrite": "READWRITE"}
+# Server modules scanned for error codes written as literals.
+CLIENT_SIDE = {"kv_client.py", "kv_localcluster.py", "kv_chaos.py", "kv_linearizability.py", "kv_cli.py"}
+# Codes written as literals in a server module that never reach a client, and why.
+NOT_SENT = {"UNREACHABLE": "kv_store_server.py's --join loop: its own stand-in for a failed connection"}
+
+_OPTION_LINE = re.compile(r"^  (-\S.*?)(?:  |$)")
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+
+
+@functools.lru_cache(maxsize=None)
+def help_flags() -> dict[str, frozenset[str]]:
+    """{script: the long flags its --help lists}; every script runs at once."""
+    procs = {s: subprocess.Popen([sys.executable, str(ROOT / s), "--help"], cwd=ROOT, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for s in MAIN_SCRIPTS + BENCH_SCRIPTS + TEST_SCRIPTS}
+    out = {}
+    for script, p in procs.items():
+        try:
+            text, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        assert p.returncode == 0, f"{script} --help exited {p.returncode}: {err}"
+        flags = set()
+        for line in text.splitlines():
+            m = _OPTION_LINE.match(line)
+            if m:
+                flags.update(_FLAG.findall(m.group(1)))
+        flags.discard("--help")
+        assert flags, f"no options parsed from {script} --help"
+        out[script] = frozenset(flags)
+    return out
+
+
+def _mentions(text: str, flag: str) -> bool:
+    return re.search(re.escape(flag) + r"(?![\w-])", text) is not None
+
+
+def _section(text: str, heading: str) -> str:
+    """The body of `## heading` up to the next level-2 heading (sub-sections included)."""
+    m = re.search(rf"^## {re.escape(heading)}\s*$(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert m, f"docs/CLUSTERING.md has no '## {heading}' section"
+    return m.group(1)
+
+
+def doc_files() -> list[Path]:
+    return [ROOT / "README.md", BENCH_README, *sorted(DOCS.glob("*.md"))]
+
+
+def test_every_script_flag_is_in_the_reference():
+    ref = REFERENCE.read_text()
+    bench = BENCH_README.read_text()
+    missing = []
+    testing = (DOCS / "TESTING_GUIDE.md").read_text()
+    for script, flags in help_flags().items():
+        where, text = (("benchmarks/README.md", bench) if script.startswith("benchmarks/")
+                       else ("docs/TESTING_GUIDE.md", testing) if script in TEST_SCRIPTS
+                       else ("docs/CLUSTERING.md", ref))
+        missing += [f"{script} {f}: not in {where}" for f in sorted(flags) if not _mentions(text, f)]
+    assert not missing, "flags in --help that the docs do not name:\n" + "\n".join(missing)
+
+
+def test_every_documented_flag_exists():
+    known = set().union(*help_flags().values())
+    wrong = []
+    for path in doc_files():
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            for f in _FLAG.findall(line):
+                if f not in known and f not in FOREIGN_FLAGS:
+                    wrong.append(f"{path.relative_to(ROOT)}:{n}: {f} is no script's flag: {line.strip()[:100]}")
+    assert not wrong, "flags the docs name that no --help lists:\n" + "\n".join(wrong)
+
+
+def test_foreign_flags_are_not_our_own():
+    """An allow-listed flag that a script gains must be checked like the others."""
+    ours = set().union(*help_flags().values())
+    clash = sorted(f for f in FOREIGN_FLAGS if f in ours)
+    assert not clash, f"flags in FOREIGN_FLAGS that a script of ours now has: {clash}"
+
+
+def command_words() -> dict[str, str]:
+    """{command word: where it comes from} for everything a client can name."""
+    words = {}
+    for cls in kv_handler.COMMANDS:
+        name = cls.__name__
+        if name in NOT_CLIENT_COMMANDS:
+            continue
+        words[CLASS_WORDS.get(name, name.upper())] = f"kv_handler.COMMANDS[{name}]"
+    for name in P._LINE_COMMANDS:
+        words.setdefault(name.upper(), "kv_protocol line-protocol parser")
+    for name in P._RESP_COMMANDS:
+        words.setdefault(name.decode().upper(), "kv_protocol RESP parser")
+    return words
+
+
+def test_not_client_commands_still_exist():
+    names = {c.__name__ for c in kv_handler.COMMANDS}
+    assert NOT_CLIENT_COMMANDS <= names, f"stale NOT_CLIENT_COMMANDS: {NOT_CLIENT_COMMANDS - names}"
+
+
+def test_every_command_is_in_the_command_reference():
+    section = _section(REFERENCE.read_text(), "Commands")
+    missing = [f"{w} ({src}): not in docs/CLUSTERING.md '## Commands'"
+               for w, src in sorted(command_words().items()) if not re.search(rf"\b{re.escape(w)}\b", section)]
+    assert not missing, "commands the server accepts that the reference does not list:\n" + "\n".join(missing)
+
+
+def server_codes() -> dict[str, str]:
+    """{error code: where it is defined or sent} for every code a node can answer."""
+    codes = {c: "kv_protocol.ERROR_CODES" for c in P.ERROR_CODES}
+    pat = re.compile(r'(?:"code":\s*|CommandError\(\s*)"([A-Z][A-Z0-9_]+)"')
+    for path in sorted(ROOT.glob("*.py")):
+        if path.name.startswith("test_") or path.name in CLIENT_SIDE:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            for code in pat.findall(line):
+                if code not in NOT_SENT:
+                    codes.setdefault(code, f"{path.name}:{n}")
+    return codes
+
+
+def error_table() -> dict[str, str]:
+    """{code: its 'definite?' cell} from the Error codes table."""
+    rows = {}
+    for line in _section(REFERENCE.read_text(), "Error codes").splitlines():
+        m = re.match(r"^\| `([A-Z][A-Z0-9_]+)` \|[^|]*\|([^|]*)\|", line)
+        if m:
+            rows[m.group(1)] = m.group(2).strip()
+    return rows
+
+
+def test_every_error_code_is_in_the_error_table():
+    table = error_table()
+    problems = []
+    for code, src in sorted(server_codes().items()):
+        if code not in P.ERROR_CODES:
+            problems.append(f"{code} ({src}): not in kv_protocol.DEFINITE_CODES or INDEFINITE_CODES")
+        cell = table.get(code)
+        if cell is None:
+            problems.append(f"{code} ({src}): no row in docs/CLUSTERING.md '## Error codes'")
+        elif code in P.INDEFINITE_CODES and "indefinite" not in cell:
+            problems.append(f"{code}: the table says {cell!r}, kv_protocol says indefinite")
+        elif code in P.DEFINITE_CODES and not cell.startswith("definite"):
+            problems.append(f"{code}: the table says {cell!r}, kv_protocol says definite")
+    for code in sorted(set(table) - set(P.ERROR_CODES)):
+        problems.append(f"{code}: a row in docs/CLUSTERING.md '## Error codes' but no such code in kv_protocol")
+    assert not problems, "error codes and the docs disagree:\n" + "\n".join(problems)
+
+
+def test_not_sent_codes_are_still_in_the_code():
+    """NOT_SENT must not hide a code that disappeared or became a real one."""
+    assert not set(NOT_SENT) & set(P.ERROR_CODES), "a NOT_SENT code is now a real error code"
+    text = "".join(p.read_text() for p in ROOT.glob("kv_*.py"))
+    assert all(f'"{c}"' in text for c in NOT_SENT), "stale NOT_SENT entries"
+
+
+def test_the_checks_can_fail():
+    """The parsers above find what they look for (so an empty parse cannot pass silently)."""
+    assert "--node-id" in help_flags()["kv_store_server.py"]
+    assert {"SET", "GET", "SENTINEL", "CAS"} <= set(command_words())
+    assert {"NOT_PRIMARY", "TIMEOUT"} <= set(error_table())
+    assert not _mentions("use --hosts", "--host") and _mentions("use --host.", "--host")
