@@ -1096,7 +1096,8 @@ class LocalCluster:
                  server_script: str = SERVER_SCRIPT, log_level: str | None = None,
                  ids=None, boot_ids=None, joiners: dict | None = None, known_ports: dict | None = None,
                  netns: bool = False, small_disks: dict[str, int] | None = None,
-                 crash_disks: int | None = None, attached: dict[str, tuple[str, int]] | None = None):
+                 crash_disks: int | None = None, attached: dict[str, tuple[str, int]] | None = None,
+                 cluster_file: bool = False):
         if attached is not None:
             n = len(attached)
             ids = sorted(attached)
@@ -1139,6 +1140,7 @@ class LocalCluster:
         self.python = python
         self.server_script = server_script
         self.log_level = log_level
+        self.cluster_file = cluster_file   # bootstrap from one shared --cluster-file, not --peers
         self._procs: dict[str, NodeProcess] = {}
         self._expected_exit: set[str] = set()      # stopped on purpose: not a failure
         self._lock = threading.RLock()
@@ -1238,6 +1240,18 @@ class LocalCluster:
             return f"127.0.0.1:{self._proxy.port(src, dst)}"
         return self.address(dst)
 
+    def cluster_file_path(self) -> str:
+        """<data dir>/cluster-file.json: {"nodes": {id: "host:port"}} of the bootstrap nodes, written
+        on first use (cluster_file=True; not with a fault proxy, whose addresses differ per pair)."""
+        if self._proxy is not None:
+            raise ValueError("cluster_file and proxied: each node must see the others at its own proxy ports")
+        path = os.path.join(self.data_dir, "cluster-file.json")
+        if not os.path.exists(path):
+            os.makedirs(self.data_dir, exist_ok=True)
+            with open(path, "w") as f:
+                json.dump({"nodes": {m: self.address(m) for m in self.boot_ids}}, f)
+        return path
+
     def command(self, node_id: str, primary: bool = False) -> list[str]:
         """The full command line that starts node_id (secrets travel in the environment,
         KV_REQUIREPASS / KV_CLUSTER_SECRET, never on it)."""
@@ -1248,6 +1262,8 @@ class LocalCluster:
             cmd += ["--join", self._joiners[node_id]]     # its configuration comes from the cluster
         elif len(self.boot_ids) == 1:
             cmd.append("--standalone")
+        elif self.cluster_file:   # one file for every node, as on separate machines
+            cmd += ["--cluster-file", self.cluster_file_path()]
         else:   # bootstrap only: once a node has a configuration on disk, that one wins
             cmd += ["--peers", ",".join(f"{m}={self.peer_addr(node_id, m)}" for m in self.boot_ids if m != node_id)]
         if self.heartbeat_interval is not None:
