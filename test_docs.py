@@ -205,6 +205,22 @@ def test_not_sent_codes_are_still_in_the_code():
     assert all(f'"{c}"' in text for c in NOT_SENT), "stale NOT_SENT entries"
 
 
+def test_every_module_is_in_the_architecture_guide_and_the_readme():
+    """Each top-level module (not a test) is shown in ARCHITECTURE_VISUAL_GUIDE.md and listed in
+    README.md's Files table."""
+    guide = (DOCS / "ARCHITECTURE_VISUAL_GUIDE.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    missing = []
+    for path in sorted(ROOT.glob("*.py")):
+        if path.name.startswith("test_") or path.name in ("setup.py", "conftest.py"):
+            continue
+        if path.name not in guide:
+            missing.append(f"{path.name}: not in docs/ARCHITECTURE_VISUAL_GUIDE.md")
+        if f"`{path.name}`" not in readme:
+            missing.append(f"{path.name}: not in README.md's Files table")
+    assert not missing, "modules the docs do not show:\n" + "\n".join(missing)
+
+
 def test_the_checks_can_fail():
     """The parsers above find what they look for (so an empty parse cannot pass silently)."""
     assert "--node-id" in help_flags()["kv_store_server.py"]
