@@ -40,7 +40,7 @@ FOREIGN_FLAGS = {
     "--stat": "redis-cli", "--latency": "redis-cli", "--raw": "redis-cli",
     "--durations": "pytest",
     "--appendonly": "redis-server", "--appendfsync": "redis-server", "--save": "redis-server",
-    "--replicaof": "redis-server",
+    "--replicaof": "redis-server", "--gil": "py-spy",
 }
 # Command classes that are not commands a client names: a parse failure, a command queued
 # inside MULTI, and the class behind every data command (each data command is checked by name).
