@@ -221,6 +221,31 @@ def test_every_module_is_in_the_architecture_guide_and_the_readme():
     assert not missing, "modules the docs do not show:\n" + "\n".join(missing)
 
 
+def _choices(script: str, flag: str) -> set[str]:
+    mod = __import__(script.removesuffix(".py"))
+    for action in mod.build_parser()._actions:
+        if flag in action.option_strings:
+            return set(action.choices or ())
+    raise AssertionError(f"{script} has no {flag}")
+
+
+def test_every_action_and_demo_is_documented_and_real():
+    """cluster_manager.py --action X and example_client.py --demo X: every choice is in
+    docs/CLUSTERING.md, and every one the docs name exists."""
+    ref = REFERENCE.read_text()
+    problems = []
+    for script, flag in (("cluster_manager.py", "--action"), ("example_client.py", "--demo")):
+        real = _choices(script, flag)
+        problems += [f"{script} {flag} {c}: not in docs/CLUSTERING.md" for c in sorted(real)
+                     if not re.search(rf"`{re.escape(c)}`|{flag} {re.escape(c)}\b", ref)]
+        for path in doc_files():
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                for c in re.findall(rf"{flag}[ =]([a-z][a-z-]*)", line):
+                    if c not in real:
+                        problems.append(f"{path.relative_to(ROOT)}:{n}: {flag} {c} does not exist")
+    assert not problems, "actions and demos:\n" + "\n".join(problems)
+
+
 def test_the_checks_can_fail():
     """The parsers above find what they look for (so an empty parse cannot pass silently)."""
     assert "--node-id" in help_flags()["kv_store_server.py"]
