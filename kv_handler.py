@@ -196,10 +196,6 @@ def cmd_config_get(c, cmd):
 # ------------------------------------------------------------------------------ data
 # SET and DEL are registered by kv_commands: a plain SET takes the fast path below (a "SET"
 # entry); SET with options, and DEL, are "CMD" entries timed by the primary (key expiry).
-def _set_op(cmd) -> str:
-    return "SET"
-
-
 def _set_reply(cmd, written) -> Reply:
     if written:
         return Reply(Simple("OK"), lambda: {"message": f"Key '{cmd.key}' set"})
@@ -207,15 +203,13 @@ def _set_reply(cmd, written) -> Reply:
 
 
 def propose_set(c, cmd, on_done):
-    op = _set_op(cmd)
-
     def to_reply(written):
         return _set_reply(cmd, written)
-    return c.node.submit(op, cmd.key, cmd.value, cmd.kind, on_done and on_done(to_reply)), to_reply
+    return c.node.submit("SET", cmd.key, cmd.value, cmd.kind, on_done and on_done(to_reply)), to_reply
 
 
 def cmd_set(c, cmd):
-    return _set_reply(cmd, c.node.write(_set_op(cmd), cmd.key, cmd.value, cmd.kind))
+    return _set_reply(cmd, c.node.write("SET", cmd.key, cmd.value, cmd.kind))
 
 
 def _get_line(item):

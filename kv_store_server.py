@@ -414,8 +414,7 @@ class KVNode:
             return    # follower read (READONLY): this node's applied state, possibly stale
         if self.stopping.is_set():
             raise self.not_primary("This node is shutting down")
-        if not self.manager.read_ok():
-            self.manager.read_barrier()
+        self.manager.read_barrier()   # returns at once while the lease holds
 
     def get(self, key: str, stale_ok: bool = False):
         """(kind, value), or None when the key is missing or past its deadline."""
