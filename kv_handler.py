@@ -43,6 +43,8 @@ log = logging.getLogger("kvstore")
 _REDISCOVER_CODES = ("NOT_PRIMARY", "NO_QUORUM")   # see ConnectionHandler._after_error
 MAX_DEFERRED = 1024   # pipelined writes in flight per connection before replies are flushed
 _REPLY_NULL = Reply(None)
+NOT_NOW = object()   # KVNode.lease_get: this read cannot be answered without waiting
+_GET_NAMES = frozenset((b"GET", b"get", b"Get"))   # the spellings clients send; others parse
 _AUTH_REQUIRED = CommandError("AUTH_REQUIRED", "Authentication required: send AUTH <password> first")
 
 
@@ -404,7 +406,16 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                     self._await_inflight()
                 if frame.proto == "resp":
                     sess.resp = True
-                    cmd = P.parse_resp(frame.args)
+                    args = frame.args
+                    if len(args) == 2 and args[0] in _GET_NAMES and not deferred:
+                        data = self._fast_get(args[1])
+                        if data is not None:
+                            out.append(data)
+                            if not reader.has_buffered_frame():
+                                self._send(b"".join(out) if len(out) > 1 else out[0])
+                                out.clear()
+                            continue
+                    cmd = P.parse_resp(args)
                 else:
                     cmd = P.parse_line(frame.line)
                 if sess.tx is not None and sess.tx.active and type(cmd) not in P.TX_IMMEDIATE:
@@ -461,6 +472,28 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                 self._send(b"".join(out))
             except OSError as e:
                 log.debug("%s could not send final reply to %s: %s", self.node.node_id, self.client_address, e)
+
+    def _fast_get(self, key: bytes) -> bytes | None:
+        """GET answered without building a command object: the encoded answer, or None when the
+        general path must run it (a session in MULTI, not authenticated, subscribed or reading
+        from a secondary; a bad key; no valid lease now).  Same answer, same counters."""
+        sess = self.session
+        if not sess.authed or sess.tx is not None or sess.sub is not None or not key \
+                or len(key) > P.KEY_MAX_BYTES:
+            return None
+        item = self.node.lease_get(key.decode("utf-8", "surrogateescape"))
+        if item is NOT_NOW:
+            return None
+        stats = self.stats
+        stats.commands += 1
+        if item is None:
+            stats.misses += 1
+            return P.RESP3_NULL if sess.proto == 3 else P.RESP_NULL
+        stats.hits += 1
+        kind, value = item
+        if kind != "bytes":
+            value = P.value_to_resp_bytes(value, kind)
+        return b"$%d\r\n%b\r\n" % (len(value), value)
 
     def run(self, spec: Command, cmd) -> bytes:
         """Run one command and encode its answer."""

@@ -82,7 +82,7 @@ from kv_raft import CANDIDATE, LEADER, Membership, RaftCore
 from kv_state import KeyValueStore
 from kv_storage import LogStorage, ReplicationLog, StorageCorruption, check_data
 from kv_cluster import ClusterManager, Waiter, gc_freeze
-from kv_handler import ConnectionHandler
+from kv_handler import NOT_NOW, ConnectionHandler
 from kv_commands import Expirer   # also registers the data commands in kv_handler's table
 from kv_transport import SparseLog
 from kv_protocol import CommandError
@@ -420,6 +420,13 @@ class KVNode:
         """(kind, value), or None when the key is missing or past its deadline."""
         if self.stopping.is_set() or not self.manager.read_ok():
             self._barrier(stale_ok)
+        return self.store.get(key)
+
+    def lease_get(self, key: str):
+        """get() when it needs no wait: the item or None, or NOT_NOW when a read now would have
+        to wait for (or be refused by) the read barrier; the caller then uses get()."""
+        if self.stopping.is_set() or not self.manager.read_ok():
+            return NOT_NOW
         return self.store.get(key)
 
     def exists(self, keys, stale_ok: bool = False) -> int:

@@ -287,3 +287,72 @@ def test_answers_keep_request_order_when_a_write_is_answered_by_the_manager(serv
             s.sendall(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
             got = _read_replies(s, 3)
             assert got == [b"+OK", b"$%d" % len(v), v], (i, got)
+
+
+def _resp(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a) for a in args)
+
+
+def _answer(sock, req: bytes) -> bytes:
+    """Send one request and read its one answer (simple, error, null or a bulk string)."""
+    sock.sendall(req)
+    buf = b""
+    while True:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed early"
+        buf += chunk
+        if buf[:1] == b"$" and buf[:3] != b"$-1":
+            n = int(buf[1:buf.index(b"\r\n")])
+            if len(buf) >= buf.index(b"\r\n") + 2 + n + 2:
+                return buf
+        elif buf.endswith(b"\r\n"):
+            return buf
+
+
+def test_the_get_fast_path_answers_as_the_general_path_does(served, monkeypatch):
+    """GET in the spellings clients send (GET, get) is answered by ConnectionHandler._fast_get
+    without building a command; any other spelling (gEt) takes the general path.  Both must
+    give the same bytes and move the same counters: hit, miss, a JSON value, RESP3's null,
+    inside MULTI, and before AUTH."""
+    import socket
+    import kv_handler
+    node, addr = served
+    taken = []
+    fast_get = kv_handler.ConnectionHandler._fast_get
+
+    def counting(self, key):
+        data = fast_get(self, key)
+        taken.append(data is not None)
+        return data
+    monkeypatch.setattr(kv_handler.ConnectionHandler, "_fast_get", counting)
+    node.write("SET", "b", b"\x00bytes\xff", "bytes")
+    node.write("SET", "j", {"x": [1, 2]}, "json")
+    node.write("SET", "s", "caf\u00e9", "json")
+
+    def hits_misses():
+        s = node.stats.totals()
+        return s["keyspace_hits"], s["keyspace_misses"]
+
+    with socket.create_connection(addr, timeout=5) as s:
+        for key in (b"b", b"j", b"s", b"missing"):
+            before = hits_misses()
+            fast = _answer(s, _resp(b"GET", key))
+            mid = hits_misses()
+            slow = _answer(s, _resp(b"gEt", key))
+            after = hits_misses()
+            assert fast == slow, key
+            assert [m - b for m, b in zip(mid, before)] == [a - m for a, m in zip(after, mid)], key
+        assert taken == [True] * 4, "GET must take the fast path, gEt the general one"
+        assert _answer(s, _resp(b"get", b"b")) == b"$7\r\n\x00bytes\xff\r\n"
+        assert _answer(s, _resp(b"GET", b"j")) == b'$13\r\n{"x": [1, 2]}\r\n'
+        assert _answer(s, _resp(b"HELLO", b"3"))[:1] == b"%"
+        assert _answer(s, _resp(b"GET", b"missing")) == _answer(s, _resp(b"gEt", b"missing")) == b"_\r\n"
+        assert _answer(s, _resp(b"MULTI")) == b"+OK\r\n"
+        assert _answer(s, _resp(b"GET", b"b")) == _answer(s, _resp(b"gEt", b"b")) == b"+QUEUED\r\n"
+        assert _answer(s, _resp(b"DISCARD")) == b"+OK\r\n"
+    node.config.requirepass = "pw"
+    with socket.create_connection(addr, timeout=5) as s:
+        fast, slow = _answer(s, _resp(b"GET", b"b")), _answer(s, _resp(b"gEt", b"b"))
+        assert fast == slow and fast.startswith(b"-NOAUTH"), (fast, slow)
+        assert _answer(s, _resp(b"AUTH", b"pw")) == b"+OK\r\n"
+        assert _answer(s, _resp(b"GET", b"b")) == b"$7\r\n\x00bytes\xff\r\n"
