@@ -749,12 +749,13 @@ def main(argv=None) -> int:
     if warn:
         log.warning("%s %s", args.node_id, warn)
     threading.stack_size(512 * 1024)
-    # A thread that wants the GIL asks the holder to drop it after the switch interval, and
-    # then any waiting thread may win it.  With dozens of busy client threads, the threads that
-    # carry heartbeats and their answers (peer connections, the cluster manager) can lose that
-    # lottery many times in a row; a 1 ms interval (CPython's default is 5 ms) makes each round
-    # five times shorter.  Measured: no change in throughput.
-    sys.setswitchinterval(0.001)
+    # A thread that wants the GIL waits up to the switch interval, then asks the holder to drop
+    # it.  Every waiting thread wakes once per interval to do so, so with dozens of busy client
+    # threads a short interval is a storm of futex wake-ups: 1 ms (tried for heartbeat latency)
+    # cost 10-20% more CPU per request than CPython's 5 ms, for no gain in leader stability
+    # (benchmarks/README.md, "GIL switch interval").  Heartbeats keep their margin because a
+    # handler thread gives the GIL up at every socket call, long before an interval ends.
+    sys.setswitchinterval(0.005)
     try:
         node = KVNode(args, members)
     except StorageCorruption as e:
