@@ -3,6 +3,7 @@
 
     python benchmarks/benchmark_ceiling.py                 # 3 interleaved reps, ~6 min
     python benchmarks/benchmark_ceiling.py --reps 1 -n 20000 --no-redis
+    git worktree add /tmp/kv-old HEAD~1 && python benchmarks/benchmark_ceiling.py --compare old=/tmp/kv-old
 
 Side by side, in one run, with the same load (`redis-benchmark -c 50 -d 16 -r 100000`):
   bare      a bare socketserver.ThreadingTCPServer answering RESP SET/GET from a dict, in its
@@ -12,6 +13,8 @@ Side by side, in one run, with the same load (`redis-benchmark -c 50 -d 16 -r 10
   kv        KV Store: 3 nodes on loopback (kv_localcluster.LocalCluster), fsync always,
             majority commit, lease reads, load on the primary
   redis     Redis 7: a primary + 2 replicas, appendonly yes, appendfsync always
+  kv:NAME   with --compare NAME=DIR: the same cluster run from another checkout (an A/B of
+            two commits, measured in the same interleaved reps)
 For each: ops/s, p50/p99 (redis-benchmark --csv), and CPU microseconds per operation summed
 over every process of the target (the 3 nodes; the 3 redis-servers), a figure the noise of a
 shared machine moves far less than ops/s.  Then SET latency with one client.  Ratios are taken
@@ -195,9 +198,10 @@ def measure(port: int, pids: list[int], test: str, n: int, clients: int, extra=(
 
 # ----------------------------------------------------------------------------- targets
 class KVTarget:
-    def __init__(self, n: int = 3, fsync: str = "always", extra_args=()):
+    def __init__(self, n: int = 3, fsync: str = "always", extra_args=(), server_script: str | None = None):
         from kv_localcluster import LocalCluster
-        self.cluster = LocalCluster(n=n, fsync=fsync, extra_args=extra_args)
+        kw = {"server_script": server_script} if server_script else {}
+        self.cluster = LocalCluster(n=n, fsync=fsync, extra_args=extra_args, **kw)
         self.cluster.start()
         self.primary = self.cluster.wait_for_single_primary(20)
 
@@ -250,6 +254,9 @@ def main(argv=None) -> int:
     p.add_argument("--clients", type=int, default=50, help="connections (default 50)")
     p.add_argument("--latency-n", type=int, default=5_000, help="SETs of the 1-client latency run (default 5000)")
     p.add_argument("--no-redis", action="store_true", help="skip Redis")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
+                   help="also measure the cluster of another checkout (DIR/kv_store_server.py, e.g. a "
+                        "`git worktree` of an older commit) as target kv:NAME, side by side (repeatable)")
     p.add_argument("--json", default="benchmark_ceiling.json", help="result file name in benchmarks/results/")
     args = p.parse_args(argv)
     if args.serve:
@@ -264,6 +271,12 @@ def main(argv=None) -> int:
         targets["bare"] = CeilingProc(fsync=False)
         targets["gc"] = CeilingProc(fsync=True)
         targets["kv"] = KVTarget()
+        for spec in args.compare:
+            name, _, tree = spec.partition("=")
+            script = os.path.join(os.path.abspath(tree), "kv_store_server.py")
+            if not name or not os.path.isfile(script):
+                p.error(f"--compare {spec!r}: want NAME=DIR with DIR/kv_store_server.py")
+            targets[f"kv:{name}"] = KVTarget(server_script=script)
         if not args.no_redis and B.have_redis_server():
             targets["redis"] = RedisTarget()
         runs: dict = {name: {"set": [], "get": [], "set_c1": []} for name in targets}
@@ -294,15 +307,16 @@ def main(argv=None) -> int:
     ratios: dict = {}
     for test in ("set", "get"):
         per_rep = {}
-        for other in ("bare", "gc", "redis"):
+        for other in ("bare", "gc", "redis", *(t for t in runs if t.startswith("kv:"))):
             if other in runs:
                 per_rep[other] = [ratio(a.get("ops_per_s"), b.get("ops_per_s"))
                                   for a, b in zip(runs["kv"][test], runs[other][test])]
         ratios[test] = {f"kv/{o}": med(v) for o, v in per_rep.items()}
         ratios[test].update({f"kv/{o} per rep": v for o, v in per_rep.items()})
-        if "redis" in runs:
-            ratios[test]["cpu kv/redis"] = med([ratio(a.get("cpu_us_per_op"), b.get("cpu_us_per_op"))
-                                                for a, b in zip(runs["kv"][test], runs["redis"][test])])
+        for o in runs:
+            if o == "redis" or o.startswith("kv:"):
+                ratios[test][f"cpu kv/{o}"] = med([ratio(a.get("cpu_us_per_op"), b.get("cpu_us_per_op"))
+                                                   for a, b in zip(runs["kv"][test], runs[o][test])])
     headers = ["target", "op", "ops/s (median)", "p50 ms", "p99 ms", "CPU us/op", "ops/s per rep"]
     rows = []
     for name in runs:
