@@ -342,7 +342,10 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
     batch of commits at once, sends the answer from its own thread (answer_directly).  That
     saves a sleep and a wake-up of this thread per write.  `inflight` is that write until its
     answer is out; every later answer of the connection waits for it, so answers stay in
-    request order, and the connection is not closed under it."""
+    request order, and the connection is not closed under it.
+
+    A RESP GET, the commonest request, is answered by _fast_get straight from the frame's
+    arguments while the lease is held; in any other state it takes the general path above."""
 
     def setup(self):
         self.node = self.server.node
