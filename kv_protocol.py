@@ -246,18 +246,19 @@ class FrameReader:
         if self._broken is not None:
             raise self._broken
         while True:
-            try:
-                if self.proto == "line":
-                    frame = self._next_line()
-                elif self.proto == "resp":
-                    frame = self._next_resp()
-                else:
-                    frame = None
-            except ProtocolError as e:
-                self._broken = self._forget(e)
-                raise
-            if frame is not None:
-                return frame
+            if self._pos < len(self._buf) or self._r_args is not None:   # else nothing to parse
+                try:
+                    if self.proto == "line":
+                        frame = self._next_line()
+                    elif self.proto == "resp":
+                        frame = self._next_resp()
+                    else:
+                        frame = None
+                except ProtocolError as e:
+                    self._broken = self._forget(e)
+                    raise
+                if frame is not None:
+                    return frame
             if self._eof:
                 self.eof_mid_frame = self._r_args is not None or len(self._buf) > self._pos
                 return None
@@ -270,7 +271,7 @@ class FrameReader:
         """
         if self._pending is not None or self._broken is not None:
             return True
-        if self.proto is None:
+        if self.proto is None or self._pos == len(self._buf) and self._r_args is None:
             return False
         try:
             frame = self._next_line() if self.proto == "line" else self._next_resp()
@@ -297,7 +298,10 @@ class FrameReader:
         if pos:
             if pos == len(buf):
                 buf.clear()
-                self._shift(pos)
+                if self._r_args is None:   # at a frame boundary: nothing else points into buf
+                    self._pos = self._scan = 0
+                else:
+                    self._shift(pos)
             elif pos >= _COMPACT_AT:
                 del buf[:pos]
                 self._shift(pos)
