@@ -1371,7 +1371,7 @@ def action_backup(opts) -> int:
     if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
         return _fail(f"--to {opts.to} exists and is not an empty directory; choose a new one", 2)
     try:
-        prepare_data_dir(dest, min_free=0)
+        prepare_data_dir(dest, min_free=0, flag="--to")
     except DataDirError as e:
         return _fail(f"--to: {e}", 2)
     t = Target(opts)
