@@ -359,3 +359,11 @@ def test_client_guide_examples_run(capsys):
             assert cc.get("k") == [1, 2] and cc.get("greeting") == "hello"
             assert cc.get("user:1", None) is None and cc.ttl("session") == -1
         c.check_safety()
+
+
+def test_testing_guide_runs_as_written(tmp_path):
+    """docs/TESTING_GUIDE.md's runnable blocks (the simulation's replay tool), in order."""
+    blocks = runnable_blocks(TESTING_GUIDE.read_text())
+    assert len(blocks) >= 1, "TESTING_GUIDE.md lost its runnable blocks"
+    run = run_doc("TESTING_GUIDE.md", blocks, cwd=ROOT, scope=tmp_path)
+    run.check()
