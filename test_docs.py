@@ -448,3 +448,31 @@ def test_block_checks_can_fail():
     blocks, problems = fenced_blocks("```text\na\n```\n```sh runnable\nls\n\n```\nx\n```\n")
     assert [b[1] for b in blocks] == ["text", "sh runnable"] and len(problems) == 2, problems
     assert list(command_lines("$ a  # c\n# only a comment\n\nout")) == ["a  # c", "out"]
+
+
+# --------------------------------------------------------------------------- measured figures
+# A measured figure: a number after median/p50/p99/max/min, a rate (ops/s, µs/op), a longest pause.
+_MEASURED = re.compile(r"\b(median|p50|p99|max|min)\s+~?[\d.]+\d|\d[\d,.]*\s*(ops/s|µs/op)|longest pause [\w ]*?\d")
+# Where it comes from: the date it was measured, or the result file it is in.
+_SOURCE = re.compile(r"20\d\d-\d\d-\d\d|\w+\.json\b")
+
+
+def undated_sections(text: str) -> list[str]:
+    """The headings of the sections (any level, code blocks aside) that show a measured figure
+    but neither a date nor a result file."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
+    return [sec.splitlines()[0] if sec.strip() else "(top)" for sec in re.split(r"^(?=#{1,6} )", text, flags=re.M)
+            if _MEASURED.search(sec) and not _SOURCE.search(sec)]
+
+
+def test_measured_figures_say_when_and_where():
+    """Every section that shows a measured figure dates it or names its result file (the
+    command that measured it is named next to it by convention; checked by eye)."""
+    problems = [f"{path.relative_to(ROOT)}: {heading}" for path in doc_files()
+                for heading in undated_sections(path.read_text())]
+    assert not problems, "sections with figures but no date or results file:\n" + "\n".join(problems)
+
+
+def test_figure_check_can_fail():
+    assert undated_sections("# A\nmedian 0.10 s\n# B\nmedian 0.10 s (x.json)\n# C\n12,000 ops/s, 2026-11-29\n") == ["# A"]
+    assert undated_sections("# D\nheartbeat 50 ms, the median over runs\n```text\np99 4 ms\n```\n") == []
