@@ -11,7 +11,8 @@ temporary directory and runs there inside a network namespace of its own, exactl
 - the redis-py Sentinel example; Monitoring (health, status, INFO, STATUS, node.log);
 - a second process on a data dir refused (the message and exit code shown);
 - backup, restore into a new cluster on other ports (the data read back), its stop;
-- recovering a node: kill, --check-data, restart --wipe (converged).
+- recovering a node: a byte of its WAL damaged, the refusal to start (exit 4, the message),
+  --check-data (PROBLEM, exit 1), restart --wipe (converged).
 
 Beyond the transcripts the document shows, the test checks that the backup, the restored
 cluster and its data agree (digest, key count) and that the wiped node's old dir was kept.
