@@ -345,7 +345,8 @@ def test_every_block_says_what_it_is():
             if lang in NOT_COMMANDS and not tags:
                 continue
             if lang not in ("sh", "python"):
-                problems.append(f"{rel}:{n}: ```{info}: commands are sh or python; other blocks one of {sorted(NOT_COMMANDS)}")
+                problems.append(f"{rel}:{n}: ```{info}: commands are sh or python; "
+                                f"other blocks one of {sorted(NOT_COMMANDS)}")
             elif len(tags) != 1 + (tags[1:] == ["background"]) or tags[0] not in COMMAND_KINDS or \
                     (tags[1:] and (lang, tags[0]) != ("sh", "runnable")):
                 problems.append(f"{rel}:{n}: ```{info}: say whether it runs: ```{lang} runnable, or one of "
@@ -407,7 +408,8 @@ def test_benchmark_blocks_use_real_flags():
 
 def _test_names(files: list[str]) -> str:
     """The function and class names of the files, one a line (what -k matches against)."""
-    return "\n".join(name for f in files for name in re.findall(r"^\s*(?:def|class) (\w+)", (ROOT / f).read_text(), re.M))
+    return "\n".join(name for f in files
+                     for name in re.findall(r"^\s*(?:def|class) (\w+)", (ROOT / f).read_text(), re.M))
 
 
 PYTEST_FLAGS = {"-k", "-s", "-v", "-q", "-x"}
@@ -474,5 +476,6 @@ def test_measured_figures_say_when_and_where():
 
 
 def test_figure_check_can_fail():
-    assert undated_sections("# A\nmedian 0.10 s\n# B\nmedian 0.10 s (x.json)\n# C\n12,000 ops/s, 2026-11-29\n") == ["# A"]
+    text = "# A\nmedian 0.10 s\n# B\nmedian 0.10 s (x.json)\n# C\n12,000 ops/s, 2026-11-29\n"
+    assert undated_sections(text) == ["# A"]
     assert undated_sections("# D\nheartbeat 50 ms, the median over runs\n```text\np99 4 ms\n```\n") == []

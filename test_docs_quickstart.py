@@ -285,8 +285,6 @@ def run_doc(label: str, blocks, *, cwd: Path, scope: Path, env: dict | None = No
     since = time.time()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
-    left: list[str] = []
-    exits: dict[int, int] = {}
     try:
         try:
             out, _ = proc.communicate(stdin, timeout=timeout)
@@ -301,8 +299,13 @@ def run_doc(label: str, blocks, *, cwd: Path, scope: Path, env: dict | None = No
         exits = {int(p.stem.split("-")[1]): int(p.read_text().strip() or -1)
                  for p in logs.glob("background-*.exit")}    # read before the stop below ends the rest
         procs, background = _started_by_run(str(scope), logs, since)
-        left = [f"pid {p.pid}: {' '.join(p.cmdline())[:150]}" for p in procs
-                if p.pid not in background and p.is_running()]
+        left = []
+        for p in procs:
+            if p.pid not in background:
+                try:
+                    left.append(f"pid {p.pid}: {' '.join(p.cmdline())[:150]}")
+                except psutil.NoSuchProcess:
+                    pass                          # it ended meanwhile: not left running
         stop_processes(procs)
     return DocRun(label, steps, split_output(out), proc.returncode, out, logs, left, exits)
 
