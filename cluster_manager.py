@@ -1053,8 +1053,15 @@ def action_status(opts) -> int:
 
 
 def action_health(opts) -> int:
-    t = Target(opts)
     deadline = time.monotonic() + opts.wait
+    while True:      # --wait also covers a cluster still starting (no state file yet)
+        try:
+            t = Target(opts)
+            break
+        except NoCluster:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
     while True:
         sts, errors = _statuses_with_errors(t.cluster, timeout=min(1.0, max(0.3, opts.wait)))
         ok, why = health_verdict(sts, errors, opts.max_lag)
@@ -1364,7 +1371,7 @@ def action_backup(opts) -> int:
     if os.path.exists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
         return _fail(f"--to {opts.to} exists and is not an empty directory; choose a new one", 2)
     try:
-        prepare_data_dir(dest, min_free=0)
+        prepare_data_dir(dest, min_free=0, flag="--to")
     except DataDirError as e:
         return _fail(f"--to: {e}", 2)
     t = Target(opts)

@@ -51,19 +51,20 @@ def new_cluster_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def prepare(path: str, min_free: int = MIN_FREE_BYTES) -> str:
+def prepare(path: str, min_free: int = MIN_FREE_BYTES, flag: str = "--data-dir") -> str:
     """Check that `path` can be a node's data dir and create it; returns its absolute path.
     Raises DataDirError for a missing parent, a path that is not a directory, a dir this user
-    cannot write, or a file system with less than min_free bytes available."""
+    cannot write, or a file system with less than min_free bytes available (the messages name
+    `flag`, the option that gave the path)."""
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise DataDirError(f"data dir {path} is not a directory; give --data-dir a directory")
+        raise DataDirError(f"data dir {path} is not a directory; give {flag} a directory")
     if not os.path.exists(path):
         if not os.path.isdir(parent):
             what = "is not a directory" if os.path.exists(parent) else "does not exist"
             raise DataDirError(f"data dir {path}: its parent {parent} {what}; create it first or "
-                               f"choose another --data-dir")
+                               f"choose another {flag}")
         try:
             os.mkdir(path)
         except FileExistsError:
@@ -77,7 +78,7 @@ def prepare(path: str, min_free: int = MIN_FREE_BYTES) -> str:
         os.unlink(probe)
     except OSError as e:
         raise DataDirError(f"data dir {path} is not writable ({e.strerror}) by this user (uid {os.getuid()}); "
-                           f"fix its permissions or choose another --data-dir") from None
+                           f"fix its permissions or choose another {flag}") from None
     try:
         free = shutil.disk_usage(path).free
     except OSError as e:

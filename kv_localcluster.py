@@ -1231,6 +1231,14 @@ class LocalCluster:
     def data_dir_of(self, node_id: str) -> str:
         return os.path.join(self.data_dir, node_id)
 
+    def _no_log(self, node_id: str) -> bool:
+        """node_id's data dir holds no term record, snapshot or WAL segment (new or wiped)."""
+        try:
+            names = os.listdir(self.data_dir_of(node_id))
+        except FileNotFoundError:
+            return True
+        return not any(n in ("raft_state.json", "snapshot.dat") or n.startswith("wal-") for n in names)
+
     def log_path(self, node_id: str) -> str:
         return os.path.join(self.data_dir_of(node_id), CONSOLE_LOG)
 
@@ -1264,8 +1272,11 @@ class LocalCluster:
             cmd.append("--standalone")
         elif self.cluster_file:   # one file for every node, as on separate machines
             cmd += ["--cluster-file", self.cluster_file_path()]
-        else:   # bootstrap only: once a node has a configuration on disk, that one wins
-            cmd += ["--peers", ",".join(f"{m}={self.peer_addr(node_id, m)}" for m in self.boot_ids if m != node_id)]
+        else:   # bootstrap only: once a node has a configuration on disk, that one wins.  A node
+            # with no log (a first start, or wiped) starts from the current members: from the
+            # bootstrap set it would refuse a primary that joined later, and never catch up.
+            members = self.ids if self._no_log(node_id) else self.boot_ids
+            cmd += ["--peers", ",".join(f"{m}={self.peer_addr(node_id, m)}" for m in members if m != node_id)]
         if self.heartbeat_interval is not None:
             cmd += ["--heartbeat-interval", str(self.heartbeat_interval)]
         if self.election_timeout is not None:

@@ -334,6 +334,30 @@ def test_port_conflict_is_refused_clearly(env):
         blocker.close()
 
 
+def test_health_wait_covers_a_cluster_still_starting(env, monkeypatch, capsys):
+    """`health --wait` asked before the cluster exists (a second terminal right after `start`)
+    waits for it, rather than answering "no cluster" at once."""
+    looked = threading.Event()
+    real_target = cm.Target
+
+    def target(opts):
+        looked.set()
+        return real_target(opts)
+    monkeypatch.setattr(cm, "Target", target)
+    result = {}
+    th = threading.Thread(target=lambda: result.update(code=cm.main(["--action", "health", "--wait", "30", *env.args])))
+    th.start()
+    try:
+        assert looked.wait(10), "health never looked for the cluster"
+        st = start_detached(env)
+        th.join(40)
+        assert result.get("code") == 0, (result, capsys.readouterr())
+        assert capsys.readouterr().out.startswith("healthy")
+        stop_and_check(env, st)
+    finally:
+        th.join(40)
+
+
 def test_foreground_start_then_sigint_leaves_no_process(env, tmp_path):
     with open(tmp_path / "fg.out", "w") as log:
         p = subprocess.Popen([sys.executable, CM, "--action", "start", *env.args], stdout=log,

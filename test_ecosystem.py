@@ -540,7 +540,7 @@ def test_clustering_doc_redis_py_example_runs(cluster, capsys):
     with open(os.path.join(here, "docs", "CLUSTERING.md")) as f:
         doc = f.read()
     section = doc[doc.index("### redis-py"):]
-    start = section.index("```python\n") + len("```python\n")
+    start = section.index("```python runnable\n") + len("```python runnable\n")
     code = section[start:section.index("\n```", start)]
     addrs = ", ".join(f'("{h}", {p})' for h, p in map(cluster.addr, cluster.ids))
     code, n = re.subn(r"^SENTINELS = \[.*\]$", f"SENTINELS = [{addrs}]", code, flags=re.M)

@@ -250,3 +250,22 @@ def test_five_node_cluster_survives_two_nodes_killed_at_once(make_cluster):
         c.start_node(v)
     c.wait_converged(timeout=WAIT)
     print(f"\n5 nodes, {victims} killed at once: {new} primary and a write acknowledged after {took:.2f}s")
+
+
+def test_wiped_boot_node_catches_up_from_a_primary_that_joined_later(make_cluster):
+    """A bootstrap node restarted with an empty data dir (`restart --wipe`) after membership
+    changes: it must accept the current primary even when that primary joined after the
+    bootstrap (it is not in the --peers the cluster was created with), and catch up."""
+    c = make_cluster(3)
+    new = c.add_node(timeout=WAIT)["node"]
+    c.remove_node("node3", timeout=WAIT)
+    p = c.wait_for_single_primary(timeout=WAIT)
+    if p != new:
+        assert c.send(p, f"TRANSFER {new}", timeout=10)["status"] == "OK"
+        c.wait_until(lambda: c.primary(timeout=0.5) == new, WAIT, f"{new} to lead")
+    with LineClient("%s:%d" % c.addr(new)) as cl:
+        assert all(r["status"] == "OK" for r in cl.pipeline([f"SET w{i} {i}" for i in range(50)]))
+    victim = next(n for n in ("node1", "node2") if n != c.primary(timeout=0.5))
+    c.restart(victim, wipe=True)
+    sts = voters_everywhere(c)
+    assert sts[victim]["last_applied"] == sts[new]["last_applied"] > 0

@@ -212,6 +212,7 @@ def test_cluster_manager_bad_usage_one_line_exit_2(tmp_path):
         ([*dd], "required"),
         (["--action", "start", "--requirepass-file", os.path.join(d, "missing"), *dd], "cannot read"),
         (["--action", "backup", *dd], None),          # no --to
+        (["--action", "backup", "--to", os.path.join(d, "no", "parent"), *dd], "choose another --to"),
         (["--action", "restore", *dd], None),         # no --from
         (["--action", "restore", "--from", d, *dd], "not a backup"),
     ]
