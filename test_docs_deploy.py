@@ -15,6 +15,8 @@ with the reason rather than skipping, so a fault test that did not run never loo
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import redis
 
@@ -62,4 +64,30 @@ def test_three_machine_recipe_in_namespaces():
             c.wait_converged(timeout=30)
             for k, v in acked.items():
                 assert cc.get(k) == v, k
+        c.check_safety()
+
+
+def test_binding_every_interface_with_a_cluster_file_still_announces_the_files_addresses():
+    """The section's rule: with the cluster file, --host 0.0.0.0 binds every interface and the
+    file still names the routable address (what peers dial and clients are told)."""
+    with LocalCluster(n=3, netns=True, cluster_file=True, extra_args=["--host", "0.0.0.0"]) as c:
+        cmd = c.command("node2")
+        assert cmd[-2:] == ["--host", "0.0.0.0"], cmd      # argparse: the last --host wins
+        c.start()
+        primary = c.wait_for_single_primary(timeout=20)
+        secondary = next(n for n in c.ids if n != primary)
+        ans = call(*c.addr(secondary), ["GET nothing"])[0]
+        assert ans["code"] == "NOT_PRIMARY" and ans["primary_addr"] == c.address(primary), ans
+        assert c.address(primary).split(":")[0] not in ("0.0.0.0", "127.0.0.1")
+        # every interface: inside its own "machine" the node answers on loopback as well
+        probe = ("import socket; s = socket.create_connection(('127.0.0.1', %d), 5); "
+                 "s.sendall(b'PING\\n'); print(s.recv(100).decode().strip())" % c.addr(secondary)[1])
+        out = subprocess.run(c.netns.exec_prefix(secondary) + [sys.executable, "-c", probe],
+                             capture_output=True, text=True, timeout=20)
+        assert out.returncode == 0 and "PONG" in out.stdout, (out.stdout, out.stderr)
+        with ClusterClient(c.addresses(), deadline=20) as cc:
+            for i in range(20):
+                assert cc.set(f"k{i}", i)
+        st = c.wait_converged(timeout=30)
+        assert len({s["digest"] for s in st.values()}) == 1 and all(s["last_applied"] >= 20 for s in st.values())
         c.check_safety()
