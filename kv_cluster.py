@@ -193,7 +193,7 @@ class ClusterManager(threading.Thread):
     def __init__(self, node_id: str, core: RaftCore, storage, state_machine, peers: dict,
                  *, raft_lock, secret: str | None = None, snapshot_threshold: int = 0,
                  request_timeout: float = 5.0, on_fatal=None, link_factory=None,
-                 self_addr: str | None = None, identity=None, sparse_log=None):
+                 self_addr: str | None = None, identity=None, sparse_log=None, affinity=None):
         super().__init__(name=f"cluster-manager-{node_id}", daemon=True)
         self.node_id = node_id
         self.core = core
@@ -236,6 +236,7 @@ class ClusterManager(threading.Thread):
         self.waiting_logged_at = 0.0
         self.started_at = time.monotonic()
         self._gc_frozen_at = 0.0
+        self.affinity = affinity if affinity is not None else CpuAffinity("off")
         # failure-detection health: gaps between heartbeats sent (primary) or between contacts
         # received from the primary (secondary), in seconds; the latest 2,000 of each
         self.hb_sent_gaps: deque = deque(maxlen=2000)
@@ -562,6 +563,7 @@ class ClusterManager(threading.Thread):
             if now - self._gc_frozen_at >= GC_FREEZE_EVERY:
                 self._gc_frozen_at = now
                 gc_freeze()
+                self.affinity.sample()
         log.debug("%s cluster manager stopped", self.node_id)
 
     def _persisted_async(self, term: int, index: int) -> None:
@@ -738,6 +740,10 @@ class ClusterManager(threading.Thread):
         if role != self.last_role:
             if role == LEADER:
                 log.info("%s became primary at term %d", nid, core.current_term)
+                cpu = self.affinity.lead()
+                if cpu is not None:
+                    log.info("%s runs every thread on CPU %d of %s as primary (--primary-cpu)", nid, cpu,
+                             ",".join(map(str, sorted(self.affinity.original))))
             elif role == CANDIDATE:
                 log.info("%s started an election at term %d", nid, core.current_term)
             elif role == PRECANDIDATE:
@@ -750,6 +756,8 @@ class ClusterManager(threading.Thread):
                 self.proposals.fail_all("NO_QUORUM", "Lost leadership before the write was committed; "
                                         "it may or may not be applied", definite=False,
                                         after=core.commit_index)
+            if self.last_role == LEADER:
+                self.affinity.follow()
             self.last_role = role
             self._hb_sent_at = 0.0
             changed = True
@@ -826,6 +834,9 @@ class ClusterManager(threading.Thread):
             code = 1
             try:
                 os.closerange(3, 1 << 16)
+                if self.affinity.pinned is not None:   # write on any CPU but the primary's
+                    os.sched_setaffinity(0, (self.affinity.original - {self.affinity.pinned})
+                                         or self.affinity.original)
                 write_snapshot_file(tmp, meta, sm.items())
                 code = 0
             finally:
@@ -943,6 +954,111 @@ def _gap_stats(gaps) -> dict:
             "max": round(xs[-1] * 1000, 1)}
 
 
+class CpuAffinity:
+    """Keeps a primary's threads on one CPU; every other role runs where the kernel likes.
+
+    A node is one Python process: its threads take turns holding the GIL, so it never runs
+    Python on two CPUs at once.  Spread over several CPUs, each hand-off of the GIL is a wake-up
+    of a thread on another CPU (an inter-processor interrupt, costly in a VM), and with dozens
+    of busy client threads the process can settle into a convoy where most of its CPU goes on
+    those hand-offs: on the 2-core machine this project is built on, the primary's CPU per GET
+    varied between 21 and 58 us from one run to the next, against 16 us on one CPU, and
+    throughput doubled (benchmarks/README.md, "One CPU for the primary").
+
+    mode "auto": on becoming primary, confine every thread of the process to the CPU that was
+    least busy over the last sample window (GC_FREEZE_EVERY seconds; /proc/stat), or to the CPU
+    the caller runs on when no window exists yet; on losing it, give back the CPUs the process
+    started with.  An integer: that CPU.  "off": never touch the affinity.  A no-op where the
+    process has a single CPU or the platform lacks sched_setaffinity or /proc.  Threads started
+    later inherit their creator's mask (new client threads come from the accepting thread,
+    which is confined too)."""
+
+    def __init__(self, mode="auto"):
+        self.mode = mode
+        self.original: set[int] = set()
+        self.pinned: int | None = None
+        self._last: dict[int, tuple[int, int]] | None = None   # cpu -> (busy, total) ticks
+        self.busy: dict[int, float] = {}                      # cpu -> busy fraction, last window
+        ok = mode != "off" and hasattr(os, "sched_setaffinity") and os.path.isdir("/proc/self/task")
+        if ok:
+            self.original = set(os.sched_getaffinity(0))
+        self.enabled = ok and len(self.original) > 1 and (mode == "auto" or int(mode) in self.original)
+
+    @staticmethod
+    def _read_stat() -> dict[int, tuple[int, int]]:
+        out = {}
+        with open("/proc/stat") as f:
+            for line in f:
+                if line.startswith("cpu") and line[3:4].isdigit():
+                    name, *vals = line.split()
+                    ticks = [int(v) for v in vals[:8]]
+                    idle = ticks[3] + ticks[4]            # idle + iowait
+                    out[int(name[3:])] = (sum(ticks) - idle, sum(ticks))
+        return out
+
+    def sample(self) -> None:
+        """Take a /proc/stat sample: busy fractions over the window since the last one."""
+        if not self.enabled:
+            return
+        try:
+            now = self._read_stat()
+        except (OSError, ValueError) as e:
+            log.debug("cpu affinity: /proc/stat unreadable: %s", e)
+            return
+        if self._last is not None:
+            busy = {}
+            for cpu, (b, t) in now.items():
+                b0, t0 = self._last.get(cpu, (b, t))
+                if t > t0:
+                    busy[cpu] = (b - b0) / (t - t0)
+            self.busy = busy
+        self._last = now
+
+    def _choose(self) -> int:
+        if self.mode != "auto":
+            return int(self.mode)
+        known = {c: f for c, f in self.busy.items() if c in self.original}
+        if known:
+            return min(sorted(known), key=known.get)
+        try:
+            with open("/proc/thread-self/stat") as f:
+                cpu = int(f.read().rsplit(")", 1)[1].split()[36])   # field 39: last CPU
+            if cpu in self.original:
+                return cpu
+        except (OSError, ValueError, IndexError) as e:
+            log.debug("cpu affinity: current CPU unknown: %s", e)
+        return min(self.original)
+
+    def lead(self) -> int | None:
+        """Confine the process to one CPU (mode permitting); the CPU, or None."""
+        if self.enabled and self.pinned is None:
+            cpu = self._choose()
+            if self._apply({cpu}):
+                self.pinned = cpu
+        return self.pinned
+
+    def follow(self) -> None:
+        if self.pinned is not None:
+            self._apply(self.original)
+            self.pinned = None
+
+    def _apply(self, cpus: set[int]) -> bool:
+        """Set the mask of every thread of the process; False if the calling thread's failed."""
+        try:
+            tids = os.listdir("/proc/self/task")
+        except OSError as e:
+            log.warning("cpu affinity unchanged: %s", e)
+            return False
+        for tid in tids:
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except ProcessLookupError:
+                pass                      # the thread ended meanwhile
+            except (OSError, ValueError) as e:
+                log.warning("cpu affinity of thread %s unchanged: %s", tid, e)
+        return os.sched_getaffinity(0) == cpus
+
+
 def gc_freeze() -> None:
     """Move every object alive now out of the cyclic collector's sight (gc.freeze).
 
@@ -956,4 +1072,4 @@ def gc_freeze() -> None:
     gc.freeze()
 
 
-__all__ = ["ClusterManager", "Proposals", "Waiter", "gc_freeze", "CommandError"]
+__all__ = ["ClusterManager", "CpuAffinity", "Proposals", "Waiter", "gc_freeze", "CommandError"]

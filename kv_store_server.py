@@ -53,6 +53,10 @@ Threads and locks
                         are plain ints on each connection's own object: no lock.
   Lock order: raft_lock, then store.lock, then the storage's locks.  No lock is held while
   waiting for a commit, for the network or for an fsync of the WAL.
+  CPUs: only one thread runs Python at a time (the GIL).  While the node is primary every
+  thread of the process is confined to one CPU (kv_cluster.CpuAffinity, --primary-cpu), so a
+  hand-off of the GIL is a local switch, not a wake-up across CPUs.  The GIL switch interval
+  is CPython's 5 ms (see main()).
 
 Modules: kv_protocol (framing, parsing, replies and their encoders), kv_storage (WAL,
 snapshots, term/vote), kv_raft (consensus rules), kv_cluster (ClusterManager), kv_transport
@@ -81,7 +85,7 @@ import kv_sentinel
 from kv_raft import CANDIDATE, LEADER, Membership, RaftCore
 from kv_state import KeyValueStore
 from kv_storage import LogStorage, ReplicationLog, StorageCorruption, check_data
-from kv_cluster import ClusterManager, Waiter, gc_freeze
+from kv_cluster import ClusterManager, CpuAffinity, Waiter, gc_freeze
 from kv_handler import NOT_NOW, ConnectionHandler
 from kv_commands import Expirer   # also registers the data commands in kv_handler's table
 from kv_transport import SparseLog
@@ -205,7 +209,8 @@ class KVNode:
                                       request_timeout=args.request_timeout, on_fatal=lambda why: self.fatal(why),
                                       link_factory=link_factory, identity=self.identity,
                                       sparse_log=self.sparse_log,
-                                      self_addr=f"{args.advertise or args.host}:{self.port}")
+                                      self_addr=f"{args.advertise or args.host}:{self.port}",
+                                      affinity=CpuAffinity(args.primary_cpu))
         self.stats = kv_info.ServerStats()
         self.run_id = os.urandom(20).hex()              # INFO run_id: new every start, as Redis
         self.replication_id = kv_sentinel.run_id("replication:" + ",".join(sorted(members)))
@@ -604,6 +609,12 @@ def _canonical_host(host: str) -> str:
     return "127.0.0.1" if host in ("localhost", "0.0.0.0", "") else host
 
 
+def _primary_cpu(v: str) -> str:
+    if v in ("auto", "off") or v.isdigit():
+        return v
+    raise argparse.ArgumentTypeError(f"want auto, off or a CPU number, not {v!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="kv_store_server.py", description="KV Store node (one member of a replicated cluster)",
                   epilog="Secrets: prefer --requirepass-file / --cluster-secret-file or the environment "
@@ -639,6 +650,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--election-timeout", type=positive(float), default=0.8,
                    help="minimum election timeout in seconds, for silent failures (pause, partition); randomized in [T, 2T) (default 0.8). A crashed primary is noticed at once, whatever this is")
     p.add_argument("--request-timeout", type=positive(float), default=5.0, help="longest a write waits for commit (default 5)")
+    p.add_argument("--primary-cpu", type=_primary_cpu, default="auto", metavar="auto|off|N",
+                   help="as primary, keep every thread of this process on one CPU: the least busy one "
+                        "(auto, the default), CPU N, or no pinning (off); other roles use every CPU")
     p.add_argument("--snapshot-threshold", type=non_negative(int), default=100_000, help="log entries between automatic snapshots (default 100000; 0 = never)")
     p.add_argument("--max-clients", type=at_least(1), default=10_000, help="simultaneous connections (default 10000)")
     p.add_argument("--max-request-bytes", type=at_least(1024), default=16 * 1024 * 1024, help="largest request (default 16 MiB)")
@@ -708,6 +722,10 @@ def main(argv=None) -> int:
                               f"--heartbeat-interval ({args.heartbeat_interval})")
     if args.port == 0 and not args.standalone:
         return cli_fail(prog, "--port 0 (any free port) only works with --standalone: peers must know the port")
+    if args.primary_cpu.isdigit() and hasattr(os, "sched_getaffinity") \
+            and int(args.primary_cpu) not in os.sched_getaffinity(0):
+        return cli_fail(prog, f"--primary-cpu {args.primary_cpu}: this process may only run on CPUs "
+                              f"{','.join(map(str, sorted(os.sched_getaffinity(0))))}")
     try:
         check_host(args.host)
         members = parse_members(args)

@@ -543,3 +543,43 @@ def test_health_verdict_reasons():
 
     ok, why = cm.health_verdict({**good, "node2": _st("node2", "primary", 3, "node2", 10)})
     assert not ok and "SPLIT BRAIN" in why
+
+
+def _cpu_masks(pid: int) -> set[str]:
+    """Cpus_allowed_list of every thread of a process."""
+    out = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                out.update(line.split()[1] for line in f if line.startswith("Cpus_allowed_list"))
+        except (FileNotFoundError, ProcessLookupError):
+            pass   # the thread ended meanwhile
+    return out
+
+
+def test_the_primary_runs_on_one_cpu_and_gives_the_others_back_when_it_steps_down():
+    """--primary-cpu auto (the default): every thread of the primary's process on one CPU,
+    every other node on all of them; after a TRANSFER the old primary has all of them back and
+    the new one is confined.  On a 1-CPU machine there is nothing to confine: all masks equal."""
+    from kv_localcluster import LocalCluster
+    everything = os.sched_getaffinity(0)
+    full = _cpu_masks(os.getpid())
+    with LocalCluster(n=3) as c:
+        c.start()
+        p = c.wait_for_single_primary(20)
+
+        def confined(nid):
+            masks = _cpu_masks(c.pid(nid))
+            return len(masks) == 1 and masks != full and "," not in next(iter(masks)) \
+                and "-" not in next(iter(masks))
+        if len(everything) < 2:
+            assert all(_cpu_masks(c.pid(n)) == full for n in c.ids)
+            return
+        wait_until(lambda: confined(p), 10, f"{p}'s threads on one CPU")
+        assert all(_cpu_masks(c.pid(n)) == full for n in c.ids if n != p)
+        target = next(n for n in c.ids if n != p)
+        assert c.send(p, f"TRANSFER {target}", timeout=10)["status"] == "OK"
+        assert c.wait_for_single_primary(20, exclude=[p]) == target
+        wait_until(lambda: confined(target) and _cpu_masks(c.pid(p)) == full, 10,
+                   f"{target} confined and {p} back on every CPU")
+        assert c.send(target, "SET after-transfer 1")["status"] == "OK"

@@ -315,16 +315,15 @@ def test_the_get_fast_path_answers_as_the_general_path_does(served, monkeypatch)
     give the same bytes and move the same counters: hit, miss, a JSON value, RESP3's null,
     inside MULTI, and before AUTH."""
     import socket
-    import kv_handler
+    import kv_protocol
     node, addr = served
-    taken = []
-    fast_get = kv_handler.ConnectionHandler._fast_get
+    parsed = []          # the general path parses every request into a command object
+    parse_resp = kv_protocol.parse_resp
 
-    def counting(self, key):
-        data = fast_get(self, key)
-        taken.append(data is not None)
-        return data
-    monkeypatch.setattr(kv_handler.ConnectionHandler, "_fast_get", counting)
+    def counting(args):
+        parsed.append(args[0])
+        return parse_resp(args)
+    monkeypatch.setattr(kv_protocol, "parse_resp", counting)
     node.write("SET", "b", b"\x00bytes\xff", "bytes")
     node.write("SET", "j", {"x": [1, 2]}, "json")
     node.write("SET", "s", "caf\u00e9", "json")
@@ -342,7 +341,7 @@ def test_the_get_fast_path_answers_as_the_general_path_does(served, monkeypatch)
             after = hits_misses()
             assert fast == slow, key
             assert [m - b for m, b in zip(mid, before)] == [a - m for a, m in zip(after, mid)], key
-        assert taken == [True] * 4, "GET must take the fast path, gEt the general one"
+        assert parsed == [b"gEt"] * 4, f"GET must take the fast path, gEt the general one: {parsed}"
         assert _answer(s, _resp(b"get", b"b")) == b"$7\r\n\x00bytes\xff\r\n"
         assert _answer(s, _resp(b"GET", b"j")) == b'$13\r\n{"x": [1, 2]}\r\n'
         assert _answer(s, _resp(b"HELLO", b"3"))[:1] == b"%"
@@ -356,3 +355,50 @@ def test_the_get_fast_path_answers_as_the_general_path_does(served, monkeypatch)
         assert fast == slow and fast.startswith(b"-NOAUTH"), (fast, slow)
         assert _answer(s, _resp(b"AUTH", b"pw")) == b"+OK\r\n"
         assert _answer(s, _resp(b"GET", b"b")) == b"$7\r\n\x00bytes\xff\r\n"
+
+
+def _masks() -> set:
+    """The CPU masks of this process's threads."""
+    import os
+    out = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            out.add(frozenset(os.sched_getaffinity(int(tid))))
+        except ProcessLookupError:
+            pass
+    return out
+
+
+def test_cpu_affinity_confines_every_thread_to_one_cpu_and_gives_them_back():
+    """kv_cluster.CpuAffinity (--primary-cpu): lead() puts every thread of the process, and the
+    threads started after it, on one CPU; follow() restores the mask the process started with.
+    "off" and a single-CPU process never touch it."""
+    import os
+    from kv_cluster import CpuAffinity
+    start = frozenset(os.sched_getaffinity(0))
+    assert not CpuAffinity("off").enabled and CpuAffinity("off").lead() is None
+    a = CpuAffinity("auto")
+    if len(start) < 2:
+        assert not a.enabled and a.lead() is None and _masks() == {start}
+        return
+    a.sample()
+    a.sample()
+    assert set(a.busy) >= set(start) and all(0.0 <= f <= 1.0 for f in a.busy.values())
+    try:
+        cpu = a.lead()
+        assert cpu in start and a.lead() == cpu           # idempotent
+        assert _masks() == {frozenset({cpu})}
+        later = []
+        t = threading.Thread(target=lambda: later.append(os.sched_getaffinity(0)))
+        t.start()
+        t.join()
+        assert later == [{cpu}], "a thread started later inherits the primary's CPU"
+    finally:
+        a.follow()
+    assert a.pinned is None and _masks() == {start}
+    b = CpuAffinity(str(max(start)))
+    try:
+        assert b.lead() == max(start) and _masks() == {frozenset({max(start)})}
+    finally:
+        b.follow()
+    assert _masks() == {start}
