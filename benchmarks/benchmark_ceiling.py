@@ -13,6 +13,7 @@ Side by side, in one run, with the same load (`redis-benchmark -c 50 -d 16 -r 10
   kv        KV Store: 3 nodes on loopback (kv_localcluster.LocalCluster), fsync always,
             majority commit, lease reads, load on the primary
   redis     Redis 7: a primary + 2 replicas, appendonly yes, appendfsync always
+  bare1/gc1 with --pinned-ceilings: the same two, every thread on one CPU (as KV's primary)
   kv:NAME   with --compare NAME=DIR: the same cluster run from another checkout (an A/B of
             two commits, measured in the same interleaved reps)
 For each: ops/s, p50/p99 (redis-benchmark --csv), and CPU microseconds per operation summed
@@ -122,8 +123,10 @@ class CeilingServer(socketserver.ThreadingTCPServer):
         super().__init__((HOST, port), CeilingHandler)
 
 
-def serve(port: int, wal_dir: str | None) -> int:
+def serve(port: int, wal_dir: str | None, cpu: int | None = None) -> int:
     threading.stack_size(512 * 1024)
+    if cpu is not None:          # before any thread exists: every thread inherits it
+        os.sched_setaffinity(0, {cpu})
     with CeilingServer(port, wal_dir) as srv:
         srv.serve_forever(poll_interval=0.1)
     return 0
@@ -132,12 +135,14 @@ def serve(port: int, wal_dir: str | None) -> int:
 class CeilingProc:
     """The ceiling server as its own process (as a node is), on a free port, stopped by PID."""
 
-    def __init__(self, fsync: bool):
+    def __init__(self, fsync: bool, cpu: int | None = None):
         self.port = B.free_port()
         self.dir = tempfile.mkdtemp(prefix="kvbench-ceiling-") if fsync else None
         cmd = [sys.executable, os.path.abspath(__file__), "--serve", str(self.port)]
         if self.dir:
             cmd += ["--wal-dir", self.dir]
+        if cpu is not None:
+            cmd += ["--serve-cpu", str(cpu)]
         self.popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True)
         wait_until(lambda: B.redis_ping(self.port), 15, "the ceiling server to answer PING", interval=0.05)
@@ -249,6 +254,10 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     p.add_argument("--wal-dir", help=argparse.SUPPRESS)
+    p.add_argument("--serve-cpu", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--pinned-ceilings", action="store_true",
+                   help="also run the two ceiling servers with every thread on one CPU (bare1, gc1), "
+                        "as a KV primary runs under --primary-cpu auto")
     p.add_argument("--reps", type=int, default=3, help="repetitions, interleaved (default 3)")
     p.add_argument("-n", type=int, default=50_000, help="requests per redis-benchmark run (default 50000)")
     p.add_argument("--clients", type=int, default=50, help="connections (default 50)")
@@ -260,7 +269,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default="benchmark_ceiling.json", help="result file name in benchmarks/results/")
     args = p.parse_args(argv)
     if args.serve:
-        return serve(args.serve, args.wal_dir)
+        return serve(args.serve, args.wal_dir, args.serve_cpu)
     if not B.have_redis_benchmark():
         print("error: redis-benchmark is needed (apt-get install redis-tools)", file=sys.stderr)
         return 2
@@ -270,6 +279,10 @@ def main(argv=None) -> int:
     try:
         targets["bare"] = CeilingProc(fsync=False)
         targets["gc"] = CeilingProc(fsync=True)
+        if args.pinned_ceilings:
+            cpu = min(os.sched_getaffinity(0))
+            targets["bare1"] = CeilingProc(fsync=False, cpu=cpu)
+            targets["gc1"] = CeilingProc(fsync=True, cpu=cpu)
         targets["kv"] = KVTarget()
         for spec in args.compare:
             name, _, tree = spec.partition("=")
@@ -307,7 +320,7 @@ def main(argv=None) -> int:
     ratios: dict = {}
     for test in ("set", "get"):
         per_rep = {}
-        for other in ("bare", "gc", "redis", *(t for t in runs if t.startswith("kv:"))):
+        for other in ("bare", "gc", "bare1", "gc1", "redis", *(t for t in runs if t.startswith("kv:"))):
             if other in runs:
                 per_rep[other] = [ratio(a.get("ops_per_s"), b.get("ops_per_s"))
                                   for a, b in zip(runs["kv"][test], runs[other][test])]
