@@ -834,9 +834,7 @@ class ClusterManager(threading.Thread):
             code = 1
             try:
                 os.closerange(3, 1 << 16)
-                if self.affinity.pinned is not None:   # write on any CPU but the primary's
-                    os.sched_setaffinity(0, (self.affinity.original - {self.affinity.pinned})
-                                         or self.affinity.original)
+                self.affinity.release_child()
                 write_snapshot_file(tmp, meta, sm.items())
                 code = 0
             finally:
@@ -1041,6 +1039,15 @@ class CpuAffinity:
         if self.pinned is not None:
             self._apply(self.original)
             self.pinned = None
+
+    def release_child(self) -> None:
+        """In a forked child (one thread): run on any CPU but the primary's.  Best effort: the
+        child's work does not depend on where it runs."""
+        if self.pinned is not None:
+            try:
+                os.sched_setaffinity(0, (self.original - {self.pinned}) or self.original)
+            except OSError:
+                pass   # stays on the primary's CPU: slower, still correct
 
     def _apply(self, cpus: set[int]) -> bool:
         """Set the mask of every thread of the process; False if the calling thread's failed."""
