@@ -1046,8 +1046,8 @@ class CpuAffinity:
         if self.pinned is not None:
             try:
                 os.sched_setaffinity(0, (self.original - {self.pinned}) or self.original)
-            except OSError:
-                pass   # stays on the primary's CPU: slower, still correct
+            except OSError as e:   # stays on the primary's CPU: slower, still correct
+                os.write(2, f"snapshot writer: CPU affinity unchanged: {e}\n".encode())
 
     def _apply(self, cpus: set[int]) -> bool:
         """Set the mask of every thread of the process; False if the calling thread's failed."""
