@@ -423,9 +423,11 @@ class KVNode:
 
     def get(self, key: str, stale_ok: bool = False):
         """(kind, value), or None when the key is missing or past its deadline."""
-        if self.stopping.is_set() or not self.manager.read_ok():
+        item = self.lease_get(key)
+        if item is NOT_NOW:
             self._barrier(stale_ok)
-        return self.store.get(key)
+            item = self.store.get(key)
+        return item
 
     def lease_get(self, key: str):
         """get() when it needs no wait: the item or None, or NOT_NOW when a read now would have
