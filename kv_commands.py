@@ -26,7 +26,9 @@ import kv_handler
 import kv_protocol as P
 from kv_handler import command
 from kv_protocol import CommandError, Reply, Simple
+from kv_registry import SM_SPECS
 from kv_state import NULL_ARRAY, RedisError, Value, encode_args, now_ms
+from kv_values import Double
 
 log = logging.getLogger("kvstore")
 
@@ -38,7 +40,10 @@ QUEUEABLE = (P.DataCommand, P.Set, P.Get, P.Delete, P.Exists, P.Keys, P.DbSize, 
 
 
 def failed(message: str) -> CommandError:
-    """A Redis error line as a definite BAD_REQUEST (the line protocol drops the "ERR ")."""
+    """A Redis error line as a definite error: WRONGTYPE for a key of another type, else
+    BAD_REQUEST (the line protocol drops the "ERR " / "WRONGTYPE " word: the code says it)."""
+    if message.startswith("WRONGTYPE "):
+        return CommandError("WRONGTYPE", message[10:], resp_message=message)
     return CommandError("BAD_REQUEST", message[4:] if message.startswith("ERR ") else message,
                         resp_message=message)
 
@@ -150,6 +155,10 @@ def resp_value(result, proto: int = 2):
     return result
 
 
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")
+
+
 def _json_of(result):
     """A result as plain JSON for the line protocol (values keep their JSON form; RESP bytes
     read back as text, or {"base64": ...} when they are not UTF-8)."""
@@ -163,6 +172,12 @@ def _json_of(result):
         return {"error": result.message[4:] if result.message.startswith("ERR ") else result.message}
     if result is NULL_ARRAY:
         return None
+    if t is bytes:
+        return _text(result)
+    if t is dict:
+        return {(_text(k) if type(k) is bytes else k): _json_of(v) for k, v in result.items()}
+    if t is Double:
+        return result.value if result.value not in (float("inf"), float("-inf")) else _text(result.text)
     return str(result) if isinstance(result, str) else result
 
 
@@ -176,7 +191,11 @@ _BOOL_FIELDS = {"set", "persisted", "renamed", "copied"}
 
 
 def line_fields(name: str, result) -> dict:
-    """A kv_state result as the fields of a line-protocol reply (besides "status")."""
+    """A kv_state result as the fields of a line-protocol reply (besides "status"): the
+    command's declared reply shape (kv_registry Spec.line), else the table below."""
+    spec = SM_SPECS.get(name)
+    if spec is not None and spec.line is not None:
+        return spec.line(result)
     if name == "INCRBYFLOAT":
         text = P.value_to_resp_bytes(result.value, result.kind).decode()
         return {"value": float(text) if any(ch in text for ch in ".eE") else int(text)}
@@ -197,6 +216,8 @@ def line_fields(name: str, result) -> dict:
             return {"message": str(result)}
         return {"value": None, "found": False}
     field = _LINE_FIELD.get(name, "result")
+    if type(result) is RedisError:
+        return {"result": _json_of(result)}
     if field in _BOOL_FIELDS and type(result) is int:
         return {field: bool(result)}
     if type(result) is Simple:
@@ -213,7 +234,14 @@ def reply(c, name: str, result) -> Reply:
 
 # ---------------------------------------------------------------------------------------------
 # The commands (registered in kv_handler's dispatch table)
-@command(P.DataCommand)
+def propose_data(c, cmd, on_done):
+    """A data-command write without waiting (kv_handler's propose contract): every write
+    command shares this one path, so a pipeline of INCR / HSET / LPUSH shares commits."""
+    name_args, _ = resolve(cmd, c.node.clock_ms())
+    return _propose_cmd(c, name_args, on_done, lambda result: reply(c, name_args[0], result))
+
+
+@command(P.DataCommand, propose=propose_data)
 def cmd_data(c, cmd):
     name, result = execute(c.node, cmd, stale_ok=c.session.readonly)
     return reply(c, name, result)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import kv_protocol as P
+import kv_registry
 from kv_protocol import REPLY_OK, CommandError, Reply, Simple
 from kv_transport import WrongCluster, check_cluster, decode_entry, decode_message, handshake_proof
 
@@ -181,8 +182,18 @@ def cmd_client(c, cmd):
 
 @command(P.CommandCmd)
 def cmd_command(c, cmd):
+    """COMMAND [COUNT | INFO | DOCS | LIST | GETKEYS]: answered from the command registry."""
+    try:
+        value = kv_registry.command_reply(cmd.sub or "", list(cmd.args))
+    except ValueError as e:
+        raise CommandError("BAD_REQUEST", str(e)[4:], resp_message=str(e)) from None
     sub = (cmd.sub or "").upper()
-    return Reply(0 if sub == "COUNT" else [], {"commands": []})
+    if sub == "COUNT":
+        return Reply(value, {"count": value})
+    if sub in ("", "LIST", "INFO"):
+        names = [x[0] if isinstance(x, list) else x for x in value] if sub != "LIST" else value
+        return Reply(value, lambda: {"commands": [n for n in names if n is not None]})
+    return Reply(value, lambda: {"result": P.encode_resp_value(value).decode("utf-8", "replace")})
 
 
 @command(P.ConfigGet)
@@ -222,9 +233,15 @@ def _get_line(item):
     return d
 
 
+_WRONGTYPE = CommandError("WRONGTYPE", "Operation against a key holding the wrong kind of value")
+_STRING_KINDS = frozenset(("bytes", "json"))
+
+
 @command(P.Get)
 def cmd_get(c, cmd):
     item = c.node.get(cmd.key, c.session.readonly)
+    if item is not None and item[0] not in _STRING_KINDS:
+        raise _WRONGTYPE
     if c.session.resp:   # the hot path: no line-protocol fields to prepare
         if item is None:
             c.stats.misses += 1
@@ -418,9 +435,9 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                                 self._send(b"".join(out) if len(out) > 1 else out[0])
                                 out.clear()
                             continue
-                    cmd = P.parse_resp(args)
+                    cmd = kv_registry.parse_resp(args)
                 else:
-                    cmd = P.parse_line(frame.line)
+                    cmd = kv_registry.parse_line(frame.line)
                 if sess.tx is not None and sess.tx.active and type(cmd) not in P.TX_IMMEDIATE:
                     cmd = P.Queued(cmd)   # inside MULTI (kv_commands)
                 spec = COMMANDS.get(type(cmd))
@@ -436,6 +453,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
                     out.append(self.encode(CommandError("UNKNOWN_COMMAND",
                                                         f"Command {type(cmd).__name__} is not supported")))
                 elif spec.propose is not None and (type(cmd) is not P.Delete or len(cmd.keys) == 1) \
+                        and (type(cmd) is not P.DataCommand or cmd.write) \
                         and sess.sub is None \
                         and (not out or len(out) < MAX_DEFERRED and reader.has_buffered_frame()):
                     if not out and not reader.has_buffered_frame():
@@ -492,10 +510,13 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         if item is None:
             stats.misses += 1
             return P.RESP3_NULL if sess.proto == 3 else P.RESP_NULL
-        stats.hits += 1
         kind, value = item
         if kind != "bytes":
+            if kind != "json":      # a hash, list, ...: the general path answers WRONGTYPE
+                stats.commands -= 1
+                return None
             value = P.value_to_resp_bytes(value, kind)
+        stats.hits += 1
         return b"$%d\r\n%b\r\n" % (len(value), value)
 
     def run(self, spec: Command, cmd) -> bytes:

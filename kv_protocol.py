@@ -81,6 +81,7 @@ from typing import Any, Callable
 __all__ = [
     "OK", "NOT_PRIMARY", "NOT_FOUND", "BAD_REQUEST", "UNKNOWN_COMMAND", "TOO_LARGE", "NO_QUORUM",
     "AUTH_REQUIRED", "AUTH_FAILED", "TIMEOUT", "CHANGE_IN_PROGRESS", "DISK_FULL", "TOO_MANY_CLIENTS",
+    "WRONGTYPE",
     "DEFINITE_CODES", "INDEFINITE_CODES", "ERROR_CODES",
     "KEY_MAX_BYTES", "DEFAULT_MAX_REQUEST_BYTES", "MAX_MULTIBULK_ARGS", "RECV_SIZE",
     "ProtocolError", "Frame", "FrameReader",
@@ -116,9 +117,11 @@ TIMEOUT = "TIMEOUT"
 CHANGE_IN_PROGRESS = "CHANGE_IN_PROGRESS"   # a membership change was refused for now: retry later
 DISK_FULL = "DISK_FULL"     # the node cannot persist (ENOSPC): the write was refused before append
 TOO_MANY_CLIENTS = "TOO_MANY_CLIENTS"       # past --max-clients: answered once, connection closed
+WRONGTYPE = "WRONGTYPE"     # the key holds a value of another type (hash, list, ...): nothing done
 
 DEFINITE_CODES = frozenset({NOT_PRIMARY, BAD_REQUEST, UNKNOWN_COMMAND, TOO_LARGE, AUTH_REQUIRED,
-                            AUTH_FAILED, NOT_FOUND, CHANGE_IN_PROGRESS, DISK_FULL, TOO_MANY_CLIENTS})
+                            AUTH_FAILED, NOT_FOUND, CHANGE_IN_PROGRESS, DISK_FULL, TOO_MANY_CLIENTS,
+                            WRONGTYPE})
 INDEFINITE_CODES = frozenset({TIMEOUT, NO_QUORUM})
 ERROR_CODES = DEFINITE_CODES | INDEFINITE_CODES
 
@@ -2039,7 +2042,7 @@ def glob_match(pattern: str, key: str) -> bool:
 RESP_PREFIX = MappingProxyType({
     NOT_PRIMARY: "READONLY", AUTH_REQUIRED: "NOAUTH", AUTH_FAILED: "WRONGPASS", TIMEOUT: "TIMEOUT",
     NO_QUORUM: "NOQUORUM", TOO_LARGE: "ERR", BAD_REQUEST: "ERR", UNKNOWN_COMMAND: "ERR",
-    NOT_FOUND: "ERR"})
+    NOT_FOUND: "ERR", WRONGTYPE: "WRONGTYPE"})
 
 
 class CommandError(Exception):
@@ -2124,6 +2127,9 @@ def encode_resp_value(v: Any, proto: int = 2) -> bytes:
         return b"".join(out)
     if isinstance(v, RespRaw):
         return bytes(v)
+    text = getattr(v, "text", None)     # kv_values.Double: RESP3 double, RESP2 bulk string
+    if type(text) is bytes and hasattr(v, "value"):
+        return b",%b\r\n" % text if proto == 3 else resp_bulk(text)
     raise TypeError(f"cannot encode {t.__name__} as RESP")
 
 

@@ -49,18 +49,23 @@ import gc
 import hashlib
 import json
 import random
-import re
 import threading
 import time
 import zlib
 from array import array
 from fractions import Fraction
 
-from kv_protocol import Simple, compile_glob, value_to_resp_bytes
+from kv_protocol import Simple, compile_glob
+from kv_registry import APPLY, SM_SPECS, TYPE_NAMES, TYPES, type_keys_of
+from kv_values import (E_NO_KEY, E_NOT_FLOAT, E_NOT_INT, E_OVERFLOW, E_SYNTAX, E_WRONGTYPE, NULL_ARRAY,
+                       OK, Fail, RedisError, Value, _round_ld, container_hash, format_ld, parse_int,
+                       parse_ld, to_bytes)
+
+_Fail = Fail
 
 __all__ = ["KeyValueStore", "Value", "RedisError", "NULL_ARRAY", "encode_args",
            "decode_args", "WRITE_COMMANDS", "READ_COMMANDS", "now_ms", "format_ld", "parse_ld",
-           "MOD_SLOTS", "key_slot", "to_bytes"]
+           "MOD_SLOTS", "key_slot", "to_bytes", "OK", "E_SYNTAX", "E_WRONGTYPE"]
 
 _MASK64 = (1 << 64) - 1
 _INT64_MIN = -(1 << 63)
@@ -80,72 +85,21 @@ def key_slot(key: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Result values
-class Value:
-    """A stored value returned by a read (GET, MGET, GETDEL, ...): kind "json" or "bytes"."""
-    __slots__ = ("kind", "value")
-
-    def __init__(self, kind: str, value):
-        self.kind = kind
-        self.value = value
-
-    def __eq__(self, other):
-        return isinstance(other, Value) and (self.kind, self.value) == (other.kind, other.value)
-
-    def __repr__(self):
-        return f"Value({self.kind!r}, {self.value!r})"
-
-
-class RedisError:
-    """An error result (not raised: EXEC reports one per command).  message is a full Redis
-    error line, e.g. "ERR value is not an integer or out of range"."""
-    __slots__ = ("message",)
-
-    def __init__(self, message: str):
-        self.message = message
-
-    def __eq__(self, other):
-        return isinstance(other, RedisError) and self.message == other.message
-
-    def __repr__(self):
-        return f"RedisError({self.message!r})"
-
-
-class _NullArray:
-    __slots__ = ()
-
-    def __repr__(self):
-        return "NULL_ARRAY"
-
-
-NULL_ARRAY = _NullArray()     # EXEC aborted by WATCH (RESP2 *-1)
-OK = Simple("OK")
-
-E_NOT_INT = "ERR value is not an integer or out of range"
-E_NOT_FLOAT = "ERR value is not a valid float"
-E_OVERFLOW = "ERR increment or decrement would overflow"
-E_NO_KEY = "ERR no such key"
-E_SYNTAX = "ERR syntax error"
-
-
-class _Fail(Exception):
-    """Internal: a command's runtime error; becomes a RedisError result."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-
-# ---------------------------------------------------------------------------------------------
 # Arguments inside log entries
 def encode_args(args) -> list:
     """Command arguments -> JSON: Value/(kind, value) stored values become {"b": base64} or
-    {"j": json}; str/int/None stay."""
+    {"j": json}; raw bytes (hash fields, list elements, set members...) {"r": base64}; lists
+    of them (a multi-member argument) are encoded element by element; str/int/None stay."""
     out = []
     for a in args:
         if isinstance(a, Value):
             a = (a.kind, a.value)
-        if type(a) is tuple:
+        ta = type(a)
+        if ta is bytes:
+            out.append({"r": base64.b64encode(a).decode("ascii")})
+        elif ta is list:
+            out.append(encode_args(a))
+        elif ta is tuple:
             kind, v = a
             out.append({"b": base64.b64encode(v).decode("ascii")} if kind == "bytes" else {"j": v})
         else:
@@ -157,109 +111,25 @@ def decode_args(args: list) -> list:
     """Inverse of encode_args: tagged values become (kind, value) tuples."""
     out = []
     for a in args:
-        if type(a) is dict:
-            if "b" in a:
+        ta = type(a)
+        if ta is dict:
+            if "r" in a or "b" in a:
                 try:
-                    out.append(("bytes", base64.b64decode(a["b"], validate=True)))
+                    raw = base64.b64decode(a["r"] if "r" in a else a["b"], validate=True)
                 except (binascii.Error, ValueError, TypeError) as e:
                     raise ValueError(f"bad base64 argument: {e}") from None
+                out.append(raw if "r" in a else ("bytes", raw))
             else:
                 out.append(("json", a["j"]))
+        elif ta is list:
+            out.append(decode_args(a))
         else:
             out.append(a)
     return out
 
 
-def to_bytes(kind: str, value) -> bytes:
-    """A stored value as Redis sees it (the bytes RESP returns): kv_protocol's rule, JSON strings
-    as their UTF-8, other JSON values as their text (42 -> b"42")."""
-    return value_to_resp_bytes(value, kind)
-
-
 # ---------------------------------------------------------------------------------------------
 # Integers and long doubles, exactly as Redis parses and prints them
-def parse_int(b: bytes) -> int | None:
-    """Redis string2ll: optional '-', no leading zeros (except "0"), no spaces or '+', int64."""
-    n = len(b)
-    if n == 0 or n > 20:
-        return None
-    if b == b"0":
-        return 0
-    d = b[1:] if b[:1] == b"-" else b
-    if not d or not d.isdigit() or d[:1] == b"0" or not d.isascii():
-        return None
-    v = int(b)
-    return v if _INT64_MIN <= v <= _INT64_MAX else None
-
-
-_LD_RE = re.compile(rb"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)\Z", re.I)
-_LD_MANT = 64
-_LD_MAX_EXP = 16384
-
-
-def _round_ld(x: Fraction) -> Fraction | None:
-    """Round to the nearest x87 80-bit long double (64-bit significand, ties to even);
-    None when it overflows."""
-    if x == 0:
-        return Fraction(0)
-    neg = x < 0
-    if neg:
-        x = -x
-    n, d = x.numerator, x.denominator
-    e = n.bit_length() - d.bit_length() - _LD_MANT
-    num, den = (n, d << e) if e >= 0 else (n << -e, d)
-    while num >= den << _LD_MANT:
-        den <<= 1
-        e += 1
-    while num < den << (_LD_MANT - 1):
-        num <<= 1
-        e -= 1
-    if e < -16445:   # below the subnormal range: flush to zero (never reached by INCRBYFLOAT)
-        return Fraction(0)
-    q, r = divmod(num, den)
-    if 2 * r > den or (2 * r == den and q & 1):
-        q += 1
-        if q == 1 << _LD_MANT:
-            q >>= 1
-            e += 1
-    if e + _LD_MANT > _LD_MAX_EXP:
-        return None
-    v = Fraction(q << e) if e >= 0 else Fraction(q, 1 << -e)
-    return -v if neg else v
-
-
-def parse_ld(b: bytes):
-    """Redis string2ld (strtold, no leading space, whole string): Fraction, or None when
-    invalid; the strings "inf"/"nan" give float('inf') / float('nan') (callers reject them)."""
-    if not b or len(b) >= 5 * 1024 or not _LD_RE.match(b):
-        return None
-    low = b.lower().lstrip(b"+-")
-    if low.startswith(b"nan"):
-        return None
-    if low.startswith(b"inf"):
-        return float("-inf") if b[:1] == b"-" else float("inf")
-    v = _round_ld(Fraction(b.decode("ascii")))
-    return v if v is not None else None
-
-
-def format_ld(x: Fraction) -> bytes:
-    """Redis ld2string(LD_STR_HUMAN): "%.17Lf", trailing zeros (and '.') removed, "-0" -> "0"."""
-    neg = x < 0
-    a = -x if neg else x
-    scaled = a * 10 ** 17
-    q, r = divmod(scaled.numerator, scaled.denominator)
-    if 2 * r > scaled.denominator or (2 * r == scaled.denominator and q & 1):
-        q += 1
-    s = str(q).rjust(18, "0")
-    s = s[:-17] + "." + s[-17:]
-    s = s.rstrip("0").rstrip(".")
-    if neg:
-        s = "-" + s
-    if s == "-0":
-        s = "0"
-    return s.encode("ascii")
-
-
 # ---------------------------------------------------------------------------------------------
 class KeyValueStore:
     """The replicated state machine (see the module docstring for entries and invariants).
@@ -285,8 +155,10 @@ class KeyValueStore:
     def item_hash(key: str, kind: str, value) -> int:
         if kind == "bytes":
             vb = value
-        else:
+        elif kind == "json":
             vb = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+        else:   # a container keeps the hash of its content (kv_values' digest contract)
+            return container_hash(key, kind, value.h)
         h = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8)
         h.update(b"\x00" + kind.encode() + b"\x00" + vb)
         return int.from_bytes(h.digest(), "big")
@@ -381,10 +253,24 @@ class KeyValueStore:
         fn = _COMMANDS.get(name)
         if fn is None:
             return RedisError(f"ERR unknown command '{name}'")
+        args = decode_args(c[1:]) if write else c[1:]
+        spec = SM_SPECS.get(name)
         try:
-            return fn(self, decode_args(c[1:]) if write else c[1:], now, write)
+            if spec is not None and spec.key_type is not None:
+                self._check_type(type_keys_of(spec)(args), spec.key_type, now, write)
+            return fn(self, args, now, write)
         except _Fail as e:
             return RedisError(e.message)
+
+    def _check_type(self, keys, type_name: str, now: int, write: bool) -> None:
+        """WRONGTYPE unless every live key of `keys` holds a value of type `type_name`: the
+        one check, made from the command's declared key type (kv_registry.Spec.key_type)."""
+        data = self.data
+        for k in keys:
+            item = data.get(k)
+            if item is not None and TYPE_NAMES[item[0]] != type_name \
+                    and self._lookup(k, now, write) is not None:
+                raise _Fail(E_WRONGTYPE)
 
     def read(self, name: str, args: list, now: int | None = None):
         """Run a read-only command on the primary's state (args as parsed, values as tuples).
@@ -411,6 +297,46 @@ class KeyValueStore:
                 self._delete(key, expired=True)
             return None
         return item
+
+    # -- the container API of the value-type modules (kv_hash, kv_list, kv_set, kv_zset)
+    def fetch(self, key: str, kind: str, now: int, write: bool):
+        """The value object of kind `kind` at a live key, or None; raises Fail(WRONGTYPE) when
+        the key holds another kind.  In a write an expired key is removed on the way."""
+        item = self._lookup(key, now, write)
+        if item is None:
+            return None
+        if item[0] != kind:
+            raise _Fail(E_WRONGTYPE)
+        return item[1]
+
+    def store(self, key: str, obj, old_h: int | None) -> None:
+        """Record a change to the container `obj` at key (call it after changing obj in place).
+        old_h: obj.h before the change, None when obj is new (the key was absent).  An empty
+        container is removed with its key (Redis never keeps empty containers); the digest
+        and WATCH's modification slot follow."""
+        kind = obj.kind
+        if old_h is not None:
+            self.digest = (self.digest - container_hash(key, kind, old_h)) & _MASK64
+            if not obj:
+                del self.data[key]
+                if key in self.expires:
+                    self._drop_ttl(key)
+                self._touch(key)
+                return
+        elif not obj:
+            return
+        else:
+            self.data[key] = (kind, obj)
+        self.digest = (self.digest + container_hash(key, kind, obj.h)) & _MASK64
+        self._touch(key)
+
+    def remove(self, key: str) -> None:
+        """Delete a live key of any type (digest, TTL and modification slot follow)."""
+        self._delete(key)
+
+    def touch_key(self, key: str) -> None:
+        """Mark key modified for WATCH without changing it."""
+        self._touch(key)
 
     def _touch(self, key: str) -> None:
         self.mod[key_slot(key)] = self._index
@@ -555,6 +481,9 @@ def _unpack_slots(s: str | None, fill: int) -> array:
 # (kind, value) tuples, numbers int, option words upper-case str.  Relative times were turned
 # into absolute unix-ms deadlines by the primary (SET ... PXAT, PEXPIREAT, ...).
 # `write` is False when a read runs on the primary outside the log: nothing may change then.
+
+_STRING_KINDS = frozenset(("json", "bytes"))
+
 
 def _bytes_of(item) -> bytes:
     return to_bytes(item[0], item[1])
@@ -703,7 +632,11 @@ def _c_incrbyfloat(s, a, now, w):
 
 
 def _c_mget(s, a, now, w):
-    return [_value(s._lookup(k, now, w)) for k in a]
+    out = []
+    for k in a:
+        item = s._lookup(k, now, w)
+        out.append(_value(item) if item is not None and item[0] in _STRING_KINDS else None)
+    return out
 
 
 def _c_mset(s, a, now, w):
@@ -734,7 +667,8 @@ def _c_exists(s, a, now, w):
 
 
 def _c_type(s, a, now, w):
-    return Simple("none" if s._lookup(a[0], now, w) is None else "string")
+    item = s._lookup(a[0], now, w)
+    return Simple("none" if item is None else TYPE_NAMES[item[0]])
 
 
 def _c_rename(s, a, now, w):
@@ -767,7 +701,7 @@ def _c_copy(s, a, now, w):
         if not replace:
             return 0
         s._delete(dst)
-    s._put(dst, item[0], item[1])
+    s._put(dst, item[0], TYPES[item[0]].copy(item[1]))    # a deep copy: containers change in place
     d = s.expires.get(src)
     if d is not None:
         s._set_ttl(dst, d)
@@ -824,8 +758,10 @@ def _c_scan(s, a, now, w):
             continue
         if match is not None and not match(k):
             continue
-        if typ is not None and typ != "string":
-            continue
+        if typ is not None:
+            item = s.data.get(k)
+            if item is None or TYPE_NAMES[item[0]] != typ:
+                continue
         keys.append(k)
     nxt = 0 if hi >= 1 << 32 else hi
     return [str(nxt), keys]
@@ -934,6 +870,7 @@ def _c_unwatch(s, a, now, w):
 
 
 _COMMANDS = {
+    **APPLY,     # every command a value-type module declares (kv_registry)
     "ERROR": _c_error, "UNWATCH": _c_unwatch,
     "GET": _c_get, "SET": _c_set, "GETDEL": _c_getdel, "GETEX": _c_getex, "SETNX": _c_setnx,
     "APPEND": _c_append, "STRLEN": _c_strlen, "GETRANGE": _c_getrange, "SETRANGE": _c_setrange,
@@ -946,5 +883,6 @@ _COMMANDS = {
 _SCANS = frozenset({"KEYS", "SCAN", "DBSIZE", "RANDOMKEY"})
 WRITE_COMMANDS = frozenset({"SET", "GETDEL", "GETEX", "SETNX", "APPEND", "SETRANGE", "INCRBY",
                             "INCRBYFLOAT", "MSET", "MSETNX", "DEL", "RENAME", "COPY", "FLUSHDB",
-                            "PEXPIREAT", "PERSIST", "PURGE", "CAS"})
+                            "PEXPIREAT", "PERSIST", "PURGE", "CAS"}
+                           | {n for n, sp in SM_SPECS.items() if sp.write and sp.apply is not None})
 READ_COMMANDS = frozenset(_COMMANDS) - WRITE_COMMANDS

@@ -29,6 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kv_registry  # noqa: E402
 import kv_store_server  # noqa: F401  (registers every command handler in kv_handler.COMMANDS)
 import kv_handler
 import kv_protocol as P
@@ -167,6 +168,8 @@ def command_words() -> dict[str, str]:
         words.setdefault(name.upper(), "kv_protocol line-protocol parser")
     for name in P._RESP_COMMANDS:
         words.setdefault(name.decode().upper(), "kv_protocol RESP parser")
+    for name in kv_registry.SPECS:
+        words.setdefault(name, "kv_registry.SPECS")
     return words
 
 

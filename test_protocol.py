@@ -640,7 +640,7 @@ def test_line_error_has_definite_flag():
     assert e["definite"] is False and e["primary"] == "node2"
     assert P.DEFINITE_CODES == {"NOT_PRIMARY", "BAD_REQUEST", "UNKNOWN_COMMAND", "TOO_LARGE",
                                 "AUTH_REQUIRED", "AUTH_FAILED", "NOT_FOUND", "CHANGE_IN_PROGRESS",
-                                "DISK_FULL", "TOO_MANY_CLIENTS"}
+                                "DISK_FULL", "TOO_MANY_CLIENTS", "WRONGTYPE"}
     assert not (P.DEFINITE_CODES & P.INDEFINITE_CODES)
 
 

@@ -1,0 +1,4 @@
+"""The list type (to be built: see kv_hash for the shape of a value-type module)."""
+
+TYPES: list = []
+SPECS: list = []
