@@ -1110,6 +1110,18 @@ resp_inputs = st.one_of(
     st.lists(fuzz_args.filter(bool), max_size=5).map(lambda cmds: b"".join(resp_encode(*c) for c in cmds)),
     st.lists(st.sampled_from(FUZZ_WORDS), max_size=30).map(lambda ws: b"*" + b"".join(ws)),
 )
+# Hypothesis also draws byte strings from constants in our own source, so the fuzz does send
+# FLUSHALL or SHUTDOWN now and then.  Those are requests to lose the data / stop the node, which
+# the property (acknowledged keys intact, node alive) does not cover: such inputs are left out.
+_DESTRUCTIVE = re.compile(rb"flushdb|flushall|shutdown", re.IGNORECASE)
+
+
+def _harmless(data: bytes) -> bool:
+    return _DESTRUCTIVE.search(data) is None
+
+
+line_inputs = line_inputs.filter(_harmless)
+resp_inputs = resp_inputs.filter(_harmless)
 
 
 def _fuzz_once(port: int, data: bytes, proto: str) -> bytes:
