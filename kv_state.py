@@ -56,7 +56,7 @@ from array import array
 from fractions import Fraction
 
 from kv_protocol import Simple, compile_glob
-from kv_registry import APPLY, SM_SPECS, TYPE_NAMES, TYPES, type_keys_of
+from kv_registry import APPLY, SM_SPECS, TAGS, TYPE_NAMES, TYPES, type_keys_of
 from kv_values import (E_NO_KEY, E_NOT_FLOAT, E_NOT_INT, E_OVERFLOW, E_SYNTAX, E_WRONGTYPE, NULL_ARRAY,
                        OK, Fail, RedisError, Value, _round_ld, container_hash, format_ld, parse_int,
                        parse_ld, to_bytes)
@@ -389,11 +389,17 @@ class KeyValueStore:
 
     # -- snapshots
     def items(self):
-        """(key, kind, value) of every stored key, then one (None, "state", dict) item with the
-        deadlines, the replicated clock and the modification slots (kv_storage writes it into
-        the snapshot's state lines)."""
+        """Every stored key as an opaque snapshot record (key, tag, payload), encoded by its
+        type's TypeOps (kv_storage writes records without knowing any type), then one
+        (None, "state", dict) item with the deadlines, the replicated clock and the
+        modification slots (kv_storage writes it into the snapshot's state lines)."""
+        types = TYPES
+        last = tag = enc = None
         for key, (kind, value) in self.data.items():
-            yield key, kind, value
+            if kind != last:
+                ops = types[kind]
+                last, tag, enc = kind, ops.tag, ops.encode
+            yield key, tag, enc(value)
         yield None, "state", self.state()
 
     def state(self) -> dict:
@@ -401,29 +407,36 @@ class KeyValueStore:
                 "mod": _pack_slots(self.mod), "gone": _pack_slots(self.gone)}
 
     def restore(self, items, last_applied: int, digest: str | int | None = None) -> None:
-        """Replace the whole state with (key, kind, value) items (a snapshot's, ending with its
-        (None, "state", {...}) item when it has one; old snapshots have none).  `digest`, when
-        given (the snapshot's own), is trusted instead of rehashing every item."""
+        """Replace the whole state with a snapshot's records (key, tag, payload), decoded by
+        the TypeOps of their tag, ending with its (None, "state", {...}) item when it has one
+        (old snapshots have none).  `digest`, when given (the snapshot's own), is trusted
+        instead of rehashing every item.  Raises ValueError naming the key for a record of
+        an unknown tag or a payload its type cannot decode (nothing is replaced then)."""
         data = {}
         state = None
+        total = 0
+        h = self.item_hash if digest is None else None
+        tags = TAGS
+        last = kind = dec = None
         gc_was_on = gc.isenabled()
         gc.disable()   # millions of new tuples would trigger needless full collections
         try:
-            if digest is not None:
-                for key, kind, value in items:
-                    if key is None:
-                        state = value
-                    else:
-                        data[key] = (kind, value)
-            else:
-                total = 0
-                h = self.item_hash
-                for key, kind, value in items:
-                    if key is None:
-                        state = value
-                    else:
-                        data[key] = (kind, value)
-                        total = (total + h(key, kind, value)) & _MASK64
+            for key, tag, payload in items:
+                if key is None:
+                    state = payload
+                    continue
+                if tag != last:
+                    ops = tags.get(tag)
+                    if ops is None:
+                        raise ValueError(f"snapshot record for key {key!r:.80} has an unknown tag {tag!r}")
+                    last, kind, dec = tag, ops.kind, ops.decode
+                try:
+                    value = dec(payload)
+                except ValueError as e:
+                    raise ValueError(f"snapshot record for key {key!r:.80} (tag {tag!r}): {e}") from None
+                data[key] = (kind, value)
+                if h is not None:
+                    total = (total + h(key, kind, value)) & _MASK64
         finally:
             if gc_was_on:
                 gc.enable()

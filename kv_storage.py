@@ -35,16 +35,20 @@ Snapshot file format (text, ASCII, one JSON document per line)
                restart restores it from here, then from the CONFIG entries of the log); a
                file without it (written before membership changes existed) loads with
                config None and the node falls back to its bootstrap membership.
-    body       one line per chunk of up to 1024 items (or ~1 MiB of values): [J] or [J, B],
-               J an object key -> JSON value (kind "json"), B an object key -> base64 (kind "bytes")
-    state      (version 2) after the item lines: zero or more {"ttl": {key: deadline_ms, ...}}
+    body       one line per chunk of up to 1024 records (or ~1 MiB of payloads):
+               [tag, {key: payload, ...}, tag, {...}, ...].  A record is opaque here: the
+               state machine encodes each value as (tag, JSON payload) and decodes it on
+               restore (kv_state / the type modules' TypeOps); no value kind is known here.
+               Versions 1 and 2 had [J] or [J, B] lines (J: key -> JSON value, B: key ->
+               base64): they are read as records tagged "j" and "b", the string type's tags.
+    state      (version 2 on) after the item lines: zero or more {"ttl": {key: deadline_ms, ...}}
                lines (up to 1024 keys each) and one {"state": {...}} line holding the rest of
                the store's state (replicated clock, WATCH modification slots).  Items carry it
                as one trailing (None, "state", {"expires": {...}, ...}) triple, both when
                written and when read back; a version 1 file (no state lines) yields none.
     last line  {"end":true,"count":N,"crc":C}   C = zlib.crc32 of every byte before this line
     Grouping items per line keeps a 1,000,000-key snapshot to a few thousand json calls.
-    Version 1 files (written before TTLs existed) are still read.
+    Version 1 files (written before TTLs existed) and version 2 files are still read.
 
 Write path and fsync policy ("always" | "everysec" | "no")
     append(entries) encodes the records and writes them with one os.write() to the active
@@ -116,7 +120,6 @@ Deviations from INTERFACES.md (additions only; every name in the spec exists as 
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import errno
 import gc
@@ -178,8 +181,8 @@ _loads = json.loads
 
 _SEGMENT_RE = re.compile(r"^wal-(\d{20})\.log$")
 _SNAPSHOT_FORMAT = "kv-snapshot"
-_SNAPSHOT_VERSION = 2
-_SNAPSHOT_VERSIONS = (1, 2)          # versions read_snapshot_file understands
+_SNAPSHOT_VERSION = 3
+_SNAPSHOT_VERSIONS = (1, 2, 3)       # versions read_snapshot_file understands
 _SNAPSHOT_CHUNK_ITEMS = 1024
 _SNAPSHOT_CHUNK_BYTES = 1 << 20      # also end a chunk line once its values pass ~1 MiB
 _READ_CHUNK = 1 << 20
@@ -192,11 +195,13 @@ class ReplicationLog:
 
     Invariants: index >= 1 and term >= 0 are ints; op is a str ("SET", "DEL", "NOOP", ...);
     key is a str (RESP byte keys decoded utf-8 with errors="surrogateescape") or None;
-    kind "json" -> value is any JSON value (None is JSON null); kind "bytes" -> value is bytes.
+    kind "json" -> value is any JSON value (None is JSON null); any other kind names a value
+    carried as raw bytes (RESP values; kv_state names that kind), written as base64 with its
+    kind beside it.  This module gives no kind a meaning: the state machine does.
 
     Wire form (list, JSON-serialisable, also the WAL payload):
         [index, term, op, key, value]                   kind "json"
-        [index, term, op, key, base64(value), "bytes"]  kind "bytes"
+        [index, term, op, key, base64(value), kind]     any other kind (value: bytes)
 
     payload() is that list encoded once (compact ASCII JSON, one line) and cached: the WAL
     record and the REPLICATE message carry the same bytes, and a follower keeps the bytes it
@@ -224,12 +229,12 @@ class ReplicationLog:
         return e
 
     def to_wire(self) -> list:
-        if self.kind == "json":
+        kind = self.kind
+        if kind == "json":
             return [self.index, self.term, self.op, self.key, self.value]
-        if self.kind == "bytes":
-            return [self.index, self.term, self.op, self.key,
-                    _b64encode(self.value).decode("ascii"), "bytes"]
-        raise ValueError(f"unknown value kind {self.kind!r}")
+        if type(self.value) is not bytes or type(kind) is not str or not kind:
+            raise ValueError(f"an entry of kind {kind!r} must carry bytes, not {type(self.value).__name__}")
+        return [self.index, self.term, self.op, self.key, _b64encode(self.value).decode("ascii"), kind]
 
     @classmethod
     def from_wire(cls, w: list) -> "ReplicationLog":
@@ -242,11 +247,11 @@ class ReplicationLog:
             kind = "json"
         elif n == 6:
             index, term, op, key, value, kind = w
-            if kind != "bytes" or type(value) is not str:
+            if type(kind) is not str or not kind or kind == "json" or type(value) is not str:
                 raise ValueError(f"malformed log entry (kind {kind!r}): {w!r:.200}")
             try:
                 value = _b64decode(value, validate=True)
-            except (binascii.Error, ValueError) as e:
+            except ValueError as e:        # binascii.Error is one
                 raise ValueError(f"log entry {index!r}: bad base64 value: {e}") from None
         else:
             raise ValueError(f"log entry must have 5 or 6 fields, got {n}: {w!r:.200}")
@@ -340,14 +345,16 @@ def _snapshot_header(meta: SnapshotMeta) -> bytes:
 
 
 def write_snapshot_file(path: str, meta: SnapshotMeta, items: Iterable[tuple[str, str, Any]]) -> int:
-    """Stream a snapshot of `items` ((key, kind, value) triples, optionally ending with one
-    (None, "state", dict) item: see the file format) to `path`; returns its size.
+    """Stream a snapshot of `items` to `path`; returns its size.  An item is an opaque record
+    (key, tag, payload): tag a non-empty str, payload any JSON value (the state machine encodes
+    its values into records and decodes them on restore; this module never looks inside).  It
+    may end with one (None, "state", dict) item: see the file format.
 
     Safe in a forked child: no threads, no locks, no logging, nothing but this call's own
     objects.  Never holds more than one chunk (1024 items) in memory.  The file is flushed and
     fsynced before returning; the caller renames it into place (LogStorage.install_snapshot).
-    Raises ValueError (and removes the partial file) if an item has an unknown kind or the
-    number of distinct keys written differs from meta.count.
+    Raises ValueError (and removes the partial file) if an item's tag is not a non-empty str,
+    a payload is not JSON, or the number of distinct keys written differs from meta.count.
     """
     header = _snapshot_header(meta)
     f = open(path, "wb")
@@ -356,41 +363,42 @@ def write_snapshot_file(path: str, meta: SnapshotMeta, items: Iterable[tuple[str
         crc = _crc32(header)
         size = len(header)
         count = 0
-        j: dict = {}
-        b: dict = {}
+        groups: dict = {}        # tag -> {key: payload} of the chunk being gathered
         n = 0
-        big = 0           # approximate bytes of str/bytes values in this chunk
+        big = 0                  # approximate bytes of the chunk's payloads
         dumps = _dumps
         state = None
-        for key, kind, value in items:
-            if key is None and kind == "state":
-                state = value
+        for key, tag, payload in items:
+            if key is None and tag == "state":
+                state = payload
                 continue
-            if kind == "json":
-                j[key] = value
-                if type(value) is str:
-                    big += len(value)
-            elif kind == "bytes":
-                b[key] = _b64encode(value).decode("ascii")
-                big += len(value)
-            else:
-                raise ValueError(f"unknown value kind {kind!r} for key {key!r:.80}")
+            g = groups.get(tag)
+            if g is None:
+                if type(tag) is not str or not tag:
+                    raise ValueError(f"snapshot record tag must be a non-empty str, not {tag!r} "
+                                     f"(key {key!r:.80})")
+                g = groups[tag] = {}
+            g[key] = payload
+            t = type(payload)
+            if t is str:
+                big += len(payload)
+            elif t is list:
+                big += 8 * len(payload)
             n += 1
             if n >= _SNAPSHOT_CHUNK_ITEMS or big >= _SNAPSHOT_CHUNK_BYTES:
-                line = (dumps([j, b] if b else [j]) + "\n").encode("ascii")
+                line = _chunk_line(groups, dumps)
                 f.write(line)
                 crc = _crc32(line, crc)
                 size += len(line)
-                count += len(j) + len(b)
-                j = {}
-                b = {}
+                count += sum(len(g) for g in groups.values())
+                groups = {}
                 n = big = 0
         if n:
-            line = (dumps([j, b] if b else [j]) + "\n").encode("ascii")
+            line = _chunk_line(groups, dumps)
             f.write(line)
             crc = _crc32(line, crc)
             size += len(line)
-            count += len(j) + len(b)
+            count += sum(len(g) for g in groups.values())
         if state is not None:
             for line in _state_lines(state):
                 f.write(line)
@@ -414,6 +422,18 @@ def write_snapshot_file(path: str, meta: SnapshotMeta, items: Iterable[tuple[str
     return size
 
 
+def _chunk_line(groups: dict, dumps) -> bytes:
+    """One version 3 body line: [tag, {key: payload, ...}, tag, {...}, ...]."""
+    flat = []
+    for tag, g in groups.items():
+        flat.append(tag)
+        flat.append(g)
+    try:
+        return (dumps(flat) + "\n").encode("ascii")
+    except TypeError as e:
+        raise ValueError(f"a snapshot payload is not JSON: {e}") from None
+
+
 def _state_lines(state: dict):
     """The store's non-item state as snapshot body lines: deadlines in chunks, then the rest."""
     ttl = {}
@@ -430,7 +450,8 @@ def _state_lines(state: dict):
 
 def _open_snapshot(path: str):
     """Open and fully verify a snapshot file.  Returns (file positioned anywhere, meta,
-    header bytes, body_end offset, crc).  Raises StorageCorruption; FileNotFoundError as is."""
+    header bytes, body_end offset, crc, format version).  Raises StorageCorruption;
+    FileNotFoundError as is."""
     f = open(path, "rb", buffering=_READ_CHUNK)
     try:
         size = os.fstat(f.fileno()).st_size
@@ -440,7 +461,8 @@ def _open_snapshot(path: str):
         try:
             h = _loads(header)
             if h.get("format") != _SNAPSHOT_FORMAT or h.get("version") not in _SNAPSHOT_VERSIONS:
-                raise ValueError(f"not a {_SNAPSHOT_FORMAT} v{_SNAPSHOT_VERSION} file")
+                raise ValueError(f"not a {_SNAPSHOT_FORMAT} file of version "
+                                 f"{'/'.join(map(str, _SNAPSHOT_VERSIONS))}")
             meta = SnapshotMeta(h["last_index"], h["last_term"], h["count"], h["digest"],
                                 h.get("config"))
             if not (type(meta.last_index) is int and type(meta.last_term) is int
@@ -479,7 +501,7 @@ def _open_snapshot(path: str):
                                                f"data has {crc:08x})")
         if t["count"] != meta.count:
             raise _snap_corruption(path, body_end, f"trailer count {t['count']} != header count {meta.count}")
-        return f, meta, header, body_end, crc
+        return f, meta, header, body_end, crc, h["version"]
     except BaseException:
         f.close()
         raise
@@ -488,15 +510,19 @@ def _open_snapshot(path: str):
 def verify_snapshot_file(path: str) -> SnapshotMeta:
     """Check a snapshot file completely (header, trailer, CRC of every byte) and return its
     meta.  Raises StorageCorruption naming the file.  Fast: one sequential CRC pass."""
-    f, meta, _, _, _ = _open_snapshot(path)
+    f, meta, _, _, _, _ = _open_snapshot(path)
     f.close()
     return meta
 
 
+# Tags of the records of version 1 and 2 files, whose body lines were [J] or [J, B]: J held JSON
+# values, B base64 text, which are exactly the payloads of the string type's tags.
+_V2_TAGS = ("j", "b")
+
+
 def _iter_snapshot(f, path: str, header: bytes, body_end: int, crc_expected: int,
-                   count: int) -> Iterator[tuple[str, str, Any]]:
+                   count: int, version: int) -> Iterator[tuple[str, str, Any]]:
     loads = _loads
-    a2b = binascii.a2b_base64   # the C decoder itself: base64.b64decode costs 4x more per value
     try:
         pos = len(header)
         f.seek(pos)
@@ -521,7 +547,7 @@ def _iter_snapshot(f, path: str, header: bytes, body_end: int, crc_expected: int
             finally:
                 if gc_was_on:
                     gc.enable()
-            if type(chunk) is dict:            # a version 2 state line
+            if type(chunk) is dict:            # a state line (version 2 on)
                 pos += len(line)
                 if type(chunk.get("ttl")) is dict:
                     expires.update(chunk["ttl"])
@@ -530,23 +556,22 @@ def _iter_snapshot(f, path: str, header: bytes, body_end: int, crc_expected: int
                 else:
                     raise _snap_corruption(path, pos - len(line), "unknown state line")
                 continue
-            if type(chunk) is not list or not 1 <= len(chunk) <= 2 or not all(type(c) is dict for c in chunk):
-                raise _snap_corruption(path, pos, "body line is not [ {json items}, {bytes items}? ]")
+            if type(chunk) is not list:
+                raise _snap_corruption(path, pos, "body line is not a list of records")
+            if version >= 3:
+                if len(chunk) % 2 or not all(type(t) is str and t and type(g) is dict
+                                             for t, g in zip(chunk[0::2], chunk[1::2])):
+                    raise _snap_corruption(path, pos, "body line is not [tag, {key: payload}, ...]")
+                pairs = zip(chunk[0::2], chunk[1::2])
+            else:
+                if not 1 <= len(chunk) <= 2 or not all(type(c) is dict for c in chunk):
+                    raise _snap_corruption(path, pos, "body line is not [ {json items}, {bytes items}? ]")
+                pairs = zip(_V2_TAGS, chunk)
             pos += len(line)
-            j = chunk[0]
-            n += len(j)
-            for k, v in j.items():
-                yield k, "json", v
-            if len(chunk) == 2:
-                b = chunk[1]
-                n += len(b)
-                for k, v in b.items():
-                    try:
-                        raw = a2b(v, strict_mode=True)
-                    except (binascii.Error, ValueError, TypeError) as e:
-                        raise _snap_corruption(path, pos,
-                                               f"bad base64 value for key {k!r:.80}: {e}") from None
-                    yield k, "bytes", raw
+            for tag, g in pairs:
+                n += len(g)
+                for k, v in g.items():
+                    yield k, tag, v
         if crc != crc_expected:
             raise _snap_corruption(path, None, "checksum mismatch on the second read (file changed?)")
         if n != count:
@@ -558,15 +583,16 @@ def _iter_snapshot(f, path: str, header: bytes, body_end: int, crc_expected: int
 
 
 def read_snapshot_file(path: str) -> tuple[SnapshotMeta, Iterator[tuple[str, str, Any]]]:
-    """Verify the whole file (CRC pass), then return (meta, iterator of (key, kind, value)).
+    """Verify the whole file (CRC pass), then return (meta, iterator of (key, tag, payload)
+    records, as written; a version 1 or 2 file's records come with tags "j" and "b").
 
     Safe to trust: nothing is returned before the checksum of every byte matched.  The
     iterator streams the file a chunk at a time, re-checks the CRC as it goes and raises
     StorageCorruption at the end if the file changed in between.  It holds the file open:
     consume it fully or close() it.
     """
-    f, meta, header, body_end, crc = _open_snapshot(path)
-    return meta, _iter_snapshot(f, path, header, body_end, crc, meta.count)
+    f, meta, header, body_end, crc, version = _open_snapshot(path)
+    return meta, _iter_snapshot(f, path, header, body_end, crc, meta.count, version)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1172,7 +1198,7 @@ class LogStorage:
 
     # -- snapshots
     def read_snapshot(self, path: str | None = None) -> tuple[SnapshotMeta, Iterator[tuple[str, str, Any]]]:
-        """(meta, iterator of (key, kind, value)) of snapshot.dat or `path`.  The whole file is
+        """(meta, iterator of (key, tag, payload) records) of snapshot.dat or `path`.  The whole file is
         verified before this returns (see read_snapshot_file); consume or close the iterator."""
         return read_snapshot_file(path or self.snapshot_path)
 
@@ -1333,8 +1359,8 @@ def _bench(argv: list[str]) -> None:
                   f"({st.stats()['fsyncs']} fsyncs for {done[0]} syncs)")
             st.close()
         n = 1_000_000
-        items = [(f"key:{i:08d}", "json", {"n": i, "s": f"value-{i}"}) if i % 10 else
-                 (f"key:{i:08d}", "bytes", b"\x00\xffbytes" * 3) for i in range(n)]
+        items = [(f"key:{i:08d}", "j", {"n": i, "s": f"value-{i}"}) if i % 10 else
+                 (f"key:{i:08d}", "b", "AP9ieXRlcwD/Ynl0ZXMA/2J5dGVz") for i in range(n)]
         meta = SnapshotMeta(n, 1, n, "0" * 16)
         path = os.path.join(d, "snap.tmp")
         t0 = time.monotonic()

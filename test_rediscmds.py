@@ -128,25 +128,37 @@ def test_snapshot_round_trip_keeps_deadlines_clock_and_watch_slots():
     s = KeyValueStore()
     s.apply(lg.set("plain", {"x": [1, 2]}))
     s.apply(lg.cmd(now_ms(), ["SET", "t", ("bytes", b"\x00\xff"), "", 0, now_ms() + 100_000]))
+    s.apply(lg.cmd(now_ms(), ["HSET", "h", [b"f\x00", b"v", b"g", b""]]))
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "snap")
         write_snapshot_file(path, SnapshotMeta(s.last_applied, 1, len(s), s.digest_hex()), s.items())
         meta, items = read_snapshot_file(path)
+        assert {k: t for k, t, _ in items if k is not None} == {"plain": "j", "t": "b", "h": "h"}
         for digest in (None, meta.digest):     # rehashing gives the recorded digest
             r = KeyValueStore()
             r.restore(list(read_snapshot_file(path)[1]), meta.last_index, digest)
             assert (r.data, r.expires, r.clock_ms, r.digest) == (s.data, s.expires, s.clock_ms, s.digest)
             assert r.mod == s.mod and r.gone == s.gone
+            assert r.data["h"][1] is not s.data["h"][1] and r.data["h"][1].h == s.data["h"][1].h
+
+
+def test_restore_names_the_key_of_a_record_it_cannot_decode():
+    for records, match in [([("a", "no-such-tag", 1)], "unknown tag"), ([("a", "b", "!!")], "base64"),
+                           ([("a", "h", ["Zg=="])], "hash")]:
+        s = KeyValueStore()
+        s.apply(Log().set("keep", 1))
+        with pytest.raises(ValueError, match=match) as e:
+            s.restore(iter(records), 9)
+        assert "'a'" in str(e.value) and s.data == {"keep": ("json", 1)}, "nothing replaced"
 
 
 def test_old_snapshots_and_old_log_entries_still_load():
     """A version 1 snapshot (no state lines) and the old fast-path ops (SETNX/SETXX/DEL)."""
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "snap")
-        items = [("a", "json", 1), ("b", "bytes", b"x")]
-        write_snapshot_file(path, SnapshotMeta(7, 1, 2, "0" * 16), iter(items))
-        raw = open(path, "rb").read().replace(b'"version":2', b'"version":1')
-        body = raw.rsplit(b"\n", 2)[0] + b"\n"     # without the trailer line
+        # a version 1 file as it was written: a JSON chunk and a base64 chunk, no state lines
+        body = (b'{"format":"kv-snapshot","version":1,"last_index":7,"last_term":1,"count":2,'
+                b'"digest":"0000000000000000"}\n[{"a":1},{"b":"eA=="}]\n')
         crc = zlib.crc32(body)
         open(path, "wb").write(body + b'{"end":true,"count":2,"crc":%d}\n' % crc)
         meta, it = read_snapshot_file(path)

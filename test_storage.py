@@ -4,6 +4,7 @@ corruption, snapshots, compaction, reset, and a real kill -9 crash.
 Run: python -m pytest -q test_storage.py
 """
 
+import base64
 import gc
 import json
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 
 import pytest
 
@@ -91,7 +93,7 @@ def test_wire_is_compact():
 
 
 @pytest.mark.parametrize("bad", [
-    "not a list", [1, 1, "SET"], [1, 1, "SET", "k", 1, "bytes"], [1, 1, "SET", "k", "!!", "bytes"],
+    "not a list", [1, 1, "SET"], [1, 1, "SET", "k", 1, "bytes"], [1, 1, "SET", "k", "AA==", ""], [1, 1, "SET", "k", "!!", "bytes"],
     [1, 1, "SET", "k", "AA==", "json"], ["1", 1, "SET", "k", 1], [1, 1, 5, "k", 1], [1, 1, "SET", 5, 1],
     [0, 1, "SET", "k", 1], [1, -1, "SET", "k", 1], [True, 1, "SET", "k", 1], [1, 1, "SET", "k", 1, 2, 3],
 ])
@@ -448,16 +450,20 @@ def test_missing_middle_segment_is_corruption(tmp_path):
 # snapshots
 
 def snapshot_items(n):
+    """Opaque (key, tag, payload) records of several tags, as the state machine hands them."""
     items = []
     for i in range(n):
         if i % 5 == 0:
-            items.append((f"b{i}", "bytes", bytes([i % 256]) * (i % 7)))
+            items.append((f"b{i}", "b", base64.b64encode(bytes([i % 256]) * (i % 7)).decode()))
         elif i % 5 == 1:
-            items.append((f"n{i}", "json", None))
+            items.append((f"n{i}", "j", None))
+        elif i % 5 == 2:
+            items.append((f"h{i}", "h", ["Zg==", "dg==", "Zw==", ""]))
         else:
-            items.append((f"k{i}-ü", "json", {"i": i, "l": [1, "x", None], "s": "\u2603"}))
-    items.append((SURROGATE_KEY, "bytes", b"\xff\xfe"))
-    items.append(("big", "json", "x" * (3 << 20)))     # forces a chunk boundary by size
+            items.append((f"k{i}-ü", "j", {"i": i, "l": [1, "x", None], "s": "\u2603"}))
+    items.append((SURROGATE_KEY, "b", "//4="))
+    items.append(("big", "j", "x" * (3 << 20)))     # forces a chunk boundary by size
+    items.append(("biglist", "l", ["eA=="] * 300_000))   # and a long container payload
     return items
 
 
@@ -484,7 +490,7 @@ def test_snapshot_meta_carries_the_cluster_configuration(tmp_path):
         st.append(filler(i, 1))
     meta = SnapshotMeta(3, 1, 1, "d", cfg)
     tmp = st.snapshot_path + ".tmp-3"
-    write_snapshot_file(tmp, meta, [("a", "json", 1)])
+    write_snapshot_file(tmp, meta, [("a", "j", 1)])
     assert verify_snapshot_file(tmp).config == cfg
     assert st.install_snapshot(tmp, meta) is True
     st.close()
@@ -513,11 +519,31 @@ def test_empty_snapshot(tmp_path):
 def test_snapshot_writer_checks_count_and_cleans_up(tmp_path):
     path = str(tmp_path / "s")
     with pytest.raises(ValueError, match="meta.count"):
-        write_snapshot_file(path, SnapshotMeta(1, 1, 5, "d"), [("a", "json", 1)])
+        write_snapshot_file(path, SnapshotMeta(1, 1, 5, "d"), [("a", "j", 1)])
     assert not os.path.exists(path)
-    with pytest.raises(ValueError, match="kind"):
-        write_snapshot_file(path, SnapshotMeta(1, 1, 1, "d"), [("a", "pickle", 1)])
-    assert not os.path.exists(path)
+    for bad, match in [(("a", "", 1), "tag"), (("a", 5, 1), "tag"), (("a", "b", b"raw"), "not JSON")]:
+        with pytest.raises(ValueError, match=match):
+            write_snapshot_file(path, SnapshotMeta(1, 1, 1, "d"), [bad])
+        assert not os.path.exists(path)
+
+
+def test_snapshot_records_are_opaque_and_version_2_files_still_read(tmp_path):
+    """The writer stores (key, tag, payload) records as given, tags it never heard of
+    included; a version 2 file ([J] / [J, B] body lines) reads back as tags "j" and "b"."""
+    path = str(tmp_path / "v3")
+    records = [("a", "zz-new-type", {"any": ["json", 1]}), ("b", "j", [1, 2]), ("c", "b", "AAE=")]
+    write_snapshot_file(path, SnapshotMeta(3, 1, 3, "d"), records)
+    with open(path, "rb") as f:
+        assert json.loads(f.readline())["version"] == 3
+    assert list(read_snapshot_file(path)[1]) == records
+    v2 = tmp_path / "v2"
+    header = b'{"format":"kv-snapshot","version":2,"last_index":3,"last_term":1,"count":3,"digest":"d"}\n'
+    body = header + b'[{"a":1,"b":{"x":null}},{"c":"AAE="}]\n{"ttl":{"a":99}}\n{"state":{"clock_ms":5}}\n'
+    v2.write_bytes(body + b'{"end":true,"count":3,"crc":%d}\n' % zlib.crc32(body))
+    meta, it = read_snapshot_file(str(v2))
+    assert meta.count == 3
+    assert list(it) == [("a", "j", 1), ("b", "j", {"x": None}), ("c", "b", "AAE="),
+                        (None, "state", {"clock_ms": 5, "expires": {"a": 99}})]
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "trailer", "header"])
@@ -549,7 +575,7 @@ def test_install_snapshot_and_load_skips_covered_entries(tmp_path):
     st, _ = open_storage(tmp_path, segment_bytes=400)
     for i in range(1, 41):
         st.append(filler(i, 1))
-    items = [("a", "json", 1), ("b", "bytes", b"\x00")]
+    items = [("a", "j", 1), ("b", "b", "AA==")]
     meta = SnapshotMeta(25, 1, 2, "abc")
     tmp = st.snapshot_path + ".tmp-25"
     write_snapshot_file(tmp, meta, items)
@@ -570,7 +596,7 @@ def test_install_snapshot_rejects_mismatch_and_ignores_older(tmp_path):
     st, _ = open_storage(tmp_path)
     st.append(filler(1, 50))
     p = str(tmp_path / "s1")
-    write_snapshot_file(p, SnapshotMeta(40, 1, 1, "d"), [("k", "json", 1)])
+    write_snapshot_file(p, SnapshotMeta(40, 1, 1, "d"), [("k", "j", 1)])
     with pytest.raises(StorageCorruption, match="does not match"):
         st.install_snapshot(p, SnapshotMeta(41, 1, 1, "d"))
     assert st.install_snapshot(p, SnapshotMeta(40, 1, 1, "d"))
@@ -584,7 +610,7 @@ def test_install_snapshot_rejects_mismatch_and_ignores_older(tmp_path):
 def test_corrupt_snapshot_dat_stops_load(tmp_path):
     st, _ = open_storage(tmp_path)
     p = str(tmp_path / "s")
-    write_snapshot_file(p, SnapshotMeta(1, 1, 1, "d"), [("k", "json", 1)])
+    write_snapshot_file(p, SnapshotMeta(1, 1, 1, "d"), [("k", "j", 1)])
     st.append(filler(1, 1))
     st.install_snapshot(p, SnapshotMeta(1, 1, 1, "d"))
     st.close()
@@ -601,7 +627,7 @@ def test_corrupt_snapshot_dat_stops_load(tmp_path):
 def install(st, index, term=1):
     p = st.snapshot_path + f".tmp-{index}"
     meta = SnapshotMeta(index, term, 1, "d")
-    write_snapshot_file(p, meta, [("k", "json", index)])
+    write_snapshot_file(p, meta, [("k", "j", index)])
     assert st.install_snapshot(p, meta)
     return meta
 

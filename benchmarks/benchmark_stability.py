@@ -44,6 +44,7 @@ sys.path.insert(1, os.path.dirname(HERE))
 
 import benchmark_node as B  # noqa: E402
 from kv_localcluster import LocalCluster  # noqa: E402
+from kv_registry import TYPES  # noqa: E402
 from kv_storage import SnapshotMeta, write_snapshot_file  # noqa: E402
 from kv_store_server import KeyValueStore  # noqa: E402
 
@@ -62,7 +63,9 @@ def seed(dirs: list[str], n_keys: int, value: bytes) -> dict:
     meta = SnapshotMeta(1, 1, n_keys, f"{digest:016x}")
     first = os.path.join(dirs[0], "snapshot.dat")
     os.makedirs(dirs[0], exist_ok=True)
-    write_snapshot_file(first, meta, ((k, "bytes", value) for k in keys))
+    ops = TYPES["bytes"]      # the records a node's own snapshot would hold for these values
+    payload = ops.encode(value)
+    write_snapshot_file(first, meta, ((k, ops.tag, payload) for k in keys))
     for d in dirs:
         os.makedirs(d, exist_ok=True)
         if d != dirs[0]:
