@@ -376,6 +376,177 @@ class Gen:
 
     # == sets family (kv_set) ==============================================================
     #
+    # Keys s0..s3 (sets, sometimes a string), si (integer members only: a Redis intset, which
+    # SSCAN returns whole whatever the cursor), sx (a string).  Random picks are compared by shape
+    # (count, distinctness, membership of the member pool) and the key they changed is then
+    # emptied (SPOP with a count >= its size, or DEL), so both servers hold the same sets again.
+    _S_KEYS = [b"s0", b"s1", b"s2", b"s3"]
+    _S_MEMBERS = [b"a", b"b", b"c", b"d", b"e", b"f", b"1", b"2", b"10", b"-3", b"007", b"",
+                  b"hello world", b"\xff\xfe", b"x" * 70, b"9223372036854775807"]
+    _S_INTS = [b"1", b"2", b"3", b"-5", b"100", b"0", b"42", b"9223372036854775807"]
+    _S_ALL = frozenset(_S_MEMBERS) | frozenset(_S_INTS)
+
+    @staticmethod
+    def _s_sorted(rep):
+        t, v = rep
+        return (t, sorted(x[1] for x in v)) if t == "*" and v is not None else rep
+
+    @staticmethod
+    def _s_scan(rep):
+        t, v = rep
+        if t != "*":
+            return rep
+        return (v[0][1], sorted(x[1] for x in v[1][1]))
+
+    def _s_pick(self, count, whole=True):
+        """norm of a random pick (SPOP/SRANDMEMBER) of `count` (None: one member); whole: a
+        reply shorter than count is the whole set, compared exactly (False after a random pop
+        left the two servers with different members)."""
+        pool = self._S_ALL
+
+        def norm(rep):
+            t, v = rep
+            if t != "*" or v is None:
+                return (t, v is None or v in pool)
+            got = [x[1] for x in v]
+            if count is None:
+                return ("array", len(got), ok)
+            ok = all(x in pool for x in got)
+            if whole and count >= 0 and len(got) < count:
+                return ("whole", sorted(got), ok)
+            return ("part", len(got), ok, count < 0 or len(set(got)) == len(got))
+        return norm
+
+    def _s_members(self, n=None):
+        return [self.r.choice(self._S_MEMBERS) for _ in range(n or self.r.randint(1, 4))]
+
+    def g_sets(self):
+        r = self.r
+        c = r.randrange(30)
+        k = r.choice(self._S_KEYS)
+        ks = [r.choice(self._S_KEYS + [b"si", b"sx", b"nokey"]) for _ in range(r.randint(1, 3))]
+        srt = self._s_sorted
+        if c < 5:
+            yield ("cmd", [b"SADD", k] + self._s_members())
+        elif c == 5:
+            yield ("cmd", [b"SREM", k] + self._s_members())
+        elif c == 6:
+            yield ("cmd", [b"SMEMBERS", r.choice(ks)], srt)
+        elif c == 7:
+            yield ("cmd", [b"SISMEMBER", r.choice(ks), r.choice(self._S_MEMBERS)])
+        elif c == 8:
+            yield ("cmd", [b"SMISMEMBER", r.choice(ks)] + self._s_members())
+        elif c == 9:
+            yield ("cmd", [b"SCARD", r.choice(ks)])
+        elif c == 10:
+            # a random pop, then the key emptied: both servers agree again
+            n = r.choice([None, 0, 1, 2, 3, 5])
+            yield ("cmd", [b"SPOP", k] + ([] if n is None else [n]), self._s_pick(n))
+            yield ("cmd", [b"SCARD", k])
+            yield ("cmd", [b"SPOP", k, 100], self._s_pick(100, False)) if r.random() < 0.5 else ("cmd", [b"DEL", k])
+        elif c == 11:
+            yield ("cmd", [b"SPOP", k, r.choice([30, 100, 9223372036854775807])], srt)   # > any set here
+        elif c == 12:
+            n = r.choice([None, 0, 1, 2, 3, 5, 20, 100, -1, -3, -20])
+            yield ("cmd", [b"SRANDMEMBER", r.choice(ks)] + ([] if n is None else [n]), self._s_pick(n))
+        elif c == 13:
+            yield ("cmd", [b"SMOVE", k, r.choice(self._S_KEYS + [b"sx", b"nokey", k]), r.choice(self._S_MEMBERS)])
+        elif c == 14:
+            yield ("cmd", [r.choice([b"SINTER", b"SUNION", b"SDIFF"])] + ks, srt)
+        elif c == 15:
+            opt = r.choice([[], [], [b"LIMIT", r.choice([0, 1, 2, 3, 100])], [b"limit", 1, b"LIMIT", 0]])
+            yield ("cmd", [b"SINTERCARD", len(ks)] + ks + opt)
+        elif c == 16:
+            dst = r.choice(self._S_KEYS + [b"sx"])
+            yield ("cmd", [r.choice([b"SINTERSTORE", b"SUNIONSTORE", b"SDIFFSTORE"]), dst] + ks)
+            if r.random() < 0.3:
+                yield ("cmd", [b"TTL", dst])
+            if r.random() < 0.2:
+                yield ("cmd", [b"DEL", b"nokey"])
+        elif c == 17:
+            opts = [b"COUNT", r.choice([50, 100, 1000])]
+            if r.random() < 0.4:
+                opts = [b"MATCH", r.choice([b"*", b"?", b"[a-c]", b"*e*", b"1*", b"x*"])] + opts
+            if r.random() < 0.2:
+                r.shuffle(opts) if len(opts) == 4 else None
+            yield ("cmd", [b"SSCAN", r.choice(ks), 0] + opts, self._s_scan)
+        elif c == 18:
+            # the intset key: integer members only
+            x = r.randrange(6)
+            if x < 3:
+                yield ("cmd", [b"SADD", b"si"] + [r.choice(self._S_INTS) for _ in range(r.randint(1, 3))])
+            elif x == 3:
+                yield ("cmd", [b"SREM", b"si", r.choice(self._S_INTS)])
+            elif x == 4:
+                yield ("cmd", [b"SSCAN", b"si", r.choice([0, 1, 7, 12345, b"18446744073709551615"]),
+                               b"COUNT", r.choice([1, 2, 10])], self._s_scan)
+            else:
+                n = r.choice([1, 2])
+                yield ("cmd", [b"SPOP", b"si", n], self._s_pick(n))
+                yield ("cmd", [b"SPOP", b"si", 50], self._s_pick(50, False))
+        elif c == 19:
+            yield ("cmd", r.choice([
+                [b"SSCAN", k, b"x"], [b"SSCAN", k, b" 1"], [b"SSCAN", k, b"-1", b"COUNT", 0],
+                [b"SSCAN", k, 0, b"COUNT", 0], [b"SSCAN", k, 0, b"COUNT", b"abc"],
+                [b"SSCAN", k, 0, b"TYPE", b"set"], [b"SSCAN", k, 0, b"COUNT"], [b"SSCAN", k, 0, b"MATCH"],
+                [b"SSCAN", b"sx", 0], [b"SSCAN", b"sx", b"abc"], [b"SSCAN", b"nokey", 0, b"BAD"],
+                [b"SSCAN", k, b"18446744073709551616"], [b"SSCAN", k, b"", b"COUNT", 100]]),
+                self._s_scan)
+        elif c == 20:
+            cmd = r.choice([
+                [b"SPOP", k, -1], [b"SPOP", k, b"abc"], [b"SPOP", k, 1, 2], [b"SPOP", b"sx", 0],
+                [b"SRANDMEMBER", b"sx"], [b"SRANDMEMBER", k, b"abc"], [b"SRANDMEMBER", k, 1, 2],
+                [b"SRANDMEMBER", k, -9223372036854775808], [b"SRANDMEMBER", b"sx", 0],
+                [b"SRANDMEMBER", k, b"007"], [b"SPOP", k, b"1.5"], [b"SPOP", b"nokey"],
+                [b"SPOP", b"nokey", 3], [b"SRANDMEMBER", b"nokey"], [b"SRANDMEMBER", b"nokey", -3]])
+            yield ("cmd", cmd, self._s_pick(cmd[2] if len(cmd) == 3 and type(cmd[2]) is int else None))
+            if cmd[:2] == [b"SPOP", b"nokey"]:
+                yield ("cmd", [b"DEL", b"nokey"])
+        elif c == 21:
+            yield ("cmd", r.choice([
+                [b"SINTERCARD", 0, k], [b"SINTERCARD", -1, k], [b"SINTERCARD", b"abc", k],
+                [b"SINTERCARD", 3, k, k], [b"SINTERCARD", 1, k, b"LIMIT"], [b"SINTERCARD", 1, k, b"LIMIT", -1],
+                [b"SINTERCARD", 1, k, b"LIMIT", b"x"], [b"SINTERCARD", 1, k, b"FOO", 1],
+                [b"SINTERCARD", 2, k, b"sx"], [b"SINTERCARD", 1], [b"SINTERCARD", 9223372036854775808, k]]))
+        elif c == 22:
+            yield ("cmd", r.choice([
+                [b"SADD", k], [b"SREM", k], [b"SMEMBERS"], [b"SMEMBERS", k, k], [b"SISMEMBER", k],
+                [b"SMISMEMBER", k], [b"SCARD"], [b"SPOP"], [b"SRANDMEMBER"], [b"SMOVE", k, k],
+                [b"SINTER"], [b"SUNION"], [b"SDIFF"], [b"SINTERSTORE", k], [b"SUNIONSTORE", k],
+                [b"SDIFFSTORE", k], [b"SSCAN", k], [b"SADD", b"sx", b"a"], [b"SREM", b"sx", b"a"],
+                [b"SISMEMBER", b"sx", b"a"], [b"SMISMEMBER", b"sx", b"a"], [b"SCARD", b"sx"],
+                [b"SMEMBERS", b"sx"], [b"SMOVE", b"sx", k, b"a"], [b"SMOVE", b"nokey", b"sx", b"a"]]), srt)
+        elif c == 23:
+            yield ("cmd", [b"SET", r.choice([b"sx", b"sx", k]), self.val()])
+        elif c == 24:
+            yield ("cmd", [b"EXPIRE", k, r.randint(100, 10000)])
+            yield ("cmd", [b"TTL", k])
+        elif c == 25:
+            yield ("cmd", [r.choice([b"TYPE", b"EXISTS"]), r.choice(ks)])
+        elif c == 26:
+            yield ("cmd", [b"DEL", k])
+        elif c == 27:
+            # a known set: what SPOP / SRANDMEMBER pick must come from it
+            known = self._s_members(5)
+            yield ("cmd", [b"DEL", b"sk"])
+            yield ("cmd", [b"SADD", b"sk"] + known)
+            pool = frozenset(known)
+            n = r.choice([1, 2, 3])
+            yield ("cmd", [r.choice([b"SPOP", b"SRANDMEMBER"]), b"sk", n],
+                   lambda rep, pool=pool, n=n: (rep[0], len(rep[1]) == min(n, len(pool)) and
+                                               set(x[1] for x in rep[1]) <= pool))
+            yield ("cmd", [b"SPOP", b"sk"], lambda rep, pool=pool: (rep[0], rep[1] is None or rep[1] in pool))
+            yield ("cmd", [b"SPOP", b"sk", 10], lambda rep, pool=pool: (rep[0], set(x[1] for x in rep[1]) <= pool))
+            yield ("cmd", [b"EXISTS", b"sk"])
+        elif c == 28:
+            yield ("cmd", [b"MULTI"])
+            yield ("cmd", [b"SADD", k] + self._s_members())
+            yield ("cmd", [b"SCARD", k])
+            yield ("cmd", [b"SUNIONSTORE", r.choice(self._S_KEYS), k] + ks)
+            yield ("cmd", [b"EXEC"])
+        else:
+            yield ("cmd", [b"SMOVE", r.choice(self._S_KEYS + [b"si"]), r.choice(self._S_KEYS), r.choice(self._S_INTS)])
+
 
     # == zsets family (kv_zset) ============================================================
     #
