@@ -370,6 +370,83 @@ class Gen:
 
     # == lists family (kv_list) ============================================================
     #
+    _LELEMS = [b"a", b"b", b"c", b"a", b"", b"1", b"xyz", b"\xff"]
+    _LIDX = [0, 1, -1, 2, -2, 3, -3, 5, -6, 100, -100, 9223372036854775807, -9223372036854775808,
+             b"x", b"1.5", b"", b"99999999999999999999"]
+
+    def _lkey(self):
+        return self.r.choice([b"l0", b"l1", b"l2", b"l0", b"l1", b"s0", b"nx"])
+
+    def _lel(self):
+        return self.r.choice(self._LELEMS)
+
+    def g_lists(self):
+        r = self.r
+        c = r.randrange(30)
+        k = self._lkey()
+        idx = lambda: r.choice(self._LIDX)   # noqa: E731
+        if c < 5:
+            yield ("cmd", [r.choice([b"LPUSH", b"RPUSH", b"lpush", b"RPUSH"]), k]
+                   + [self._lel() for _ in range(r.randint(1, 4))])
+        elif c == 5:
+            yield ("cmd", [r.choice([b"LPUSHX", b"RPUSHX"]), k] + [self._lel() for _ in range(r.randint(1, 3))])
+        elif c < 8:
+            cnt = [] if r.random() < 0.5 else [r.choice([0, 1, 2, 3, 10, -1, b"x", 9223372036854775807])]
+            if r.random() < 0.03:
+                cnt += [1]
+            yield ("cmd", [r.choice([b"LPOP", b"RPOP"]), k] + cnt)
+        elif c == 8:
+            yield ("cmd", [b"LLEN", k])
+        elif c < 11:
+            yield ("cmd", [b"LRANGE", k, idx(), idx()])
+        elif c == 11:
+            yield ("cmd", [b"LINDEX", k, idx()])
+        elif c == 12:
+            yield ("cmd", [b"LSET", k, idx(), self._lel()])
+        elif c == 13:
+            yield ("cmd", [b"LINSERT", k, r.choice([b"BEFORE", b"AFTER", b"after", b"MIDDLE"]),
+                           self._lel(), self._lel()])
+        elif c == 14:
+            yield ("cmd", [b"LREM", k, r.choice([0, 1, -1, 2, -2, 5, b"x"]), self._lel()])
+        elif c == 15:
+            yield ("cmd", [b"LTRIM", k, idx(), idx()])
+        elif c < 18:
+            opts = []
+            for _ in range(r.choice([0, 0, 1, 1, 2, 3])):
+                o = r.choice([b"RANK", b"COUNT", b"MAXLEN", b"rank", b"BOGUS"])
+                opts += [o, r.choice([0, 1, 2, -1, -2, 3, 10, b"x"])]
+            if r.random() < 0.05:
+                opts.append(b"RANK")
+            yield ("cmd", [b"LPOS", k, self._lel()] + opts)
+        elif c < 20:
+            yield ("cmd", [b"LMOVE", k, self._lkey(), r.choice([b"LEFT", b"RIGHT", b"left", b"UP"]),
+                           r.choice([b"LEFT", b"RIGHT", b"right"])])
+        elif c == 20:
+            yield ("cmd", [b"RPOPLPUSH", k, self._lkey()])
+        elif c < 23:
+            n = r.choice([1, 1, 2, 3, 0, -1, b"x", 5])
+            keys = [self._lkey() for _ in range(r.randint(1, 3))]
+            tail = [r.choice([b"LEFT", b"RIGHT", b"right", b"NONE"])]
+            if r.random() < 0.5:
+                tail += [b"COUNT", r.choice([1, 2, 3, 10, 0, -1, b"x"])]
+            if r.random() < 0.05:
+                tail += [r.choice([b"COUNT", b"junk"])]
+            yield ("cmd", [b"LMPOP", n] + keys + tail)
+        elif c == 23:
+            yield ("cmd", [b"SET", b"s0", self.val()])
+        elif c == 24:
+            yield ("cmd", [b"DEL", k])
+        elif c == 25:
+            yield ("cmd", r.choice([[b"LPUSH", k], [b"LPOP"], [b"LRANGE", k, 0], [b"LINSERT", k, b"BEFORE", b"a"],
+                                    [b"LMOVE", k, k, b"LEFT"], [b"LMPOP", 1], [b"LPOS", k], [b"LSET", k, 0],
+                                    [b"LLEN", k, k], [b"RPOPLPUSH", k]]))
+        elif c == 26:
+            yield ("cmd", [b"TYPE", k])
+        elif c == 27:
+            yield ("cmd", [b"EXISTS", k])
+        else:
+            yield ("cmd", [b"LRANGE", k, 0, -1])
+
 
     # == blocking family (kv_list's blocking pops, BZPOPMIN/MAX) ===========================
     #
