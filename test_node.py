@@ -1074,8 +1074,11 @@ def test_max_clients_resp_refused_with_a_readable_error(make_node):
             data, closed = read_until_closed(s, timeout=5)
         assert closed, f"the 21st connection was left hanging; got {data!r}"
         assert data.startswith(b"-ERR") and b"max number of clients" in data, data
+        # redis-py refused too.  The node closes right after writing its error: a client whose
+        # command is written after that close sees a reset (ECONNRESET) before it reads the line,
+        # as it would against Redis; the raw socket above already proved what is sent.
         r = redis.Redis(host=HOST, port=n.port, protocol=2, socket_timeout=5, **NO_RETRY)
-        with pytest.raises(redis.RedisError, match="max number of clients"):
+        with pytest.raises(redis.RedisError, match="max number of clients|Error 104 while writing"):
             r.ping()
         r.close()
     finally:
