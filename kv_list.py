@@ -238,12 +238,9 @@ def _p_key_range(name):
     return parse
 
 
-def _a_lrange(s, a, now, w):
-    k, start, end = a
-    lst = s.fetch(k, KIND, now, w)
-    if lst is None:
-        return []
-    n = len(lst)
+def _span(start: int, end: int, n: int):
+    """Redis's start/stop of a list of n elements (negative from the tail, clamped) as
+    (first, last) inclusive indexes, or None when the range is empty (LRANGE, LTRIM)."""
     if start < 0:
         start += n
     if end < 0:
@@ -251,8 +248,20 @@ def _a_lrange(s, a, now, w):
     if start < 0:
         start = 0
     if start > end or start >= n:
+        return None
+    return start, min(end, n - 1)
+
+
+def _a_lrange(s, a, now, w):
+    k, start, end = a
+    lst = s.fetch(k, KIND, now, w)
+    if lst is None:
         return []
-    end = min(end, n - 1)
+    n = len(lst)
+    span = _span(start, end, n)
+    if span is None:
+        return []
+    start, end = span
     if start > n // 2:      # nearer the tail: walk from there
         out = list(islice(reversed(lst), n - 1 - end, n - start))
         out.reverse()
@@ -364,17 +373,11 @@ def _a_ltrim(s, a, now, w):
     if lst is None:
         return OK
     n = len(lst)
-    if start < 0:
-        start += n
-    if end < 0:
-        end += n
-    if start < 0:
-        start = 0
-    if start > end or start >= n:
+    span = _span(start, end, n)
+    if span is None:
         ltrim, rtrim = n, 0
     else:
-        end = min(end, n - 1)
-        ltrim, rtrim = start, n - end - 1
+        ltrim, rtrim = span[0], n - span[1] - 1
     if ltrim == 0 and rtrim == 0:
         return OK
     old = lst.h
