@@ -28,7 +28,7 @@ from kv_handler import command
 from kv_protocol import CommandError, Reply, Simple
 from kv_registry import SM_SPECS
 from kv_state import NULL_ARRAY, RedisError, Value, encode_args, now_ms
-from kv_values import Double
+from kv_values import Double, Pairs
 
 log = logging.getLogger("kvstore")
 
@@ -148,6 +148,10 @@ def resp_value(result, proto: int = 2):
         return P.value_to_resp_bytes(result.value, result.kind)
     if t is list:
         return [resp_value(x, proto) for x in result]
+    if t is Pairs:
+        if proto == 3:
+            return [[resp_value(a, proto), resp_value(b, proto)] for a, b in result]
+        return [resp_value(x, proto) for pair in result for x in pair]
     if t is RedisError:
         return failed(result.message)
     if result is NULL_ARRAY:
@@ -168,6 +172,8 @@ def _json_of(result):
         return {"base64": v} if extra else v
     if t is list:
         return [_json_of(x) for x in result]
+    if t is Pairs:
+        return [[_json_of(a), _json_of(b)] for a, b in result]
     if t is RedisError:
         return {"error": result.message[4:] if result.message.startswith("ERR ") else result.message}
     if result is NULL_ARRAY:

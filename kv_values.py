@@ -5,8 +5,8 @@ A leaf module: it imports only kv_protocol, so a type module can import it witho
 the store or the registry (kv_registry imports the type modules; kv_state imports kv_registry).
 
 Layout
-    Value, RedisError, NULL_ARRAY, OK, Double    results besides None/int/str/bytes/list/dict and
-                                                 kv_protocol.Simple (kv_commands turns every one
+    Value, RedisError, NULL_ARRAY, OK, Double,   results besides None/int/str/bytes/list/dict and
+    Pairs                                        kv_protocol.Simple (kv_commands turns every one
                                                  of them into a reply for either protocol)
     Fail                                         a command's runtime error (raised inside apply,
                                                  caught by the keyspace: becomes a RedisError)
@@ -34,7 +34,7 @@ from fractions import Fraction
 
 from kv_protocol import Simple, value_to_resp_bytes
 
-__all__ = ["Value", "RedisError", "NULL_ARRAY", "OK", "Double", "Fail", "to_bytes", "parse_int",
+__all__ = ["Value", "RedisError", "NULL_ARRAY", "OK", "Double", "Pairs", "Fail", "to_bytes", "parse_int",
            "parse_float", "format_double", "parse_ld", "format_ld", "elem_hash", "container_hash", "Poly",
            "E_NOT_INT", "E_NOT_FLOAT", "E_OVERFLOW", "E_NO_KEY", "E_SYNTAX", "E_WRONGTYPE",
            "INT64_MIN", "INT64_MAX", "MASK64"]
@@ -108,6 +108,13 @@ class Double:
 
     def __repr__(self):
         return f"Double({self.text!r})"
+
+
+class Pairs(list):
+    """A list of (a, b) pairs (HRANDFIELD ... WITHVALUES): RESP2 sends it as one flat array
+    a1 b1 a2 b2 ..., RESP3 as an array of 2-element arrays (as Redis does; a pair may repeat,
+    so it cannot be a map)."""
+    __slots__ = ()
 
 
 class Fail(Exception):
