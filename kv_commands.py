@@ -27,6 +27,7 @@ import kv_protocol as P
 from kv_handler import command
 from kv_protocol import CommandError, Reply, Simple
 from kv_registry import SM_SPECS
+from kv_spec import Blocking
 from kv_state import NULL_ARRAY, RedisError, Value, encode_args, now_ms
 from kv_values import Double, Pairs
 
@@ -305,6 +306,13 @@ def cmd_delete(c, cmd):
     return _delete_reply(c, cmd, c.node.write("CMD", None, entry_value([["DEL", *cmd.keys]]), "json"))
 
 
+@command(Blocking)
+def cmd_blocking(c, cmd):
+    """BLPOP BRPOP BLMOVE BRPOPLPUSH BLMPOP BZPOPMIN BZPOPMAX BZMPOP (kv_blocking): this
+    connection's thread waits, as its client does, until a write serves it or it times out."""
+    return c.node.waiters.run(c, cmd, resolve, entry_value, reply)
+
+
 @command(P.Multi)
 def cmd_multi(c, cmd):
     tx = _tx(c)
@@ -320,6 +328,8 @@ def cmd_queued(c, cmd):
     and wrong argument counts then make EXEC answer EXECABORT, as in Redis."""
     tx = _tx(c)
     inner = cmd.command
+    if type(inner) is Blocking:   # BLPOP & co. inside MULTI: the non-blocking form, as Redis
+        inner = inner.command
     if type(inner) is P.Invalid and P.is_queue_time_error(inner):
         tx.dirty = True
         raise failed(inner.message if inner.message.startswith("ERR") else "ERR " + inner.message)

@@ -372,6 +372,7 @@ class ConnectionHandler(socketserver.BaseRequestHandler):
         self.reader = P.FrameReader(self.sock, self.node.config.max_request_bytes)
         self.conn_id = id(self) & 0xFFFFFFF
         self.closing = False
+        self.blocking = False   # waiting in BLPOP & co. (kv_blocking)
         self.inflight = None
         self.stats = self.node.stats.opened(self)    # kv_info.ConnStats: plain int counters
         self.send_lock = threading.Lock()        # used once other threads send here (pub/sub)

@@ -252,7 +252,7 @@ def _clients(lines, f, st):
     _kv(lines, "connected_clients", f["connected_clients"])
     _kv(lines, "cluster_connections", f.get("peer_connections", 0))
     _kv(lines, "maxclients", f["maxclients"])
-    _kv(lines, "blocked_clients", 0)
+    _kv(lines, "blocked_clients", f.get("blocked_clients", 0))
     _kv(lines, "tracking_clients", 0)
     _kv(lines, "pubsub_clients", f["pubsub"][2])
     _kv(lines, "readonly_clients", f.get("readonly_clients", 0))
@@ -399,7 +399,7 @@ def node_facts(node) -> dict:
     timing = node.replication_timing()
     return {"status": st, "stats": node.stats.totals(), "proc": process_facts(), "run_id": node.run_id,
             "port": node.port, "maxclients": node.config.max_clients,
-            "connected_clients": node.stats.connected, "peer_connections": max(0, st["clients"] - node.stats.connected),
+            "connected_clients": node.stats.connected, "blocked_clients": node.waiters.blocked_count(), "peer_connections": max(0, st["clients"] - node.stats.connected),
             "readonly_clients": node.stats.readonly_count(), "started": node.started,
             "service": svc.service, "pubsub": svc.hub.subscriber_count(),
             "replid": node.replication_id, "snapshot_in_progress": st.get("snapshot_in_progress", False),

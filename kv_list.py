@@ -675,7 +675,3 @@ BLMPOP -5 write,blocking,movablekeys 0 0 0 list 7.0.0 @write,@list,@slow,@blocki
                "summary": "LMPOP, waiting for one of the lists to have an element"},
 })
 SPEC = {s.name: s for s in SPECS}
-# The blocking pops parse (kv_spec.Blocking) and their tries apply, but they are registered only
-# once the runner that makes a client wait exists (issue 18): registered without it, BLPOP
-# would be listed by COMMAND yet answer "not supported".
-SPECS = [s for s in SPECS if "blocking" not in s.flags]

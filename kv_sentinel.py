@@ -536,7 +536,8 @@ class DemotionWatch:
     gets no answer: for the client that is a connection error, as for a crash of the primary.
 
     is_primary: () -> bool.  connections: () -> the open client connections' handlers, each
-    with .session (resp, sub, readonly) and .kill().
+    with .session (resp, sub, readonly), .blocking and .kill().  A connection blocked in BLPOP
+    & co. is left to kv_blocking, which answers it an UNBLOCKED error and then closes it.
     """
 
     def __init__(self, node_id: str, is_primary: Callable[[], bool], connections: Callable[[], list]):
@@ -554,8 +555,8 @@ class DemotionWatch:
         n = 0
         for conn in self._connections():
             sess = conn.session
-            if sess.resp and sess.sub is None and sess.readonly == now:
-                conn.kill()
+            if sess.resp and sess.sub is None and sess.readonly == now and not conn.blocking:
+                conn.kill()   # a client blocked in BLPOP & co. gets its UNBLOCKED error first
                 n += 1
         if now:
             log.info("%s became primary: closed %d READONLY (replica) Redis connection(s) so that "

@@ -55,6 +55,7 @@ import zlib
 from array import array
 from fractions import Fraction
 
+from kv_blocking import BLOCKED, BlockedKeys, is_empty
 from kv_protocol import Simple, compile_glob
 from kv_registry import APPLY, SM_SPECS, TAGS, TYPE_NAMES, TYPES, type_keys_of
 from kv_values import (E_NO_KEY, E_NOT_FLOAT, E_NOT_INT, E_OVERFLOW, E_SYNTAX, E_WRONGTYPE, NULL_ARRAY,
@@ -149,6 +150,7 @@ class KeyValueStore:
         self.last_applied = 0
         self.lock = threading.Lock()
         self._index = 0           # index of the entry being applied (mod slots record it)
+        self.blocked = BlockedKeys()   # clients blocked in BLPOP & co. (kv_blocking)
 
     # -- hashing
     @staticmethod
@@ -194,8 +196,13 @@ class KeyValueStore:
             self.last_applied = entry.index
             return True
         self._index = entry.index
+        blocked = self.blocked
+        if entry.term != blocked.term:
+            blocked.new_term(entry.term)
         if op == "CMD" or op == "EXEC":
             result = self._apply_cmds(op, entry.value)
+            if blocked.ready:
+                blocked.serve(self, self.clock_ms)
         elif op == "DEL":
             result = self._lookup(entry.key, self.clock_ms, True) is not None
             if result:
@@ -249,11 +256,14 @@ class KeyValueStore:
         return d is not None and w_ms < d <= now
 
     def _run(self, c: list, now: int, write: bool):
-        name = c[0]
+        return self._exec(c[0], decode_args(c[1:]) if write else c[1:], now, write)
+
+    def _exec(self, name: str, args: list, now: int, write: bool):
+        """Run one state-machine command on decoded arguments; its result (a runtime error as
+        a RedisError)."""
         fn = _COMMANDS.get(name)
         if fn is None:
             return RedisError(f"ERR unknown command '{name}'")
-        args = decode_args(c[1:]) if write else c[1:]
         spec = SM_SPECS.get(name)
         try:
             if spec is not None and spec.key_type is not None:
@@ -298,6 +308,11 @@ class KeyValueStore:
             return None
         return item
 
+    def type_name_of(self, key: str, now: int) -> str | None:
+        """The Redis type name of a live key ("list", "zset", ...), or None."""
+        item = self._lookup(key, now, True)
+        return None if item is None else TYPE_NAMES[item[0]]
+
     # -- the container API of the value-type modules (kv_hash, kv_list, kv_set, kv_zset)
     def fetch(self, key: str, kind: str, now: int, write: bool):
         """The value object of kind `kind` at a live key, or None; raises Fail(WRONGTYPE) when
@@ -327,6 +342,8 @@ class KeyValueStore:
             return
         else:
             self.data[key] = (kind, obj)
+            if self.blocked.on:
+                self.blocked.created(key)
         self.digest = (self.digest + container_hash(key, kind, obj.h)) & _MASK64
         self._touch(key)
 
@@ -359,6 +376,8 @@ class KeyValueStore:
             self.digest = (self.digest - self.item_hash(key, *old)) & _MASK64
             if not keep_ttl and key in self.expires:
                 self._drop_ttl(key)
+        elif self.blocked.on:
+            self.blocked.created(key)   # RENAME / COPY of a container (Redis's dbAdd)
         self.data[key] = (kind, value)
         self.digest = (self.digest + self.item_hash(key, kind, value)) & _MASK64
         self._touch(key)
@@ -403,8 +422,14 @@ class KeyValueStore:
         yield None, "state", self.state()
 
     def state(self) -> dict:
-        return {"expires": self.expires, "clock_ms": self.clock_ms,
-                "mod": _pack_slots(self.mod), "gone": _pack_slots(self.gone)}
+        st = {"expires": self.expires, "clock_ms": self.clock_ms,
+              "mod": _pack_slots(self.mod), "gone": _pack_slots(self.gone)}
+        blocked = self.blocked.state()
+        if blocked is not None:
+            blocked["waiters"] = [[wid, keys, sm, encode_args(args), kt]
+                                  for wid, keys, sm, args, kt in blocked["waiters"]]
+            st["blocked"] = blocked
+        return st
 
     def restore(self, items, last_applied: int, digest: str | int | None = None) -> None:
         """Replace the whole state with a snapshot's records (key, tag, payload), decoded by
@@ -454,6 +479,7 @@ class KeyValueStore:
         self.clock_ms = int(state.get("clock_ms", 0))
         self.mod = _unpack_slots(state.get("mod"), last_applied)
         self.gone = _unpack_slots(state.get("gone"), 0)
+        self.blocked.restore(state.get("blocked"), encode_args, decode_args)
         self.digest = total
         self.last_applied = last_applied
 
@@ -882,9 +908,25 @@ def _c_unwatch(s, a, now, w):
     return OK
 
 
+def _c_block(s, a, now, w):
+    """BLOCK wid keys sm_name sm_args (kv_blocking): try the non-blocking form; when it finds
+    nothing, register the waiter (FIFO per key) and answer BLOCKED."""
+    wid, keys, sm, args = a
+    result = s._exec(sm, args, now, True)
+    if not is_empty(result):
+        return result
+    s.blocked.add(wid, keys, sm, args, SM_SPECS[sm].key_type)
+    return BLOCKED
+
+
+def _c_unblock(s, a, now, w):
+    """UNBLOCK wid: 1 if the waiter was still blocked (now removed), else 0 (served)."""
+    return 1 if s.blocked.remove(a[0]) else 0
+
+
 _COMMANDS = {
     **APPLY,     # every command a value-type module declares (kv_registry)
-    "ERROR": _c_error, "UNWATCH": _c_unwatch,
+    "ERROR": _c_error, "UNWATCH": _c_unwatch, "BLOCK": _c_block, "UNBLOCK": _c_unblock,
     "GET": _c_get, "SET": _c_set, "GETDEL": _c_getdel, "GETEX": _c_getex, "SETNX": _c_setnx,
     "APPEND": _c_append, "STRLEN": _c_strlen, "GETRANGE": _c_getrange, "SETRANGE": _c_setrange,
     "INCRBY": _c_incrby, "INCRBYFLOAT": _c_incrbyfloat, "MGET": _c_mget, "MSET": _c_mset,
@@ -896,6 +938,6 @@ _COMMANDS = {
 _SCANS = frozenset({"KEYS", "SCAN", "DBSIZE", "RANDOMKEY"})
 WRITE_COMMANDS = frozenset({"SET", "GETDEL", "GETEX", "SETNX", "APPEND", "SETRANGE", "INCRBY",
                             "INCRBYFLOAT", "MSET", "MSETNX", "DEL", "RENAME", "COPY", "FLUSHDB",
-                            "PEXPIREAT", "PERSIST", "PURGE", "CAS"}
+                            "PEXPIREAT", "PERSIST", "PURGE", "CAS", "BLOCK", "UNBLOCK"}
                            | {n for n, sp in SM_SPECS.items() if sp.write and sp.apply is not None})
 READ_COMMANDS = frozenset(_COMMANDS) - WRITE_COMMANDS

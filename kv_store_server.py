@@ -82,6 +82,7 @@ from dataclasses import dataclass
 import kv_info
 import kv_protocol as P
 import kv_sentinel
+from kv_blocking import Waiters
 from kv_raft import CANDIDATE, LEADER, Membership, RaftCore
 from kv_state import KeyValueStore
 from kv_storage import LogStorage, ReplicationLog, StorageCorruption, check_data
@@ -155,6 +156,8 @@ class KVNode:
         self.identity = getattr(args, "identity", None)      # kv_datadir.Identity (main() opens it)
         self.sparse_log = SparseLog(60.0)      # handshake refusals: once per peer per minute
         self.store = KeyValueStore()
+        self.waiters = Waiters(self)     # this node's clients blocked in BLPOP & co.
+        self.store.blocked.on_served = self.waiters.deliver
         self.started = time.time()
         self.clients = 0
         self.clients_lock = threading.Lock()

@@ -52,7 +52,7 @@ FOREIGN_FLAGS = {
 }
 # Command classes that are not commands a client names: a parse failure, a command queued
 # inside MULTI, and the class behind every data command (each data command is checked by name).
-NOT_CLIENT_COMMANDS = {"Invalid", "Queued", "DataCommand"}
+NOT_CLIENT_COMMANDS = {"Invalid", "Queued", "DataCommand", "Blocking"}   # the registry names these
 # Class name -> the command word, where it is not the class name in upper case.
 CLASS_WORDS = {"ClientCmd": "CLIENT", "ClusterCmd": "CLUSTER", "CommandCmd": "COMMAND",
                "ConfigGet": "CONFIG", "DbSize": "DBSIZE", "ReadOnly": "READONLY", "ReadWrite": "READWRITE"}

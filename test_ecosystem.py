@@ -704,9 +704,10 @@ def test_info_text_sections_and_format():
 
 
 class _FakeConn:
-    def __init__(self, resp=True, readonly=False, subscribed=False):
+    def __init__(self, resp=True, readonly=False, subscribed=False, blocking=False):
         self.session = type("S", (), {"resp": resp, "readonly": readonly,
                                       "sub": object() if subscribed else None})()
+        self.blocking = blocking
         self.killed = False
 
     def kill(self):
@@ -717,7 +718,8 @@ def test_demotion_watch_closes_what_sentinel_would():
     primary = [False]
     normal, replica, sub, line = _FakeConn(), _FakeConn(readonly=True), _FakeConn(subscribed=True), \
         _FakeConn(resp=False)
-    conns = [normal, replica, sub, line]
+    blocked = _FakeConn(blocking=True)     # kv_blocking answers it UNBLOCKED, then closes it
+    conns = [normal, replica, sub, line, blocked]
     watch = S.DemotionWatch("n1", lambda: primary[0], lambda: conns)
     assert watch() == 0                          # starts as a secondary: nothing to do
     primary[0] = True
@@ -725,3 +727,4 @@ def test_demotion_watch_closes_what_sentinel_would():
     assert watch() == 0
     primary[0] = False
     assert watch() == 1 and normal.killed and not sub.killed and not line.killed   # demoted
+    assert not blocked.killed

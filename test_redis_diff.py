@@ -20,6 +20,7 @@ depends on which server answered a few ms earlier.
 from __future__ import annotations
 
 import os
+import select
 import random
 import shutil
 import socket
@@ -34,7 +35,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
+import kv_registry  # noqa: E402
 from kv_localcluster import LocalCluster, pick_free_ports  # noqa: E402
+
+_REGISTERED = frozenset(n.encode() for n in kv_registry.SPECS)   # families gate newer commands on it
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -113,7 +117,10 @@ FLOATS = [b"0.1", b"-0.5", b"1e2", b"3", b"abc", b"10.5", b"-1.25e1", b"5.0e3", 
 class Gen:
     """Seeded command streams.  An op is (kind, args): kind "cmd" (send to both main connections),
     "other" (send on the second connections: a concurrent client), "sleep" (seconds), "scan"
-    (a full SCAN iteration with the given options, compared as a set)."""
+    (a full SCAN iteration with the given options, compared as a set), "block" ((i, args):
+    send a blocking command on blocker connection i without reading its answer; the stream
+    goes on once that client is blocked or answered, on both servers), "wake" (i: read blocker
+    i's answer and compare)."""
 
     def __init__(self, family: str, seed: int):
         self.r = random.Random(f"{family}/{seed}")
@@ -450,6 +457,100 @@ class Gen:
 
     # == blocking family (kv_list's blocking pops, BZPOPMIN/MAX) ===========================
     #
+    # Clients block on a few list (and sorted-set) keys, writes serve them: who is served, in
+    # which order (FIFO per key, the key that became ready), from which end, BLMOVE chains,
+    # pushes inside MULTI, timeouts, the non-blocking form inside MULTI, and every error.
+    _B_KEYS = [b"bl0", b"bl1", b"bl2"]
+    _B_ZKEYS = [b"bz0", b"bz1"]
+
+    def _b_cmd(self, timeout: bytes, zset: bool):
+        r = self.r
+        if zset:
+            ks = r.sample(self._B_ZKEYS, r.randint(1, 2))
+            c = r.random()
+            if c < 0.6:
+                return [r.choice([b"BZPOPMIN", b"BZPOPMAX"]), *ks, timeout]
+            return [b"BZMPOP", timeout, b"%d" % len(ks), *ks, r.choice([b"MIN", b"MAX"]),
+                    *r.choice([[], [b"COUNT", r.choice([b"1", b"2", b"5"])]])]
+        ks = r.sample(self._B_KEYS, r.randint(1, 3))
+        c = r.random()
+        if c < 0.45:
+            return [r.choice([b"BLPOP", b"BRPOP"]), *ks, timeout]
+        if c < 0.7:
+            return [b"BLMOVE", ks[0], r.choice(self._B_KEYS + [b"bs"]), r.choice([b"LEFT", b"RIGHT"]),
+                    r.choice([b"LEFT", b"RIGHT"]), timeout]
+        if c < 0.8:
+            return [b"BRPOPLPUSH", ks[0], r.choice(self._B_KEYS), timeout]
+        return [b"BLMPOP", timeout, b"%d" % len(ks), *ks, r.choice([b"LEFT", b"RIGHT"]),
+                *r.choice([[], [b"COUNT", r.choice([b"1", b"2", b"3"])]])]
+
+    def _b_push(self, zset: bool):
+        r = self.r
+        if zset:
+            return [b"ZADD", r.choice(self._B_ZKEYS), *[x for _ in range(r.randint(1, 3))
+                                                        for x in (b"%d" % r.randint(0, 9), b"m%d" % r.randint(0, 20))]]
+        return [r.choice([b"LPUSH", b"RPUSH"]), r.choice(self._B_KEYS),
+                *[b"e%d" % r.randint(0, 99) for _ in range(r.randint(1, 3))]]
+
+    def g_blocking(self):
+        r = self.r
+        zsets = b"BZPOPMIN" in _REGISTERED
+        c = r.random()
+        if c < 0.15:     # setup: change the keys without anybody blocked
+            k = r.choice(self._B_KEYS + self._B_ZKEYS)
+            yield ("cmd", r.choice([[b"DEL", k], [b"RPUSH", r.choice(self._B_KEYS), b"s%d" % r.randint(0, 9)],
+                                    [b"LPOP", r.choice(self._B_KEYS)], [b"SET", b"bs", b"str"],
+                                    [b"LRANGE", r.choice(self._B_KEYS), b"0", b"-1"]]))
+        elif c < 0.3:    # errors and immediate answers (data there, wrong type, bad arguments)
+            bad = r.choice([b"-1", b"abc", b"inf", b"1e400", b"0.001", b"", b"-0"])
+            cmd = self._b_cmd(r.choice([b"0.05", bad]), zsets and r.random() < 0.3)
+            if r.random() < 0.2:
+                cmd = cmd[:1] + [b"bs"] + cmd[2:]
+            if r.random() < 0.1:
+                cmd = cmd[:r.randint(1, 2)]
+            if r.random() < 0.1 and cmd[0] in (b"BLMPOP", b"BZMPOP"):
+                cmd[2] = r.choice([b"0", b"-1", b"x", b"9"])
+            yield ("block", (0, cmd))
+            yield ("wake", 0)
+        elif c < 0.4:    # the non-blocking form inside MULTI
+            yield ("cmd", [b"MULTI"])
+            for _ in range(r.randint(1, 3)):
+                yield ("cmd", r.choice([self._b_cmd(b"0", zsets and r.random() < 0.3), self._b_push(False)]))
+            yield ("cmd", [b"EXEC"])
+        else:            # clients block, writes serve them
+            m = r.randint(1, 3)
+            waiting = []
+            for i in range(m):
+                cmd = self._b_cmd(b"3", zsets and r.random() < 0.3)
+                yield ("block", (i, cmd))
+                waiting.append((i, cmd))
+            for _ in range(r.randint(0, 3)):
+                c2 = r.random()
+                if c2 < 0.5:
+                    yield ("cmd", self._b_push(zsets and r.random() < 0.3))
+                elif c2 < 0.65:
+                    k = r.choice(self._B_KEYS)
+                    yield ("cmd", [b"MULTI"])
+                    yield ("cmd", [b"RPUSH", k, b"t1", b"t2"])
+                    yield ("cmd", r.choice([[b"LPOP", k], [b"RPUSH", r.choice(self._B_KEYS), b"t3"], [b"DEL", k]]))
+                    yield ("cmd", [b"EXEC"])
+                elif c2 < 0.75:
+                    yield ("cmd", [b"LMOVE", r.choice(self._B_KEYS), r.choice(self._B_KEYS), b"LEFT", b"RIGHT"])
+                elif c2 < 0.85:
+                    yield ("cmd", [b"RENAME", r.choice(self._B_KEYS), r.choice(self._B_KEYS)])
+                else:
+                    yield ("cmd", [b"LRANGE", r.choice(self._B_KEYS), b"0", b"-1"])
+            # then enough for everybody still waiting, in one go, and read every answer
+            for i, cmd in waiting:
+                z = cmd[0].startswith(b"BZ")
+                keys = cmd[1:-1] if cmd[0] in (b"BLPOP", b"BRPOP", b"BZPOPMIN", b"BZPOPMAX") else \
+                    [cmd[1]] if cmd[0] in (b"BLMOVE", b"BRPOPLPUSH") else cmd[3:3 + int(cmd[2])]
+                for k in keys:
+                    if k == b"bs":
+                        continue
+                    yield ("cmd", [b"ZADD", k, b"1", b"f%d" % i] if z else [b"RPUSH", k, b"f%d" % i])
+            for i, _ in waiting:
+                yield ("wake", i)
 
     # == sets family (kv_set) ==============================================================
     #
@@ -688,9 +789,77 @@ def _show(args) -> str:
     return " ".join(a.decode("utf-8", "backslashreplace") if isinstance(a, bytes) else str(a) for a in args)
 
 
+def _blocked_clients(conn: Resp) -> int:
+    rep = conn.call(b"INFO", b"clients")
+    for line in rep[1].decode().splitlines():
+        if line.startswith("blocked_clients:"):
+            return int(line.split(":")[1])
+    raise AssertionError(f"INFO clients has no blocked_clients: {rep!r}")
+
+
+class Blockers:
+    """The blocker connections of one stream: per server, connection i sends a blocking command
+    and its answer is read later (wake).  block() returns once, on each server, the command
+    answered at once or its client counts in INFO's blocked_clients."""
+
+    def __init__(self, main: tuple):
+        self.main = main                      # (redis conn, our conn): for INFO
+        self.conns: dict[int, tuple] = {}
+        self.pending: dict[int, list] = {}    # i -> the command sent
+        self.blocked = [0, 0]
+
+    def _conn(self, i: int) -> tuple:
+        c = self.conns.get(i)
+        if c is None:
+            c = self.conns[i] = tuple(Resp(m.sock.getpeername()[1]) for m in self.main)
+        return c
+
+    def block(self, i: int, args: list) -> None:
+        assert i not in self.pending, f"blocker {i} is still waiting for {self.pending[i]}"
+        conns = self._conn(i)
+        for side, c in enumerate(conns):
+            c.sock.sendall(b"*%d\r\n" % len(args) + b"".join(
+                b"$%d\r\n%b\r\n" % (len(a), a) for a in (x if isinstance(x, bytes) else str(x).encode()
+                                                            for x in args)))
+            deadline = time.monotonic() + 10
+            while True:
+                r, _, _ = select.select([c.sock], [], [], 0)
+                if r:
+                    break       # answered at once
+                if _blocked_clients(self.main[side]) > self.blocked[side]:
+                    self.blocked[side] += 1
+                    break
+                assert time.monotonic() < deadline, f"{_show(args)}: neither answered nor blocked after 10 s"
+                time.sleep(0.002)
+        self.pending[i] = args
+
+    def wake(self, i: int) -> tuple:
+        args = self.pending.pop(i)
+        out = []
+        for side, c in enumerate(self._conn(i)):
+            out.append(c._read())
+        for side in (0, 1):
+            self.blocked[side] = _blocked_clients(self.main[side])
+        return args, out[0], out[1]
+
+    def close(self) -> None:
+        for pair in self.conns.values():
+            for c in pair:
+                c.close()
+
+
 def run_stream(family: str, seed: int, n: int, redis: tuple, ours: tuple, verbose: bool = False) -> int:
     """Run one stream; returns the number of commands compared; raises AssertionError at the
     first disagreement."""
+    (ra, rb), (oa, ob) = redis, ours
+    blockers = Blockers((ra, oa))
+    try:
+        return _run_stream(family, seed, n, redis, ours, verbose, blockers)
+    finally:
+        blockers.close()
+
+
+def _run_stream(family, seed, n, redis, ours, verbose, blockers) -> int:
     (ra, rb), (oa, ob) = redis, ours
     for c in (ra, oa):
         for w in (b"DISCARD", b"UNWATCH"):
@@ -711,6 +880,17 @@ def run_stream(family: str, seed: int, n: int, redis: tuple, ours: tuple, verbos
             x, y = full_scan(ra, args), full_scan(oa, args)
             line = "SCAN (full iteration) " + _show(args)
             ok = x == y
+        elif kind == "block":
+            blockers.block(args[0], args[1])
+            compared += 1    # its answer is compared at its "wake"
+            if verbose:
+                print(f"      [blocker {args[0]}] sent {_show(args[1])}")
+            continue
+        elif kind == "wake":
+            sent, x, y = blockers.wake(args)
+            line = f"[blocker {args}] " + _show(sent)
+            name = sent[0].upper()
+            ok = agree(x, y, name) if norm is None else norm(x) == norm(y)
         else:
             conns = (ra, oa) if kind == "cmd" else (rb, ob)
             x, y = conns[0].call(*args), conns[1].call(*args)
