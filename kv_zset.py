@@ -758,9 +758,8 @@ def _a_zadd(s, a, now, w):
     if v is None:
         if xx:
             return None if incr else 0
-        members = pairs[1::2]
-        v, old = ZSetValue((), len(members) <= LISTPACK_ENTRIES and
-                           max(len(m) for m in members) <= LISTPACK_VALUE), None
+        # Redis 7.0 creates a listpack unless the first member is too long for one
+        v, old = ZSetValue((), len(pairs[1]) <= LISTPACK_VALUE), None
     else:
         old = v.h
     added = updated = processed = 0
@@ -863,7 +862,12 @@ def _a_zrangestore(s, a, now, w):
     dst, k, rtype, rng, rev, offset, limit, _ = a
     v = s.fetch(k, KIND, now, w)
     items = [] if v is None else _select(v, rtype, rng, rev, offset, limit)
-    return _store_result(s, dst, _result((m, sc) for sc, m in items), now, w)
+    # Redis creates the result as a listpack (unless a rank range is longer than 128) and adds
+    # the members in reply order, converting when one does not fit
+    res = ZSetValue((), rtype != "rank" or len(items) <= LISTPACK_ENTRIES)
+    for sc, m in items:
+        res.put(m, sc)
+    return _store_result(s, dst, res, now, w)
 
 
 def _a_zrank(rev):

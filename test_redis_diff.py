@@ -766,7 +766,7 @@ class Gen:
                 args.append(r.choice([b"REV", b"BYSCORE"]))
             yield ("cmd", args)
         elif c == 17:
-            dst = r.choice(self._Z_KEYS + [b"zx", b"zd"])
+            dst = r.choice(self._Z_KEYS + [b"zd"])
             x = r.randrange(3)
             if x == 0:
                 args = [b"ZRANGESTORE", dst, r.choice(ks), r.choice([0, 1, -2]), r.choice([-1, 1, 3])]
@@ -800,7 +800,7 @@ class Gen:
         elif c in (21, 22):
             name = r.choice([b"ZUNION", b"ZINTER", b"ZDIFF", b"ZUNIONSTORE", b"ZINTERSTORE", b"ZDIFFSTORE"])
             store = name.endswith(b"STORE")
-            dst = r.choice(self._Z_KEYS + [b"zd", b"zx"])
+            dst = r.choice(self._Z_KEYS + [b"zd"])
             opts = []
             if r.random() < 0.4:
                 opts += [b"WEIGHTS"] + [r.choice([b"1", b"2", b"-1", b"0", b"0.5", b"inf", b"-inf", b"x"][:7 if r.random() < 0.95 else 8]) for _ in ks]
@@ -861,7 +861,7 @@ class Gen:
                 [b"ZPOPMIN", b"zx"], [b"ZMPOP", 2, b"nokey", b"zx", b"MIN"], [b"ZREM", b"zx", b"a"], [b"ZMSCORE", b"zx", b"a"],
                 [b"ZRANDMEMBER", b"zx"], [b"ZRANGESTORE", b"zd", b"zx", 0, -1], [b"ZINTERCARD", 2, k, b"zx"]]))
         elif c == 28:
-            yield ("cmd", [b"SET", r.choice([b"zx", b"zx", k]), self.val()])
+            yield ("cmd", [b"SET", r.choice([b"zx", b"zx", b"zd", k]), self.val()])
         elif c == 29:
             x = r.randrange(4)
             if x < 2:
