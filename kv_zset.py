@@ -18,6 +18,10 @@ overflow, NaN refused) for ZADD / ZINCRBY / WEIGHTS, and zslParseRange (strtod, 
 allowed, "" is 0, "(" exclusive) for score ranges.  Score arguments travel in the log entry as
 the text of the parsed double ("%.17g", "inf", "-0"), which float() reads back exactly.
 
+ZRANDMEMBER draws a seed in its parser (parsers run only on the primary) and picks with
+random.Random(seed) over the (score, member) order, so that apply never draws (inside EXEC it
+runs on every node).
+
 Blocking commands (BZPOPMIN BZPOPMAX BZMPOP) parse to kv_spec.Blocking: `command` is the
 non-blocking form (sm BZPOPMIN: [key, member, score] or NULL_ARRAY; ZMPOP for BZMPOP).
 
@@ -39,6 +43,7 @@ import zlib
 
 from sortedcontainers import SortedList
 
+import kv_set
 from kv_list import timeout_seconds
 from kv_protocol import compile_glob
 from kv_spec import Blocking, TypeOps, check_arity, data_command, key, reject, spec_rows
@@ -57,7 +62,6 @@ E_NAN = "ERR resulting score is not a number (NaN)"
 E_POSITIVE = "ERR value is out of range, must be positive"
 E_WEIGHT = "ERR weight value is not a float"
 E_LIMIT = "ERR LIMIT can't be negative"
-E_CURSOR = "ERR invalid cursor"
 E_RAND_RANGE = f"ERR value is out of range, value must between {-INT64_MAX} and {INT64_MAX}"
 E_NEG_COUNT = f"ERR value is out of range, value must between {-NEG_COUNT_MAX} and {INT64_MAX}"
 
@@ -705,47 +709,14 @@ def _p_zrandmember(args, line):
                 raise reject("ERR value is out of range")
         if count < -NEG_COUNT_MAX:
             raise reject(E_NEG_COUNT)
-    return data_command(SPEC["ZRANDMEMBER"], args, [key(args[1]), count, withscores])
-
-
-def _scan_cursor(b: bytes) -> int:
-    if b[:1].isspace():
-        raise reject(E_CURSOR)
-    d = b[1:] if b[:1] in (b"+", b"-") else b
-    if b == b"":
-        return 0
-    if not d or not d.isdigit() or not d.isascii():
-        raise reject(E_CURSOR)
-    n = int(d)
-    if n > (1 << 64) - 1:
-        raise reject(E_CURSOR)
-    return (-n) % (1 << 64) if b[:1] == b"-" else n
+    return data_command(SPEC["ZRANDMEMBER"], args, [key(args[1]), count, withscores, random.getrandbits(63)])
 
 
 def _p_zscan(args, line):
-    check_arity(args, SPEC["ZSCAN"].arity)
-    cursor = _scan_cursor(args[2])
-    pattern, count, error = None, 10, None
-    i, n = 3, len(args)
-    while i < n:
-        opt = args[i].upper()
-        if opt == b"COUNT" and n - i >= 2:
-            c = parse_int(args[i + 1])
-            if c is None:
-                error = E_NOT_INT
-                break
-            if c < 1:
-                error = E_SYNTAX
-                break
-            count = c
-        elif opt == b"MATCH" and n - i >= 2:
-            p = args[i + 1]
-            pattern = None if p == b"*" else p.decode("utf-8", "surrogateescape")
-        else:
-            error = E_SYNTAX
-            break
-        i += 2
-    return data_command(SPEC["ZSCAN"], args, [key(args[1]), min(cursor, 1 << 32), pattern, count, error])
+    """ZSCAN key cursor [MATCH p] [COUNT n]: SSCAN's grammar and errors (kv_set's parser; a bad
+    option is carried to apply, as Redis reports it only for an existing key):
+    sm args [key, cursor, pattern, count, error]."""
+    return data_command(SPEC["ZSCAN"], args, kv_set._p_sscan(args, line).args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1058,22 +1029,23 @@ def _a_setopstore(s, a, now, w):
 
 
 def _a_zrandmember(s, a, now, w):
-    k, count, withscores = a
+    k, count, withscores, seed = a
     v = s.fetch(k, KIND, now, w)
     if v is None:
         return None if count is None else (Pairs() if withscores else [])
+    rng = random.Random(seed)
     sl = v.sl
     n = len(sl)
     if count is None:
-        return sl[random.randrange(n)][1]
+        return sl[rng.randrange(n)][1]
     if count == 0:
         items = []
     elif count < 0:
-        items = [sl[random.randrange(n)] for _ in range(-count)]
+        items = [sl[rng.randrange(n)] for _ in range(-count)]
     elif count >= n:
         items = list(sl)
     else:
-        items = [sl[i] for i in random.sample(range(n), count)]
+        items = [sl[i] for i in rng.sample(range(n), count)]
     if withscores:
         return _pairs(items)
     return [m for _, m in items]
@@ -1194,10 +1166,6 @@ def _line_scan(r):
     flat = r[1]
     return {"cursor": r[0], "members": [[_text(flat[i]), _jscore(flat[i + 1])]
                                         for i in range(0, len(flat), 2)]}
-
-
-def _first_arg(a):
-    return a[0]
 
 
 def _range_src(a):

@@ -881,6 +881,22 @@ class Gen:
             yield ("cmd", [b"ZUNIONSTORE", r.choice(self._Z_KEYS), len(ks)] + ks)
             yield ("cmd", [b"ZRANGE", k, 0, -1, b"WITHSCORES"])
             yield ("cmd", [b"EXEC"])
+        elif r.random() < 0.3:
+            # zb: more than 128 members, a skiplist (where a -0 score stays -0)
+            pairs = [x for i in range(r.choice([120, 130])) for x in (str(r.choice([i, i / 4, -i])).encode(), b"m%d" % i)]
+            yield ("cmd", [b"ZADD", b"zb"] + pairs)
+            yield ("cmd", [b"ZADD", b"zb", b"-0", r.choice([b"m1", b"new"]), b"0", b"zero"])
+            yield ("cmd", [b"ZINCRBY", b"zb", b"-0", b"m0"])
+            yield ("cmd", [b"ZRANGEBYSCORE", b"zb", self._z_bound(), self._z_bound(), b"WITHSCORES"] + self._z_limit())
+            yield ("cmd", [b"ZREVRANK", b"zb", b"m%d" % r.randrange(140)])
+            yield ("cmd", [b"ZSCAN", b"zb", 0, b"COUNT", 1000], self._z_scan)
+            yield ("cmd", [b"ZREMRANGEBYRANK", b"zb", r.randint(-5, 5), r.randint(-140, 20)])
+            yield ("cmd", [r.choice([b"ZPOPMIN", b"ZPOPMAX"]), b"zb", r.choice([1, 3])])
+            yield ("cmd", [b"ZRANGE", b"zb", 0, -1, b"WITHSCORES"])
+            yield ("cmd", [b"ZUNIONSTORE", b"zd", 2, b"zb", k, b"WEIGHTS", b"-1", b"2"])
+            yield ("cmd", [b"ZRANGE", b"zd", 0, -1, b"WITHSCORES"])
+            if r.random() < 0.5:
+                yield ("cmd", [b"DEL", b"zb"])
         else:
             yield ("cmd", [b"ZRANGE", k, 0, -1, b"WITHSCORES"])
             yield ("cmd", [b"ZCARD", k])
