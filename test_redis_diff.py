@@ -728,6 +728,280 @@ class Gen:
 
     # == zsets family (kv_zset) ============================================================
     #
+    # Keys z0..z3 (sorted sets, sometimes a string), zl (every score 0: the lex commands' key, in
+    # lex order whatever its encoding), zs (a set: a valid input of ZUNION & co), zx (a string).
+    # A member of 70 bytes turns a zset into a skiplist.  Random picks (ZRANDMEMBER) are compared
+    # by shape; ZSCAN with a large COUNT from cursor 0 as a sorted list of pairs.
+    _Z_KEYS = [b"z0", b"z1", b"z2", b"z3"]
+    _Z_MEMBERS = [b"a", b"b", b"c", b"d", b"e", b"f", b"g", b"1", b"10", b"", b"\xff", b"x" * 70]
+    _Z_SCORES = [b"0", b"1", b"2", b"-1", b"3.5", b"-2.25", b"1e3", b"0.1", b"0.2", b"inf", b"-inf",
+                 b"+inf", b"-0", b"1e-310", b"0x10", b"100", b"7"]
+    _Z_BAD_SCORES = [b"abc", b"nan", b"", b" 1", b"1 ", b"1e400", b"1e-400", b"(1", b"--1", b"inf1"]
+    _Z_BOUNDS = [b"-inf", b"+inf", b"inf", b"0", b"1", b"(1", b"(0", b"2", b"(3.5", b"-1", b"100",
+                 b"(-inf", b"(+inf", b"", b"(", b" 5", b"0x2", b"1e400"]
+    _Z_BAD_BOUNDS = [b"abc", b"((1", b"1 ", b"nan", b"(nan", b"[1"]
+    _Z_LEX = [b"-", b"+", b"[a", b"(a", b"[c", b"(c", b"[", b"(", b"[e", b"(g", b"[10", b"[\xff", b"(b"]
+    _Z_BAD_LEX = [b"a", b"", b"+a", b"-a", b"{a"]
+
+    def _z_member(self):
+        return self.r.choice(self._Z_MEMBERS[:-1]) if self.r.random() < 0.97 else self._Z_MEMBERS[-1]
+
+    def _z_pairs(self, n=None):
+        out = []
+        for _ in range(n or self.r.randint(1, 3)):
+            out += [self.r.choice(self._Z_SCORES), self._z_member()]
+        return out
+
+    def _z_bound(self):
+        return self.r.choice(self._Z_BOUNDS) if self.r.random() < 0.95 else self.r.choice(self._Z_BAD_BOUNDS)
+
+    def _z_lex(self):
+        return self.r.choice(self._Z_LEX) if self.r.random() < 0.93 else self.r.choice(self._Z_BAD_LEX)
+
+    @staticmethod
+    def _z_scan(rep):
+        t, v = rep
+        if t != "*":
+            return rep
+        flat = [x[1] for x in v[1][1]]
+        return (v[0][1], sorted(zip(flat[0::2], flat[1::2])))
+
+    @staticmethod
+    def _z_rand(count, withscores):
+        def norm(rep):
+            t, v = rep
+            if t != "*" or v is None:
+                return (t, v is None)
+            n = len(v) // 2 if withscores else len(v)
+            if count is not None and count > 0:
+                return ("distinct", n, len({x[1] for x in (v[0::2] if withscores else v)}))
+            return ("picks", n)
+        return norm
+
+    def _z_limit(self):
+        r = self.r
+        return [b"LIMIT", r.choice([0, 1, 2, -1, 5]), r.choice([-1, 0, 1, 2, 3, -5])]
+
+    def g_zsets(self):
+        r = self.r
+        c = r.randrange(34)
+        k = r.choice(self._Z_KEYS)
+        ks = [r.choice(self._Z_KEYS + [b"zs", b"zl", b"nokey"]) for _ in range(r.randint(1, 3))]
+        if c < 5:
+            opts = []
+            for f in (b"NX", b"XX", b"CH", b"GT", b"LT", b"INCR"):
+                if r.random() < 0.12:
+                    opts.append(f if r.random() < 0.8 else f.lower())
+            pairs = self._z_pairs(1 if b"INCR" in opts and r.random() < 0.8 else None)
+            if r.random() < 0.04:
+                pairs[0] = r.choice(self._Z_BAD_SCORES)
+            if r.random() < 0.03:
+                pairs = pairs[:-1]
+            yield ("cmd", [b"ZADD", r.choice([k, k, k, b"zx"])] + opts + pairs)
+        elif c == 5:
+            yield ("cmd", [b"ZINCRBY", r.choice([k, k, b"zx"]),
+                           r.choice(self._Z_SCORES + self._Z_BAD_SCORES[:3]), self._z_member()])
+        elif c == 6:
+            yield ("cmd", [b"ZREM", r.choice(ks)] + [self._z_member() for _ in range(r.randint(1, 3))])
+        elif c == 7:
+            yield ("cmd", [r.choice([b"ZSCORE", b"ZRANK", b"ZREVRANK"]), r.choice(ks), self._z_member()])
+        elif c == 8:
+            yield ("cmd", [b"ZMSCORE", r.choice(ks)] + [self._z_member() for _ in range(r.randint(1, 3))])
+        elif c == 9:
+            yield ("cmd", [b"ZCARD", r.choice(ks)])
+            yield ("cmd", [b"ZCOUNT", r.choice(ks), self._z_bound(), self._z_bound()])
+        elif c == 10:
+            yield ("cmd", [b"ZLEXCOUNT", r.choice([b"zl", b"zl", b"nokey", b"zx"]), self._z_lex(), self._z_lex()])
+        elif c == 11:
+            args = [b"ZRANGE", r.choice(ks), r.choice([0, 1, -1, -2, 2, 100, -100, b"x"]),
+                    r.choice([0, 1, -1, -2, 3, 100, -100])]
+            if r.random() < 0.4:
+                args.append(b"WITHSCORES")
+            if r.random() < 0.3:
+                args.append(b"REV")
+            if r.random() < 0.1:
+                args += [b"LIMIT", 0, r.choice([-1, 1])]
+            yield ("cmd", args)
+        elif c == 12:
+            args = [b"ZRANGE", r.choice(ks), self._z_bound(), self._z_bound(), b"BYSCORE"]
+            if r.random() < 0.4:
+                args.append(b"REV")
+            if r.random() < 0.4:
+                args += self._z_limit()
+            if r.random() < 0.4:
+                args.append(b"WITHSCORES")
+            r.shuffle(args[4:]) if r.random() < 0.3 else None
+            yield ("cmd", args)
+        elif c == 13:
+            args = [b"ZRANGE", r.choice([b"zl", b"zl", b"nokey", b"zx"]), self._z_lex(), self._z_lex(), b"BYLEX"]
+            if r.random() < 0.4:
+                args.append(b"REV")
+            if r.random() < 0.4:
+                args += self._z_limit()
+            if r.random() < 0.05:
+                args.append(b"WITHSCORES")
+            yield ("cmd", args)
+        elif c == 14:
+            name = r.choice([b"ZRANGEBYSCORE", b"ZREVRANGEBYSCORE"])
+            args = [name, r.choice(ks), self._z_bound(), self._z_bound()]
+            if r.random() < 0.4:
+                args.append(b"WITHSCORES")
+            if r.random() < 0.4:
+                args += self._z_limit()
+            if r.random() < 0.05:
+                args.append(r.choice([b"REV", b"BYSCORE", b"BYLEX", b"LIMIT"]))
+            yield ("cmd", args)
+        elif c == 15:
+            name = r.choice([b"ZRANGEBYLEX", b"ZREVRANGEBYLEX"])
+            args = [name, r.choice([b"zl", b"zl", b"nokey", b"zx"]), self._z_lex(), self._z_lex()]
+            if r.random() < 0.4:
+                args += self._z_limit()
+            if r.random() < 0.05:
+                args.append(r.choice([b"REV", b"WITHSCORES", b"BYLEX"]))
+            yield ("cmd", args)
+        elif c == 16:
+            args = [b"ZREVRANGE", r.choice(ks), r.choice([0, 1, -1, -3]), r.choice([0, 2, -1, -2])]
+            if r.random() < 0.4:
+                args.append(b"WITHSCORES")
+            if r.random() < 0.05:
+                args.append(r.choice([b"REV", b"BYSCORE"]))
+            yield ("cmd", args)
+        elif c == 17:
+            dst = r.choice(self._Z_KEYS + [b"zd"])
+            x = r.randrange(3)
+            if x == 0:
+                args = [b"ZRANGESTORE", dst, r.choice(ks), r.choice([0, 1, -2]), r.choice([-1, 1, 3])]
+            elif x == 1:
+                args = [b"ZRANGESTORE", dst, r.choice(ks), self._z_bound(), self._z_bound(), b"BYSCORE"]
+                if r.random() < 0.4:
+                    args += self._z_limit()
+            else:
+                args = [b"ZRANGESTORE", dst, r.choice([b"zl", b"nokey"]), self._z_lex(), self._z_lex(), b"BYLEX"]
+            if r.random() < 0.3:
+                args.append(b"REV")
+            if r.random() < 0.05:
+                args.append(b"WITHSCORES")
+            yield ("cmd", args)
+            yield ("cmd", [b"ZRANGE", dst, 0, -1, b"WITHSCORES"])
+        elif c == 18:
+            name = r.choice([b"ZPOPMIN", b"ZPOPMAX"])
+            n = r.choice([None, None, 0, 1, 2, 5, -1, b"x"])
+            yield ("cmd", [name, r.choice(ks)] + ([] if n is None else [n]))
+        elif c == 19:
+            opt = [] if r.random() < 0.5 else [b"COUNT", r.choice([1, 2, 10, 0, -1])]
+            yield ("cmd", [b"ZMPOP", len(ks)] + ks + [r.choice([b"MIN", b"MAX", b"max", b"FOO"])] + opt)
+        elif c == 20:
+            x = r.randrange(3)
+            if x == 0:
+                yield ("cmd", [b"ZREMRANGEBYRANK", r.choice(ks), r.choice([0, 1, -1, -2, b"x"]), r.choice([0, 1, -1, -3])])
+            elif x == 1:
+                yield ("cmd", [b"ZREMRANGEBYSCORE", r.choice(ks), self._z_bound(), self._z_bound()])
+            else:
+                yield ("cmd", [b"ZREMRANGEBYLEX", r.choice([b"zl", b"nokey", b"zx"]), self._z_lex(), self._z_lex()])
+        elif c in (21, 22):
+            name = r.choice([b"ZUNION", b"ZINTER", b"ZDIFF", b"ZUNIONSTORE", b"ZINTERSTORE", b"ZDIFFSTORE"])
+            store = name.endswith(b"STORE")
+            dst = r.choice(self._Z_KEYS + [b"zd"])
+            opts = []
+            if r.random() < 0.4:
+                opts += [b"WEIGHTS"] + [r.choice([b"1", b"2", b"-1", b"0", b"0.5", b"inf", b"-inf", b"x"][:7 if r.random() < 0.95 else 8]) for _ in ks]
+            if r.random() < 0.4:
+                opts += [b"AGGREGATE", r.choice([b"SUM", b"MIN", b"MAX", b"max", b"avg"][:4 if r.random() < 0.95 else 5])]
+            if not store and r.random() < 0.5:
+                opts.append(b"WITHSCORES")
+            if r.random() < 0.1:
+                r.shuffle(opts)
+            n = len(ks) if r.random() < 0.95 else r.choice([0, -1, len(ks) + 1, b"x"])
+            yield ("cmd", [name] + ([dst] if store else []) + [n] + ks + opts)
+            if store:
+                yield ("cmd", [b"ZRANGE", dst, 0, -1, b"WITHSCORES"])
+        elif c == 23:
+            opt = [] if r.random() < 0.6 else [b"LIMIT", r.choice([0, 1, 2, -1, b"x"])]
+            n = len(ks) if r.random() < 0.95 else r.choice([0, len(ks) + 1])
+            yield ("cmd", [b"ZINTERCARD", n] + ks + opt)
+        elif c == 24:
+            n = r.choice([None, 0, 1, 2, 3, 20, -1, -3, -10])
+            ws = n is not None and r.random() < 0.4
+            yield ("cmd", [b"ZRANDMEMBER", r.choice(ks)] + ([] if n is None else [n]) + ([b"WITHSCORES"] if ws else []),
+                   self._z_rand(n, ws))
+        elif c == 25:
+            opts = [b"COUNT", 1000]
+            if r.random() < 0.4:
+                opts = [b"MATCH", r.choice([b"*", b"?", b"[a-c]", b"1*", b"x*"])] + opts
+            yield ("cmd", [b"ZSCAN", r.choice(ks), 0] + opts, self._z_scan)
+        elif c == 26:
+            yield ("cmd", r.choice([
+                [b"ZADD", k, b"NX", b"XX", 1, b"a"], [b"ZADD", k, b"GT", b"LT", 1, b"a"], [b"ZADD", k, b"GT", b"NX", 1, b"a"],
+                [b"ZADD", k, b"LT", b"NX", 1, b"a"], [b"ZADD", k, b"INCR", 1, b"a", 2, b"b"], [b"ZADD", k, b"XX"],
+                [b"ZADD", k, b"CH", b"1"], [b"ZADD", k, 1, b"a", 2], [b"ZADD", k, b"INCR", b"-inf", b"a"],
+                [b"ZADD", k, b"INCR", b"inf", b"a"], [b"ZADD", k, b"XX", b"INCR", 1, b"zz"], [b"ZADD", b"zx", b"x", b"a"],
+                [b"ZRANGE", k, 0, 1, b"LIMIT", 0, 1], [b"ZRANGE", k, 0, 1, b"BYSCORE", b"BYLEX"], [b"ZRANGE", k, 0, 1, b"REV", b"REV"],
+                [b"ZRANGE", k, b"-", b"+", b"BYLEX", b"WITHSCORES"], [b"ZRANGE", k, 0, 1, b"LIMIT", 0], [b"ZRANGE", k, 0, 1, b"FOO"],
+                [b"ZRANGESTORE", b"zd", k, 0, -1, b"WITHSCORES"], [b"ZREVRANGE", k, 0, -1, b"LIMIT", 0, 1],
+                [b"ZPOPMIN", k, 1, 2], [b"ZMPOP", 0, k, b"MIN"], [b"ZMPOP", 2, k, b"MIN"], [b"ZMPOP", 1, k, b"MIN", b"COUNT", 1, b"COUNT", 1],
+                [b"ZMPOP", b"x", k, b"MIN"], [b"ZMPOP", 1, k, b"MIN", b"COUNT"], [b"ZUNIONSTORE", b"zd", 0, k],
+                [b"ZUNION", 1, k, b"WEIGHTS"], [b"ZUNION", 1, k, b"WEIGHTS", 1, 2], [b"ZUNION", 1, k, b"AGGREGATE"],
+                [b"ZDIFF", 1, k, b"WEIGHTS", 1], [b"ZDIFF", 1, k, b"AGGREGATE", b"SUM"], [b"ZINTERSTORE", b"zd", 1, k, b"WITHSCORES"],
+                [b"ZINTERCARD", 1, k, b"WEIGHTS", 1], [b"ZUNION", 2, k, b"zx"], [b"ZUNION", 2, b"zx", k, b"BAD"],
+                [b"ZRANDMEMBER", k, 1, 2], [b"ZRANDMEMBER", k, 1, b"WITHSCORE"], [b"ZRANDMEMBER", k, b"x"],
+                [b"ZRANDMEMBER", k, -9223372036854775808], [b"ZRANDMEMBER", k, -9223372036854775807, b"WITHSCORES"],
+                [b"ZRANDMEMBER", k, 4611686018427387904, b"WITHSCORES"],
+                [b"ZSCAN", k, b"x"], [b"ZSCAN", k, 0, b"COUNT", 0], [b"ZSCAN", k, 0, b"FOO"], [b"ZSCAN", b"zx", 0, b"FOO"],
+                [b"ZSCAN", b"nokey", 0, b"FOO"], [b"ZSCAN", k, 0, b"COUNT", b"x"],
+                [b"ZCOUNT", b"zx", b"x", 1], [b"ZREMRANGEBYRANK", b"zx", b"x", 1], [b"ZINCRBY", k, b"nan", b"a"]]))
+        elif c == 27:
+            yield ("cmd", r.choice([
+                [b"ZADD", k], [b"ZADD", k, 1], [b"ZINCRBY", k, 1], [b"ZREM", k], [b"ZSCORE", k], [b"ZMSCORE", k],
+                [b"ZCARD"], [b"ZCARD", k, k], [b"ZCOUNT", k, 1], [b"ZLEXCOUNT", k, b"-"], [b"ZRANGE", k, 0],
+                [b"ZRANGEBYSCORE", k, 0], [b"ZREVRANGEBYSCORE", k], [b"ZRANGEBYLEX", k, b"-"], [b"ZREVRANGEBYLEX", k],
+                [b"ZREVRANGE", k, 0], [b"ZRANGESTORE", k, k, 0], [b"ZRANK", k], [b"ZREVRANK", k, b"a", b"b"],
+                [b"ZPOPMIN"], [b"ZPOPMAX"], [b"ZMPOP", 1, k], [b"ZREMRANGEBYSCORE", k, 1], [b"ZREMRANGEBYRANK", k],
+                [b"ZREMRANGEBYLEX", k, b"-"], [b"ZUNIONSTORE", k, 1], [b"ZINTERSTORE", k], [b"ZDIFFSTORE", k, 1],
+                [b"ZUNION", 1], [b"ZINTER", 1], [b"ZDIFF", 1], [b"ZINTERCARD", 1], [b"ZRANDMEMBER"], [b"ZSCAN", k],
+                [b"ZSCORE", b"zx", b"a"], [b"ZRANK", b"zx", b"a"], [b"ZCARD", b"zx"], [b"ZRANGE", b"zx", 0, -1],
+                [b"ZPOPMIN", b"zx"], [b"ZMPOP", 2, b"nokey", b"zx", b"MIN"], [b"ZREM", b"zx", b"a"], [b"ZMSCORE", b"zx", b"a"],
+                [b"ZRANDMEMBER", b"zx"], [b"ZRANGESTORE", b"zd", b"zx", 0, -1], [b"ZINTERCARD", 2, k, b"zx"]]))
+        elif c == 28:
+            yield ("cmd", [b"SET", r.choice([b"zx", b"zx", b"zd", k]), self.val()])
+        elif c == 29:
+            x = r.randrange(4)
+            if x < 2:
+                yield ("cmd", [b"ZADD", b"zl"] + [y for _ in range(r.randint(1, 3)) for y in (b"0", self._z_member())])
+            elif x == 2:
+                yield ("cmd", [b"SADD", b"zs", r.choice(self._Z_MEMBERS[:6])])
+            else:
+                yield ("cmd", [b"ZRANGE", b"zl", 0, -1, b"WITHSCORES"])
+        elif c == 30:
+            yield ("cmd", [r.choice([b"TYPE", b"EXISTS"]), r.choice(ks)])
+        elif c == 31:
+            yield ("cmd", [b"DEL", r.choice(self._Z_KEYS + [b"zl", b"zd"])])
+        elif c == 32:
+            yield ("cmd", [b"MULTI"])
+            yield ("cmd", [b"ZADD", k] + self._z_pairs())
+            yield ("cmd", [b"ZINCRBY", k, b"1", self._z_member()])
+            yield ("cmd", [b"ZUNIONSTORE", r.choice(self._Z_KEYS), len(ks)] + ks)
+            yield ("cmd", [b"ZRANGE", k, 0, -1, b"WITHSCORES"])
+            yield ("cmd", [b"EXEC"])
+        elif r.random() < 0.3:
+            # zb: more than 128 members, a skiplist (where a -0 score stays -0)
+            pairs = [x for i in range(r.choice([120, 130])) for x in (str(r.choice([i, i / 4, -i])).encode(), b"m%d" % i)]
+            yield ("cmd", [b"ZADD", b"zb"] + pairs)
+            yield ("cmd", [b"ZADD", b"zb", b"-0", r.choice([b"m1", b"new"]), b"0", b"zero"])
+            yield ("cmd", [b"ZINCRBY", b"zb", b"-0", b"m0"])
+            yield ("cmd", [b"ZRANGEBYSCORE", b"zb", self._z_bound(), self._z_bound(), b"WITHSCORES"] + self._z_limit())
+            yield ("cmd", [b"ZREVRANK", b"zb", b"m%d" % r.randrange(140)])
+            yield ("cmd", [b"ZSCAN", b"zb", 0, b"COUNT", 1000], self._z_scan)
+            yield ("cmd", [b"ZREMRANGEBYRANK", b"zb", r.randint(-5, 5), r.randint(-140, 20)])
+            yield ("cmd", [r.choice([b"ZPOPMIN", b"ZPOPMAX"]), b"zb", r.choice([1, 3])])
+            yield ("cmd", [b"ZRANGE", b"zb", 0, -1, b"WITHSCORES"])
+            yield ("cmd", [b"ZUNIONSTORE", b"zd", 2, b"zb", k, b"WEIGHTS", b"-1", b"2"])
+            yield ("cmd", [b"ZRANGE", b"zd", 0, -1, b"WITHSCORES"])
+            if r.random() < 0.5:
+                yield ("cmd", [b"DEL", b"zb"])
+        else:
+            yield ("cmd", [b"ZRANGE", k, 0, -1, b"WITHSCORES"])
+            yield ("cmd", [b"ZCARD", k])
+
 
     # == bitmaps family (kv_strings: SETBIT GETBIT BITCOUNT BITPOS LCS) ====================
     #
