@@ -1090,7 +1090,7 @@ def _a_zscan(s, a, now, w):
     return [str(nxt), [x for pair in found for x in pair]]
 
 
-# -- the blocking commands: parsers only (the blocking runner runs them)
+# -- the blocking commands: their parsers (kv_blocking makes the client wait)
 def _blocking(sm_spec, args, out, keys, timeout):
     return Blocking(data_command(sm_spec, args, out, write=True), keys, timeout, NULL_ARRAY,
                     args[0].decode("utf-8", "surrogateescape").lower())
@@ -1298,6 +1298,3 @@ BZMPOP -5 write,blocking,movablekeys 0 0 0 sorted-set 7.0.0 @write,@sortedset,@s
                "summary": "ZMPOP, waiting for one of the sorted sets to have a member"},
 })
 SPEC = {s.name: s for s in SPECS}
-# The blocking pops parse (kv_spec.Blocking) and their tries apply, but they are registered only
-# once the runner that makes a client wait exists (issue 18), as kv_list's.
-SPECS = [s for s in SPECS if "blocking" not in s.flags]
