@@ -53,13 +53,20 @@ COMMANDS = int(os.environ.get("KV_DIFF_COMMANDS", "1000"))
 
 # --------------------------------------------------------------------------------- RESP client
 class Resp:
-    """A minimal RESP2 client that keeps reply types apart: ("+", str), ("-", str), (":", int),
-    ("$", bytes | None), ("*", list | None)."""
+    """A minimal RESP2/RESP3 client that keeps reply types apart: ("+", str), ("-", str),
+    (":", int), ("$", bytes | None), ("*", list | None), and the RESP3 types ("%", [(k, v), ...])
+    a map, ("~", list) a set, (",", bytes) a double as sent, ("#", bool), ("_", None) the null,
+    ("(", int) a big number, ("=", (format, bytes)) verbatim text, ("|", (pairs, reply)) a reply
+    with an attribute, (">", list) a push.  A push that arrives before a command's reply (an
+    out-of-band message) is kept in `pushes`; a blob error (!) reads as ("-", str).
+    `protocol` is what the last successful HELLO switched to."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.f = self.sock.makefile("rb")
+        self.protocol = 2
+        self.pushes: list = []
 
     def close(self) -> None:
         self.f.close()
@@ -71,12 +78,36 @@ class Resp:
             a = a if isinstance(a, bytes) else str(a).encode()
             out.append(b"$%d\r\n%b\r\n" % (len(a), a))
         self.sock.sendall(b"".join(out))
-        return self._read()
+        name = (args[0] if isinstance(args[0], bytes) else str(args[0]).encode()).upper() if args else b""
+        while True:
+            rep = self._read()
+            if rep[0] != ">" or name in _PUSH_REPLIES:
+                break
+            self.pushes.append(rep)
+        if name == b"HELLO" and rep[0] in ("%", "*") and len(args) > 1:
+            self.protocol = int(args[1])
+        return rep
 
-    def _read(self) -> tuple:
+    def hello(self, protocol: int) -> tuple:
+        rep = self.call(b"HELLO", protocol)
+        if rep[0] == "-":
+            raise ConnectionError(f"HELLO {protocol} refused: {rep[1]}")
+        return rep
+
+    def _line(self) -> bytes:
         line = self.f.readline()
         if not line.endswith(b"\r\n"):
             raise ConnectionError(f"connection closed (read {line!r})")
+        return line
+
+    def _blob(self, n: int) -> bytes:
+        data = self.f.read(n + 2)
+        if len(data) != n + 2:
+            raise ConnectionError("connection closed inside a bulk reply")
+        return data[:-2]
+
+    def _read(self) -> tuple:
+        line = self._line()
         t, rest = line[:1], line[1:-2]
         if t == b"+":
             return ("+", rest.decode())
@@ -86,18 +117,74 @@ class Resp:
             return (":", int(rest))
         if t == b"$":
             n = int(rest)
-            if n < 0:
-                return ("$", None)
-            data = self.f.read(n + 2)
-            return ("$", data[:-2])
+            return ("$", None) if n < 0 else ("$", self._blob(n))
         if t == b"*":
             n = int(rest)
-            if n < 0:
-                return ("*", None)
-            return ("*", [self._read() for _ in range(n)])
+            return ("*", None) if n < 0 else ("*", [self._read() for _ in range(n)])
         if t == b"_":
-            return ("$", None)
+            return ("_", None)
+        if t in (b"%", b"|"):
+            pairs = [(self._read(), self._read()) for _ in range(int(rest))]
+            return ("%", pairs) if t == b"%" else ("|", (pairs, self._read()))
+        if t == b"~":
+            return ("~", [self._read() for _ in range(int(rest))])
+        if t == b">":
+            return (">", [self._read() for _ in range(int(rest))])
+        if t == b",":
+            return (",", rest)
+        if t == b"#":
+            if rest not in (b"t", b"f"):
+                raise ConnectionError(f"bad boolean {line!r}")
+            return ("#", rest == b"t")
+        if t == b"(":
+            return ("(", int(rest))
+        if t == b"=":
+            data = self._blob(int(rest))
+            return ("=", (data[:3].decode(), data[4:]))
+        if t == b"!":
+            return ("-", self._blob(int(rest)).decode("utf-8", "replace"))
         raise ConnectionError(f"unexpected reply line {line!r}")
+
+
+# Commands whose own reply is a push under RESP3.
+_PUSH_REPLIES = frozenset({b"SUBSCRIBE", b"UNSUBSCRIBE", b"PSUBSCRIBE", b"PUNSUBSCRIBE"})
+
+
+def resp3_types(reply):
+    """The type tree of a reply, without its values, lengths or order: equal for two replies
+    that use the same RESP3 types at every level (an array of bulks vs a set of bulks differ)."""
+    t, v = reply
+    if t in ("*", "~", ">") and v is not None:
+        return (t, frozenset(resp3_types(x) for x in v))
+    if t == "%":
+        return (t, frozenset((resp3_types(a), resp3_types(b)) for a, b in v))
+    if t == "|":
+        return (t, frozenset((resp3_types(a), resp3_types(b)) for a, b in v[0]), resp3_types(v[1]))
+    return (t, v is None) if t in ("$", "*") else t
+
+
+def as_resp2(reply):
+    """A RESP3 reply as the RESP2 reply of the same values (what the families' norms and the
+    comparison read): map -> flat array, set / push -> array, double -> bulk of its text,
+    boolean -> 1/0, big number -> integer, verbatim -> bulk, null -> nil, attribute dropped."""
+    t, v = reply
+    if t in ("*", "~", ">"):
+        return ("*", None if v is None else [as_resp2(x) for x in v])
+    if t == "%":
+        return ("*", [as_resp2(x) for pair in v for x in pair])
+    if t == ",":
+        return ("$", v)
+    if t == "#":
+        return (":", int(v))
+    if t == "(":
+        return (":", v)
+    if t == "=":
+        return ("$", v[1])
+    if t == "_":
+        return ("$", None)
+    if t == "|":
+        return as_resp2(v[1])
+    return reply
 
 
 # --------------------------------------------------------------------------------- generators
@@ -672,9 +759,10 @@ class Gen:
             return rep
         return (t, sorted((v[i][1], v[i + 1][1]) for i in range(0, len(v) - 1, 2)))
 
-    def _mx_pick(self, ops: list):
-        """One of ops ((name, args-builder, norm) triples) whose command is registered."""
-        ops = [o for o in ops if o[0] in self._MX_HAVE]
+    def _mx_pick(self, ops: list, ordered: bool = False):
+        """One of ops ((name, args-builder, norm) triples) whose command is registered;
+        ordered: only those compared as they are (inside MULTI, where EXEC is compared whole)."""
+        ops = [o for o in ops if o[0] in self._MX_HAVE and not (ordered and o[2] is not None)]
         name, build, norm = self.r.choice(ops)
         args = [name.encode()] + build()
         return ("cmd", args, norm) if norm is not None else ("cmd", args)
@@ -710,9 +798,9 @@ class Gen:
             ("ZPOPMIN", lambda: [k] + r.choice([[], [2]]), None),
         ])
 
-    def _mx_reader(self, k: bytes):
+    def _mx_reader(self, k: bytes, ordered: bool = False):
         r, el, srt = self.r, self._mx_el, self._mx_sorted
-        return self._mx_pick([
+        return self._mx_pick(ordered=ordered, ops=[
             ("GET", lambda: [k], None), ("STRLEN", lambda: [k], None),
             ("GETRANGE", lambda: [k, 0, -1], None), ("GETDEL", lambda: [k], None),
             ("GETEX", lambda: [k] + r.choice([[], [b"PERSIST"]]), None),
@@ -830,7 +918,7 @@ class Gen:
             yield ("cmd", [b"MULTI"])
             yield self._mx_writer(k)
             yield self._mx_writer(k)
-            yield self._mx_reader(k)
+            yield self._mx_reader(k, ordered=True)
             yield ("cmd", [b"TYPE", k])
             yield ("cmd", [b"EXEC"])
         elif c == 34:
@@ -925,14 +1013,22 @@ def run_stream(family: str, seed: int, n: int, redis: tuple, ours: tuple, verbos
             continue
         if kind == "scan":
             x, y = full_scan(ra, args), full_scan(oa, args)
+            raw = (x, y)
             line = "SCAN (full iteration) " + _show(args)
             ok = x == y
         else:
             conns = (ra, oa) if kind == "cmd" else (rb, ob)
             x, y = conns[0].call(*args), conns[1].call(*args)
+            raw = (x, y)
             name = args[0].upper() if args else b""
             line = ("" if kind == "cmd" else "[other client] ") + _show(args)
-            if norm is not None:
+            # RESP3: the same types at every level, then the values compared as under RESP2
+            same_types = x[0] == y[0] == "-" or conns[0].protocol < 3 or resp3_types(x) == resp3_types(y)
+            if conns[0].protocol >= 3:
+                x, y = as_resp2(x), as_resp2(y)
+            if not same_types:
+                ok = False
+            elif norm is not None:
                 ok = x[0] == y[0] == "-" and agree(x, y, name) or \
                     x[0] != "-" and y[0] != "-" and norm(x) == norm(y)
             elif kind == "cmd" and name == b"EXEC" and queued is not None:
@@ -949,14 +1045,15 @@ def run_stream(family: str, seed: int, n: int, redis: tuple, ours: tuple, verbos
         compared += 1
         history.append(line)
         if verbose:
-            print(f"{compared:5d} {line}\n      redis: {x}\n      ours:  {y}")
+            print(f"{compared:5d} {line}\n      redis: {raw[0]}\n      ours:  {raw[1]}")
         if not ok:
             context = "\n    ".join(history[-12:-1])
             raise AssertionError(
                 f"family {family}, seed {seed}: command #{compared} disagrees\n"
-                f"  command: {line}\n  redis:   {x!r}\n  ours:    {y!r}\n"
+                f"  command: {line}\n  redis:   {raw[0]!r}\n  ours:    {raw[1]!r}\n"
                 f"  preceding commands:\n    {context}\n"
-                f"  replay: python test_redis_diff.py --family {family} --seed {seed} -v")
+                f"  replay: python test_redis_diff.py --family {family} --seed {seed}"
+                f"{' --protocol 3' if ra.protocol >= 3 else ''} -v")
     return compared
 
 
@@ -1017,6 +1114,59 @@ def test_agrees_with_redis(servers, family, seed):
     assert n >= COMMANDS
 
 
+# RESP3: each family runs one seed (the first of KV_DIFF_SEEDS, the same command count) on
+# connections that sent HELLO 3.  A family that disagrees only under RESP3, in code another
+# owner has, is listed here with its minimal repro (strict: the mark flips when it is fixed).
+_SET_AS_ARRAY = ("kv_set (RESP3 set replies sent as arrays): HELLO 3; SADD s a; SMEMBERS s -> Redis "
+                 "'~1 $1 a', ours '*1 $1 a'; likewise SINTER, SUNION, SDIFF, SPOP s 1 (SRANDMEMBER is an "
+                 "array in both)")
+RESP3_XFAIL: dict[str, str] = {"sets": _SET_AS_ARRAY, "mixed": _SET_AS_ARRAY}
+
+
+def _resp3_params():
+    return [pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=RESP3_XFAIL[f]))
+            if f in RESP3_XFAIL else f for f in FAMILIES]
+
+
+@pytest.fixture(scope="module")
+def servers3(servers):
+    """Four more connections to the same two servers, switched to RESP3."""
+    (ra, _), (oa, _), cluster = servers
+    redis_port, our_port = ra.sock.getpeername()[1], oa.sock.getpeername()[1]
+    conns = []
+    try:
+        for port in (redis_port, redis_port, our_port, our_port):
+            conns.append(Resp(port))
+            conns[-1].hello(3)
+        yield (conns[0], conns[1]), (conns[2], conns[3]), cluster
+    finally:
+        for c in conns:
+            c.close()
+
+
+@pytest.mark.parametrize("family", _resp3_params())
+def test_agrees_with_redis_resp3(servers3, family):
+    redis, ours, cluster = servers3
+    n = run_stream(family, _seeds()[0], COMMANDS, redis, ours)
+    assert n >= COMMANDS
+
+
+def test_resp3_reader_keeps_types_apart(servers3):
+    """Redis's RESP3 replies read as their own types, and a set is not an array."""
+    (ra, _), (oa, _), cluster = servers3
+    ra.call(b"FLUSHALL")
+    ra.call(b"SADD", b"s", b"a")
+    ra.call(b"HSET", b"h", b"f", b"v")
+    assert ra.call(b"SMEMBERS", b"s") == ("~", [("$", b"a")])
+    assert ra.call(b"HGETALL", b"h") == ("%", [(("$", b"f"), ("$", b"v"))])
+    assert ra.call(b"GET", b"nokey") == ("_", None)
+    assert ra.call(b"INCRBYFLOAT", b"n", b"1.5") == ("$", b"1.5")
+    assert ra.call(b"HELLO", 3)[0] == "%"
+    assert resp3_types(("~", [("$", b"a")])) != resp3_types(("*", [("$", b"a")]))
+    assert as_resp2(("%", [(("$", b"f"), ("$", b"v"))])) == ("*", [("$", b"f"), ("$", b"v")])
+    assert as_resp2(("#", True)) == (":", 1) and as_resp2((",", b"1.5")) == ("$", b"1.5")
+
+
 def test_replicas_converge_after_the_streams(servers):
     """Everything the streams wrote (TTLs, transactions, purges) replicated identically."""
     redis, ours, cluster = servers
@@ -1044,6 +1194,7 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, action="append")
     ap.add_argument("-n", type=int, default=COMMANDS)
     ap.add_argument("-v", action="store_true")
+    ap.add_argument("--protocol", type=int, choices=(2, 3), default=2, help="3: HELLO 3 on every connection first")
     a = ap.parse_args()
     rs = RedisServer()
     cl = LocalCluster(n=3, fsync="no", heartbeat_interval=0.1, election_timeout=1.5)
@@ -1051,6 +1202,9 @@ if __name__ == "__main__":
         cl.start()
         p = cl.port(cl.wait_for_single_primary(timeout=15))
         rconn, oconn = (Resp(rs.port), Resp(rs.port)), (Resp(p), Resp(p))
+        if a.protocol == 3:
+            for c in rconn + oconn:
+                c.hello(3)
         for fam in a.family or FAMILIES:
             for sd in a.seed or _seeds():
                 t0 = time.monotonic()
