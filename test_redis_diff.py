@@ -730,7 +730,10 @@ class Gen:
     # and OBJECT ENCODING once OBJECT is registered.  Commands of a type whose module is not
     # registered yet are not sent (the family runs before and after the sorted-set type lands).
     # Left out, and reported: GETSET and SET ... GET on a key of another type (ours: "-TIMEOUT
-    # internal error" with the key overwritten; Redis: WRONGTYPE, key unchanged).
+    # internal error" with the key overwritten; Redis: WRONGTYPE, key unchanged), and
+    # INCRBYFLOAT (APPEND builds values such as 1e312345678901234567890, on which our
+    # INCRBYFLOAT never answers: kv_values.parse_ld expands the exponent; Redis: "ERR value is
+    # not a valid float"; the strings and counters families send INCRBYFLOAT).
     _MX_KEYS = [b"m0", b"m1", b"m2", b"m3"]
     _MX_ELEMS = [b"a", b"b", b"c", b"1", b"2", b"", b"-3", b"xyz"]
     _MX_SCORES = [0, 1, -1, 2.5, b"-inf", b"+inf", 10, b"3e2", b"x"]
@@ -774,7 +777,6 @@ class Gen:
             ("SET", lambda: [k, val()] + r.choice([[], [], [b"NX"], [b"XX"], [b"KEEPTTL"], [b"EX", r.randint(100, 1000)]]), None),
             ("APPEND", lambda: [k, val()], None),
             ("INCR", lambda: [k], None),
-            ("INCRBYFLOAT", lambda: [k, r.choice([b"1.5", b"-2", b"abc"])], None),
             ("SETRANGE", lambda: [k, r.choice([0, 2]), el()], None),
             ("SETNX", lambda: [k, val()], None),
             ("MSET", lambda: [k, val(), self._mx_key(), val()], None),
@@ -890,8 +892,7 @@ class Gen:
             if r.random() < 0.5:
                 opts += [b"COUNT", r.choice([1, 2, 10])]
             if r.random() < 0.2:
-                r.shuffle(opts)
-                opts = opts if len(opts) % 2 == 0 else opts
+                r.shuffle(opts)   # words out of their pairs: syntax errors, as Redis says
             yield ("scan", opts)
         elif c == 29:
             yield ("cmd", [b"DBSIZE"])
