@@ -57,13 +57,20 @@ COMMANDS = int(os.environ.get("KV_DIFF_COMMANDS", "1000"))
 
 # --------------------------------------------------------------------------------- RESP client
 class Resp:
-    """A minimal RESP2 client that keeps reply types apart: ("+", str), ("-", str), (":", int),
-    ("$", bytes | None), ("*", list | None)."""
+    """A minimal RESP2/RESP3 client that keeps reply types apart: ("+", str), ("-", str),
+    (":", int), ("$", bytes | None), ("*", list | None), and the RESP3 types ("%", [(k, v), ...])
+    a map, ("~", list) a set, (",", bytes) a double as sent, ("#", bool), ("_", None) the null,
+    ("(", int) a big number, ("=", (format, bytes)) verbatim text, ("|", (pairs, reply)) a reply
+    with an attribute, (">", list) a push.  A push that arrives before a command's reply (an
+    out-of-band message) is kept in `pushes`; a blob error (!) reads as ("-", str).
+    `protocol` is what the last successful HELLO switched to."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.f = self.sock.makefile("rb")
+        self.protocol = 2
+        self.pushes: list = []
 
     def close(self) -> None:
         self.f.close()
@@ -75,12 +82,36 @@ class Resp:
             a = a if isinstance(a, bytes) else str(a).encode()
             out.append(b"$%d\r\n%b\r\n" % (len(a), a))
         self.sock.sendall(b"".join(out))
-        return self._read()
+        name = (args[0] if isinstance(args[0], bytes) else str(args[0]).encode()).upper() if args else b""
+        while True:
+            rep = self._read()
+            if rep[0] != ">" or name in _PUSH_REPLIES:
+                break
+            self.pushes.append(rep)
+        if name == b"HELLO" and rep[0] in ("%", "*") and len(args) > 1:
+            self.protocol = int(args[1])
+        return rep
 
-    def _read(self) -> tuple:
+    def hello(self, protocol: int) -> tuple:
+        rep = self.call(b"HELLO", protocol)
+        if rep[0] == "-":
+            raise ConnectionError(f"HELLO {protocol} refused: {rep[1]}")
+        return rep
+
+    def _line(self) -> bytes:
         line = self.f.readline()
         if not line.endswith(b"\r\n"):
             raise ConnectionError(f"connection closed (read {line!r})")
+        return line
+
+    def _blob(self, n: int) -> bytes:
+        data = self.f.read(n + 2)
+        if len(data) != n + 2:
+            raise ConnectionError("connection closed inside a bulk reply")
+        return data[:-2]
+
+    def _read(self) -> tuple:
+        line = self._line()
         t, rest = line[:1], line[1:-2]
         if t == b"+":
             return ("+", rest.decode())
@@ -90,18 +121,74 @@ class Resp:
             return (":", int(rest))
         if t == b"$":
             n = int(rest)
-            if n < 0:
-                return ("$", None)
-            data = self.f.read(n + 2)
-            return ("$", data[:-2])
+            return ("$", None) if n < 0 else ("$", self._blob(n))
         if t == b"*":
             n = int(rest)
-            if n < 0:
-                return ("*", None)
-            return ("*", [self._read() for _ in range(n)])
+            return ("*", None) if n < 0 else ("*", [self._read() for _ in range(n)])
         if t == b"_":
-            return ("$", None)
+            return ("_", None)
+        if t in (b"%", b"|"):
+            pairs = [(self._read(), self._read()) for _ in range(int(rest))]
+            return ("%", pairs) if t == b"%" else ("|", (pairs, self._read()))
+        if t == b"~":
+            return ("~", [self._read() for _ in range(int(rest))])
+        if t == b">":
+            return (">", [self._read() for _ in range(int(rest))])
+        if t == b",":
+            return (",", rest)
+        if t == b"#":
+            if rest not in (b"t", b"f"):
+                raise ConnectionError(f"bad boolean {line!r}")
+            return ("#", rest == b"t")
+        if t == b"(":
+            return ("(", int(rest))
+        if t == b"=":
+            data = self._blob(int(rest))
+            return ("=", (data[:3].decode(), data[4:]))
+        if t == b"!":
+            return ("-", self._blob(int(rest)).decode("utf-8", "replace"))
         raise ConnectionError(f"unexpected reply line {line!r}")
+
+
+# Commands whose own reply is a push under RESP3.
+_PUSH_REPLIES = frozenset({b"SUBSCRIBE", b"UNSUBSCRIBE", b"PSUBSCRIBE", b"PUNSUBSCRIBE"})
+
+
+def resp3_types(reply):
+    """The type tree of a reply, without its values, lengths or order: equal for two replies
+    that use the same RESP3 types at every level (an array of bulks vs a set of bulks differ)."""
+    t, v = reply
+    if t in ("*", "~", ">") and v is not None:
+        return (t, frozenset(resp3_types(x) for x in v))
+    if t == "%":
+        return (t, frozenset((resp3_types(a), resp3_types(b)) for a, b in v))
+    if t == "|":
+        return (t, frozenset((resp3_types(a), resp3_types(b)) for a, b in v[0]), resp3_types(v[1]))
+    return (t, v is None) if t in ("$", "*") else t
+
+
+def as_resp2(reply):
+    """A RESP3 reply as the RESP2 reply of the same values (what the families' norms and the
+    comparison read): map -> flat array, set / push -> array, double -> bulk of its text,
+    boolean -> 1/0, big number -> integer, verbatim -> bulk, null -> nil, attribute dropped."""
+    t, v = reply
+    if t in ("*", "~", ">"):
+        return ("*", None if v is None else [as_resp2(x) for x in v])
+    if t == "%":
+        return ("*", [as_resp2(x) for pair in v for x in pair])
+    if t == ",":
+        return ("$", v)
+    if t == "#":
+        return (":", int(v))
+    if t == "(":
+        return (":", v)
+    if t == "=":
+        return ("$", v[1])
+    if t == "_":
+        return ("$", None)
+    if t == "|":
+        return as_resp2(v[1])
+    return reply
 
 
 # --------------------------------------------------------------------------------- generators
@@ -1008,6 +1095,224 @@ class Gen:
 
     # == mixed-types family (every type, WRONGTYPE, TYPE/RENAME/COPY/SCAN TYPE) ============
     #
+    # Keys m0..m3 are written by every type's writers (strings, hashes, lists, sets, and sorted
+    # sets once ZADD is registered), so reads and writes meet WRONGTYPE all the time, also as
+    # the second key of SINTER / SMOVE / LMOVE / LMPOP / ZUNIONSTORE.  The generic commands run
+    # on every type: TYPE, EXISTS, DEL/UNLINK/TOUCH, RENAME/RENAMENX onto keys of other types,
+    # COPY (a deep copy: the copy is changed, then the original read), the EXPIRE family on
+    # containers (a write keeps the TTL, SET and a *STORE drop it, an emptied container takes it
+    # with it), full SCAN iterations with TYPE, KEYS, DBSIZE, RANDOMKEY (compared as nil or not)
+    # and OBJECT ENCODING once OBJECT is registered.  Commands of a type whose module is not
+    # registered yet are not sent (the family runs before and after the sorted-set type lands).
+    # Left out, and reported: GETSET and SET ... GET on a key of another type (ours: "-TIMEOUT
+    # internal error" with the key overwritten; Redis: WRONGTYPE, key unchanged), and
+    # INCRBYFLOAT (APPEND builds values such as 1e312345678901234567890, on which our
+    # INCRBYFLOAT never answers: kv_values.parse_ld expands the exponent; Redis: "ERR value is
+    # not a valid float"; the strings and counters families send INCRBYFLOAT).
+    _MX_KEYS = [b"m0", b"m1", b"m2", b"m3"]
+    _MX_ELEMS = [b"a", b"b", b"c", b"1", b"2", b"", b"-3", b"xyz"]
+    _MX_SCORES = [0, 1, -1, 2.5, b"-inf", b"+inf", 10, b"3e2", b"x"]
+    _MX_HAVE = frozenset(__import__("kv_registry").SPECS)
+
+    def _mx_key(self, missing: bool = True) -> bytes:
+        return self.r.choice(self._MX_KEYS + ([b"mx"] if missing else []))
+
+    def _mx_el(self) -> bytes:
+        return self.r.choice(self._MX_ELEMS)
+
+    def _mx_els(self, lo: int = 1, hi: int = 3) -> list:
+        return [self._mx_el() for _ in range(self.r.randint(lo, hi))]
+
+    @staticmethod
+    def _mx_sorted(rep):
+        """An unordered array (SMEMBERS, SINTER, HKEYS, ...) as its sorted members."""
+        t, v = rep
+        return (t, sorted(x[1] for x in v)) if t == "*" and v is not None else rep
+
+    @staticmethod
+    def _mx_pairs(rep):
+        """HGETALL: a flat field/value array as its sorted pairs."""
+        t, v = rep
+        if t != "*" or v is None:
+            return rep
+        return (t, sorted((v[i][1], v[i + 1][1]) for i in range(0, len(v) - 1, 2)))
+
+    def _mx_pick(self, ops: list, ordered: bool = False):
+        """One of ops ((name, args-builder, norm) triples) whose command is registered;
+        ordered: only those compared as they are (inside MULTI, where EXEC is compared whole)."""
+        ops = [o for o in ops if o[0] in self._MX_HAVE and not (ordered and o[2] is not None)]
+        name, build, norm = self.r.choice(ops)
+        args = [name.encode()] + build()
+        return ("cmd", args, norm) if norm is not None else ("cmd", args)
+
+    def _mx_writer(self, k: bytes):
+        r, el, els = self.r, self._mx_el, self._mx_els
+        val = self.val
+        return self._mx_pick([
+            ("SET", lambda: [k, val()] + r.choice([[], [], [b"NX"], [b"XX"], [b"KEEPTTL"], [b"EX", r.randint(100, 1000)]]), None),
+            ("APPEND", lambda: [k, val()], None),
+            ("INCR", lambda: [k], None),
+            ("SETRANGE", lambda: [k, r.choice([0, 2]), el()], None),
+            ("SETNX", lambda: [k, val()], None),
+            ("MSET", lambda: [k, val(), self._mx_key(), val()], None),
+            ("MSETNX", lambda: [k, val(), self._mx_key(), val()], None),
+            ("HSET", lambda: [k] + [x for _ in range(r.randint(1, 2)) for x in (el(), val())], None),
+            ("HDEL", lambda: [k] + els(), None),
+            ("HSETNX", lambda: [k, el(), val()], None),
+            ("HINCRBY", lambda: [k, el(), r.choice([1, -2, b"x"])], None),
+            ("LPUSH", lambda: [k] + els(), None),
+            ("RPUSH", lambda: [k] + els(), None),
+            ("LPUSHX", lambda: [k] + els(), None),
+            ("LPOP", lambda: [k] + r.choice([[], [1], [5]]), None),
+            ("RPOP", lambda: [k] + r.choice([[], [2]]), None),
+            ("LSET", lambda: [k, r.choice([0, -1, 5]), el()], None),
+            ("LREM", lambda: [k, r.choice([0, 1, -1]), el()], None),
+            ("SADD", lambda: [k] + els(), None),
+            ("SREM", lambda: [k] + els(), None),
+            ("ZADD", lambda: [k] + [x for _ in range(r.randint(1, 2)) for x in (r.choice(self._MX_SCORES[:7]), el())], None),
+            ("ZINCRBY", lambda: [k, r.choice([1, -2, b"x"]), el()], None),
+            ("ZREM", lambda: [k] + els(), None),
+            ("ZPOPMIN", lambda: [k] + r.choice([[], [2]]), None),
+        ])
+
+    def _mx_reader(self, k: bytes, ordered: bool = False):
+        r, el, srt = self.r, self._mx_el, self._mx_sorted
+        return self._mx_pick(ordered=ordered, ops=[
+            ("GET", lambda: [k], None), ("STRLEN", lambda: [k], None),
+            ("GETRANGE", lambda: [k, 0, -1], None), ("GETDEL", lambda: [k], None),
+            ("GETEX", lambda: [k] + r.choice([[], [b"PERSIST"]]), None),
+            ("MGET", lambda: [k, self._mx_key(), self._mx_key()], None),
+            ("HGET", lambda: [k, el()], None), ("HLEN", lambda: [k], None),
+            ("HGETALL", lambda: [k], self._mx_pairs), ("HMGET", lambda: [k, el(), el()], None),
+            ("HEXISTS", lambda: [k, el()], None), ("HKEYS", lambda: [k], srt),
+            ("HVALS", lambda: [k], srt), ("HSTRLEN", lambda: [k, el()], None),
+            ("LLEN", lambda: [k], None), ("LRANGE", lambda: [k, 0, -1], None),
+            ("LINDEX", lambda: [k, r.choice([0, -1, 3])], None), ("LPOS", lambda: [k, el()], None),
+            ("SMEMBERS", lambda: [k], srt), ("SCARD", lambda: [k], None),
+            ("SISMEMBER", lambda: [k, el()], None), ("SMISMEMBER", lambda: [k, el(), el()], None),
+            ("ZRANGE", lambda: [k, 0, -1, b"WITHSCORES"], None), ("ZCARD", lambda: [k], None),
+            ("ZSCORE", lambda: [k, el()], None), ("ZRANK", lambda: [k, el()], None),
+        ])
+
+    def _mx_multikey(self):
+        r, srt = self.r, self._mx_sorted
+        ks = lambda: [self._mx_key() for _ in range(r.randint(1, 3))]   # noqa: E731
+        a, b = self._mx_key(), self._mx_key()
+        side = lambda: r.choice([b"LEFT", b"RIGHT"])   # noqa: E731
+        return self._mx_pick([
+            ("SINTER", ks, srt), ("SUNION", ks, srt), ("SDIFF", ks, srt),
+            ("SINTERCARD", lambda: (lambda x: [len(x)] + x)(ks()), None),
+            ("SINTERSTORE", lambda: [a] + ks(), None), ("SUNIONSTORE", lambda: [a] + ks(), None),
+            ("SDIFFSTORE", lambda: [a] + ks(), None),
+            ("SMOVE", lambda: [a, b, self._mx_el()], None),
+            ("LMOVE", lambda: [a, b, side(), side()], None),
+            ("RPOPLPUSH", lambda: [a, b], None),
+            ("LMPOP", lambda: (lambda x: [len(x)] + x + [side()] + r.choice([[], [b"COUNT", 2]]))(ks()), None),
+            ("ZUNIONSTORE", lambda: (lambda x: [a, len(x)] + x)(ks()), None),
+            ("ZINTERSTORE", lambda: (lambda x: [a, len(x)] + x)(ks()), None),
+            ("ZDIFFSTORE", lambda: (lambda x: [a, len(x)] + x)(ks()), None),
+            ("ZUNION", lambda: (lambda x: [len(x)] + x + [b"WITHSCORES"])(ks()), None),
+            ("ZRANGESTORE", lambda: [a, b, 0, -1], None),
+        ])
+
+    def g_mixed(self):
+        r = self.r
+        c = r.randrange(40)
+        k, k2 = self._mx_key(), self._mx_key()
+        if c < 10:
+            yield self._mx_writer(self._mx_key(missing=False))
+        elif c < 15:
+            yield self._mx_reader(k)
+        elif c < 20:
+            yield self._mx_multikey()
+        elif c == 20:
+            yield ("cmd", [b"TYPE", k])
+        elif c == 21:
+            yield ("cmd", [b"EXISTS"] + [self._mx_key() for _ in range(r.randint(1, 4))])
+        elif c == 22:
+            yield ("cmd", [r.choice([b"DEL", b"UNLINK", b"TOUCH"])] + [self._mx_key() for _ in range(r.randint(1, 3))])
+        elif c == 23:
+            yield ("cmd", [r.choice([b"RENAME", b"RENAMENX"]), k, k2])
+            yield ("cmd", [b"TYPE", k2])
+        elif c == 24:
+            # a deep copy: change the copy (whatever its type), then read the original
+            yield ("cmd", [b"COPY", k, k2] + r.choice([[], [b"REPLACE"], [b"DB", 0, b"REPLACE"]]))
+            if k != k2:
+                for name, args in ((b"RPUSH", [b"z"]), (b"SADD", [b"z"]), (b"HSET", [b"z", b"z"]),
+                                   (b"APPEND", [b"z"]), (b"ZADD", [7, b"z"]), (b"LPOP", []), (b"SPOP", [9]),
+                                   (b"HDEL", [b"a", b"b"])):
+                    if name.decode() in self._MX_HAVE:
+                        yield ("cmd", [name, k2] + args, self._mx_sorted if name == b"SPOP" else None)
+                for name, norm in ((b"LRANGE", None), (b"SMEMBERS", self._mx_sorted), (b"HGETALL", self._mx_pairs),
+                                   (b"GET", None), (b"ZRANGE", None)):
+                    if name.decode() in self._MX_HAVE:
+                        args = [name, k] + ([0, -1] if name in (b"LRANGE", b"ZRANGE") else [])
+                        yield ("cmd", args + ([b"WITHSCORES"] if name == b"ZRANGE" else []), norm)
+        elif c == 25:
+            # a TTL on a container: writes keep it, SET / *STORE / emptying drop it
+            yield ("cmd", [r.choice([b"EXPIRE", b"PEXPIRE"]), k,
+                           r.randint(100, 10000) * (1 if r.random() < 0.5 else 1000)]
+                   + r.choice([[], [], [b"NX"], [b"XX"], [b"GT"], [b"LT"]]))
+            yield self._mx_writer(k)
+            yield ("cmd", [r.choice([b"TTL", b"PTTL"]), k])
+        elif c == 26:
+            yield ("cmd", [r.choice([b"TTL", b"PTTL", b"EXPIRETIME"]), k])
+        elif c == 27:
+            yield ("cmd", [b"PERSIST", k])
+            yield ("cmd", [b"TTL", k])
+        elif c == 28:
+            opts = [b"TYPE", r.choice([b"string", b"hash", b"list", b"set", b"zset", b"LIST", b"stream", b"nosuch"])]
+            if r.random() < 0.3:
+                opts += [b"MATCH", r.choice([b"m*", b"m[0-1]", b"*2"])]
+            if r.random() < 0.5:
+                opts += [b"COUNT", r.choice([1, 2, 10])]
+            if r.random() < 0.2:
+                r.shuffle(opts)   # words out of their pairs: syntax errors, as Redis says
+            yield ("scan", opts)
+        elif c == 29:
+            yield ("cmd", [b"DBSIZE"])
+            if r.random() < 0.5:
+                yield ("cmd", [b"KEYS", r.choice([b"*", b"m?", b"m[2-3]"])])
+        elif c == 30:
+            yield ("cmd", [b"RANDOMKEY"])
+        elif c == 31:
+            if "OBJECT" in self._MX_HAVE:
+                yield ("cmd", [b"OBJECT", b"ENCODING", k])
+            else:
+                yield ("cmd", [b"TYPE", k])
+        elif c == 32:
+            # a container with a short TTL, then a pause: gone on both servers (EXISTS first:
+            # Redis reclaims it on that access, so DBSIZE agrees afterwards)
+            yield ("cmd", [b"DEL", k])
+            yield self._mx_writer(k)
+            yield ("cmd", [b"PEXPIRE", k, r.randint(5, 30)])
+            yield ("sleep", 0.1)
+            yield ("cmd", [b"EXISTS", k])
+            yield ("cmd", [r.choice([b"TYPE", b"TTL", b"DBSIZE"])] + ([] if r.random() < 0.3 else [k]))
+        elif c == 33:
+            # WRONGTYPE inside a transaction: a runtime error in EXEC's array, the rest runs
+            yield ("cmd", [b"MULTI"])
+            yield self._mx_writer(k)
+            yield self._mx_writer(k)
+            yield self._mx_reader(k, ordered=True)
+            yield ("cmd", [b"TYPE", k])
+            yield ("cmd", [b"EXEC"])
+        elif c == 34:
+            # a container made empty goes away with its TTL
+            yield ("cmd", [r.choice([b"RPUSH", b"SADD"]), b"me", b"a"])
+            yield ("cmd", [b"EXPIRE", b"me", 1000])
+            yield ("cmd", [b"SREM", b"me", b"a"] if r.random() < 0.5 else [b"LPOP", b"me"])
+            yield ("cmd", [r.choice([b"TTL", b"EXISTS", b"TYPE"]), b"me"])
+            yield ("cmd", [b"DEL", b"me"])
+        elif c == 35:
+            yield ("cmd", r.choice([[b"PING"], [b"PING", self._mx_el()], [b"ECHO", self._mx_el()], [b"SELECT", 0],
+                                    [b"TYPE"], [b"TYPE", k, k], [b"RENAME", k], [b"COPY", k], [b"COPY", k, k],
+                                    [b"COPY", k, k2, b"BOGUS"], [b"EXPIRE", k, b"x"], [b"PERSIST"],
+                                    [b"SCAN", 0, b"TYPE"], [b"OBJECT"] if "OBJECT" in self._MX_HAVE else [b"DBSIZE", k]]))
+        elif c == 36 and r.random() < 0.1:
+            yield ("cmd", [b"FLUSHDB"])
+        else:
+            yield self._mx_writer(self._mx_key(missing=False))
 
 
 # Every g_<name> method of Gen is a family, in the order they are defined.
@@ -1152,6 +1457,7 @@ def _run_stream(family, seed, n, redis, ours, verbose, blockers) -> int:
             continue
         if kind == "scan":
             x, y = full_scan(ra, args), full_scan(oa, args)
+            raw = (x, y)
             line = "SCAN (full iteration) " + _show(args)
             ok = x == y
         elif kind == "block":
@@ -1168,9 +1474,16 @@ def _run_stream(family, seed, n, redis, ours, verbose, blockers) -> int:
         else:
             conns = (ra, oa) if kind == "cmd" else (rb, ob)
             x, y = conns[0].call(*args), conns[1].call(*args)
+            raw = (x, y)
             name = args[0].upper() if args else b""
             line = ("" if kind == "cmd" else "[other client] ") + _show(args)
-            if norm is not None:
+            # RESP3: the same types at every level, then the values compared as under RESP2
+            same_types = x[0] == y[0] == "-" or conns[0].protocol < 3 or resp3_types(x) == resp3_types(y)
+            if conns[0].protocol >= 3:
+                x, y = as_resp2(x), as_resp2(y)
+            if not same_types:
+                ok = False
+            elif norm is not None:
                 ok = x[0] == y[0] == "-" and agree(x, y, name) or \
                     x[0] != "-" and y[0] != "-" and norm(x) == norm(y)
             elif kind == "cmd" and name == b"EXEC" and queued is not None:
@@ -1187,14 +1500,15 @@ def _run_stream(family, seed, n, redis, ours, verbose, blockers) -> int:
         compared += 1
         history.append(line)
         if verbose:
-            print(f"{compared:5d} {line}\n      redis: {x}\n      ours:  {y}")
+            print(f"{compared:5d} {line}\n      redis: {raw[0]}\n      ours:  {raw[1]}")
         if not ok:
             context = "\n    ".join(history[-12:-1])
             raise AssertionError(
                 f"family {family}, seed {seed}: command #{compared} disagrees\n"
-                f"  command: {line}\n  redis:   {x!r}\n  ours:    {y!r}\n"
+                f"  command: {line}\n  redis:   {raw[0]!r}\n  ours:    {raw[1]!r}\n"
                 f"  preceding commands:\n    {context}\n"
-                f"  replay: python test_redis_diff.py --family {family} --seed {seed} -v")
+                f"  replay: python test_redis_diff.py --family {family} --seed {seed}"
+                f"{' --protocol 3' if ra.protocol >= 3 else ''} -v")
     return compared
 
 
@@ -1255,6 +1569,59 @@ def test_agrees_with_redis(servers, family, seed):
     assert n >= COMMANDS
 
 
+# RESP3: each family runs one seed (the first of KV_DIFF_SEEDS, the same command count) on
+# connections that sent HELLO 3.  A family that disagrees only under RESP3, in code another
+# owner has, is listed here with its minimal repro (strict: the mark flips when it is fixed).
+_SET_AS_ARRAY = ("kv_set (RESP3 set replies sent as arrays): HELLO 3; SADD s a; SMEMBERS s -> Redis "
+                 "'~1 $1 a', ours '*1 $1 a'; likewise SINTER, SUNION, SDIFF, SPOP s 1 (SRANDMEMBER is an "
+                 "array in both)")
+RESP3_XFAIL: dict[str, str] = {"sets": _SET_AS_ARRAY, "mixed": _SET_AS_ARRAY}
+
+
+def _resp3_params():
+    return [pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=RESP3_XFAIL[f]))
+            if f in RESP3_XFAIL else f for f in FAMILIES]
+
+
+@pytest.fixture(scope="module")
+def servers3(servers):
+    """Four more connections to the same two servers, switched to RESP3."""
+    (ra, _), (oa, _), cluster = servers
+    redis_port, our_port = ra.sock.getpeername()[1], oa.sock.getpeername()[1]
+    conns = []
+    try:
+        for port in (redis_port, redis_port, our_port, our_port):
+            conns.append(Resp(port))
+            conns[-1].hello(3)
+        yield (conns[0], conns[1]), (conns[2], conns[3]), cluster
+    finally:
+        for c in conns:
+            c.close()
+
+
+@pytest.mark.parametrize("family", _resp3_params())
+def test_agrees_with_redis_resp3(servers3, family):
+    redis, ours, cluster = servers3
+    n = run_stream(family, _seeds()[0], COMMANDS, redis, ours)
+    assert n >= COMMANDS
+
+
+def test_resp3_reader_keeps_types_apart(servers3):
+    """Redis's RESP3 replies read as their own types, and a set is not an array."""
+    (ra, _), (oa, _), cluster = servers3
+    ra.call(b"FLUSHALL")
+    ra.call(b"SADD", b"s", b"a")
+    ra.call(b"HSET", b"h", b"f", b"v")
+    assert ra.call(b"SMEMBERS", b"s") == ("~", [("$", b"a")])
+    assert ra.call(b"HGETALL", b"h") == ("%", [(("$", b"f"), ("$", b"v"))])
+    assert ra.call(b"GET", b"nokey") == ("_", None)
+    assert ra.call(b"INCRBYFLOAT", b"n", b"1.5") == ("$", b"1.5")
+    assert ra.call(b"HELLO", 3)[0] == "%"
+    assert resp3_types(("~", [("$", b"a")])) != resp3_types(("*", [("$", b"a")]))
+    assert as_resp2(("%", [(("$", b"f"), ("$", b"v"))])) == ("*", [("$", b"f"), ("$", b"v")])
+    assert as_resp2(("#", True)) == (":", 1) and as_resp2((",", b"1.5")) == ("$", b"1.5")
+
+
 def test_replicas_converge_after_the_streams(servers):
     """Everything the streams wrote (TTLs, transactions, purges) replicated identically."""
     redis, ours, cluster = servers
@@ -1282,6 +1649,7 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, action="append")
     ap.add_argument("-n", type=int, default=COMMANDS)
     ap.add_argument("-v", action="store_true")
+    ap.add_argument("--protocol", type=int, choices=(2, 3), default=2, help="3: HELLO 3 on every connection first")
     a = ap.parse_args()
     rs = RedisServer()
     cl = LocalCluster(n=3, fsync="no", heartbeat_interval=0.1, election_timeout=1.5)
@@ -1289,6 +1657,9 @@ if __name__ == "__main__":
         cl.start()
         p = cl.port(cl.wait_for_single_primary(timeout=15))
         rconn, oconn = (Resp(rs.port), Resp(rs.port)), (Resp(p), Resp(p))
+        if a.protocol == 3:
+            for c in rconn + oconn:
+                c.hello(3)
         for fam in a.family or FAMILIES:
             for sd in a.seed or _seeds():
                 t0 = time.monotonic()
