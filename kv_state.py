@@ -48,6 +48,7 @@ import binascii
 import gc
 import hashlib
 import json
+import logging
 import random
 import threading
 import time
@@ -63,6 +64,7 @@ from kv_values import (E_NO_KEY, E_NOT_FLOAT, E_NOT_INT, E_OVERFLOW, E_SYNTAX, E
                        parse_ld, to_bytes)
 
 _Fail = Fail
+log = logging.getLogger("kvstore")
 
 __all__ = ["KeyValueStore", "Value", "RedisError", "NULL_ARRAY", "encode_args",
            "decode_args", "WRITE_COMMANDS", "READ_COMMANDS", "now_ms", "format_ld", "parse_ld",
@@ -271,6 +273,12 @@ class KeyValueStore:
             return fn(self, args, now, write)
         except _Fail as e:
             return RedisError(e.message)
+        except (ArithmeticError, ValueError, TypeError, LookupError, AttributeError, RecursionError) as e:
+            # A bug in a command must not stop the node: the same entry would stop every node,
+            # at every restart.  It fails the same way everywhere (apply is deterministic), so
+            # the replicas stay equal; the client gets an error and the log says what broke.
+            log.exception("internal error applying %s", name)
+            return RedisError(f"ERR internal error in {name}: {type(e).__name__}: {e}"[:300])
 
     def _check_type(self, keys, type_name: str, now: int, write: bool) -> None:
         """WRONGTYPE unless every live key of `keys` holds a value of type `type_name`: the
@@ -524,6 +532,9 @@ def _unpack_slots(s: str | None, fill: int) -> array:
 _STRING_KINDS = frozenset(("json", "bytes"))
 
 
+_STRING_KINDS = frozenset(("bytes", "json"))
+
+
 def _bytes_of(item) -> bytes:
     return to_bytes(item[0], item[1])
 
@@ -540,6 +551,8 @@ def _c_set(s, a, now, w):
     # SET key value cond(""|"NX"|"XX") get(0|1) expiry(None | deadline ms | "KEEPTTL")
     key, val, cond, get, expiry = a
     old = s._lookup(key, now, w)
+    if get and old is not None and old[0] not in _STRING_KINDS:
+        raise _Fail(E_WRONGTYPE)   # GETSET / SET ... GET of a container: nothing written
     if (cond == "NX" and old is not None) or (cond == "XX" and old is None):
         return _value(old) if get else None
     s._put(key, val[0], val[1], keep_ttl=(expiry == "KEEPTTL"))

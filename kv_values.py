@@ -30,6 +30,7 @@ import hashlib
 import math
 import re
 import struct
+from decimal import Decimal
 from fractions import Fraction
 
 from kv_protocol import Simple, value_to_resp_bytes
@@ -166,6 +167,9 @@ def parse_float(b: bytes) -> float | None:
 _LD_RE = re.compile(rb"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)\Z", re.I)
 _LD_MANT = 64
 _LD_MAX_EXP = 16384
+_LD_DEC_MAX = 4933    # long double: largest finite ~1.19e4932, smallest subnormal ~3.6e-4951
+_LD_DEC_MIN = -4951
+_LD_HALF_TINY = Fraction(1, 1 << 16446)   # half the smallest subnormal: rounds to 0 (ties to even)
 
 
 def _round_ld(x: Fraction) -> Fraction | None:
@@ -209,8 +213,34 @@ def parse_ld(b: bytes):
         return None
     if low.startswith(b"inf"):
         return float("-inf") if b[:1] == b"-" else float("inf")
-    v = _round_ld(Fraction(b.decode("ascii")))
+    mant, _, exp = low.partition(b"e")
+    digits = mant.replace(b".", b"").lstrip(b"0")
+    if not digits:
+        return Fraction(0)   # 0, 0.000, 0e99999999999: zero whatever the exponent
+    # the decimal magnitude, before building a Fraction of it: 1e99999999999 must not expand
+    # to a number of 10^11 digits (it would stall apply on every node); strtold overflows to
+    # inf (or underflows to 0) there, which string2ld rejects
+    point = mant.index(b".") if b"." in mant else len(mant)
+    magnitude = int(exp or b"0") + point - (len(mant.replace(b".", b"")) - len(digits))
+    if magnitude > _LD_DEC_MAX or magnitude < _LD_DEC_MIN:
+        return None
+    f = Fraction(Decimal(b.decode("ascii")))   # not Fraction(str): int() refuses > 4,300 digits
+    if abs(f) <= _LD_HALF_TINY:
+        return None   # strtold underflows to 0 (ERANGE): string2ld rejects it
+    v = _round_ld(f)
     return v if v is not None else None
+
+
+_STR_CHUNK = 10 ** 4000
+
+
+def _decimal(n: int) -> str:
+    """str(n) for n >= 0 of any size (str() refuses more than 4,300 digits; a long double
+    printed with %.17Lf has up to ~4,950)."""
+    if n < _STR_CHUNK:
+        return str(n)
+    hi, lo = divmod(n, _STR_CHUNK)
+    return _decimal(hi) + str(lo).rjust(4000, "0")
 
 
 def format_ld(x: Fraction) -> bytes:
@@ -221,7 +251,7 @@ def format_ld(x: Fraction) -> bytes:
     q, r = divmod(scaled.numerator, scaled.denominator)
     if 2 * r > scaled.denominator or (2 * r == scaled.denominator and q & 1):
         q += 1
-    s = str(q).rjust(18, "0")
+    s = _decimal(q).rjust(18, "0")
     s = s[:-17] + "." + s[-17:]
     s = s.rstrip("0").rstrip(".")
     if neg:
