@@ -139,6 +139,9 @@ class KeyValueStore:
     expires_count(), last_applied, clock_ms, lock.
     """
 
+    types = TYPES             # kind -> TypeOps (for the command modules: COPY, OBJECT ENCODING)
+    type_names = TYPE_NAMES   # kind -> what TYPE answers
+
     def __init__(self):
         self.data: dict[str, tuple[str, object]] = {}
         self.expires: dict[str, int] = {}

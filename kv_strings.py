@@ -16,7 +16,8 @@ import binascii
 import json
 import sys
 
-from kv_spec import TypeOps, spec_rows
+from kv_spec import TypeOps, arity_error, check_arity, data_command, key, reject, spec_rows
+from kv_values import E_NOT_INT, E_SYNTAX, Fail, parse_int, to_bytes
 
 _b64encode = base64.b64encode
 _a2b = binascii.a2b_base64
@@ -48,19 +49,16 @@ def _memory_bytes(v: bytes) -> int:
 
 
 def _encoding_json(v) -> str:
-    if type(v) is int and -(1 << 63) <= v < (1 << 63):
-        return "int"
-    return "embstr" if len(json.dumps(v)) <= 44 else "raw"
+    """As Redis decides for the bytes RESP reads (42 -> b"42": int; "abc" -> embstr)."""
+    return _encoding_bytes(to_bytes("json", v))
 
 
 def _encoding_bytes(v: bytes) -> str:
-    if len(v) <= 20 and v[:1] != b"0" and v.lstrip(b"-").isdigit():
-        try:
-            n = int(v)
-        except ValueError:
-            n = None
-        if n is not None and -(1 << 63) <= n < (1 << 63) and str(n).encode() == v:
-            return "int"
+    """Redis's tryObjectEncoding: an int64 in canonical form (string2l) -> int; up to 44 bytes
+    embstr; longer raw.  (Redis also answers raw for a short string that APPEND, SETRANGE or
+    SETBIT wrote; we decide from the bytes alone: see docs/CLUSTERING.md.)"""
+    if len(v) <= 20 and parse_int(v) is not None:
+        return "int"
     return "embstr" if len(v) <= 44 else "raw"
 
 
@@ -73,6 +71,282 @@ TYPES = [
     TypeOps("json", "string", "j", _same, _same, _copy_json, _memory_json, _encoding_json),
     TypeOps("bytes", "string", "b", _encode_bytes, _decode_bytes, _same, _memory_bytes, _encoding_bytes),
 ]
+
+# ---------------------------------------------------------------------------------------------
+# Bitmaps and LCS (Redis 7.0's bitops.c / t_string.c are the model of behaviour, errors and
+# their order included).  A string's bits: byte i's most significant bit is bit 8*i.
+_MAX_STRING = 512 * 1024 * 1024          # proto-max-bulk-len
+STRING_KINDS = frozenset(("json", "bytes"))
+E_BIT_OFFSET = "ERR bit offset is not an integer or out of range"
+E_BIT_VALUE = "ERR bit is not an integer or out of range"
+
+
+def _string_bytes(s, k, now, w) -> bytes | None:
+    """The bytes of the string at key k (WRONGTYPE was checked from the spec), None if absent."""
+    item = s._lookup(k, now, w)
+    return None if item is None else to_bytes(item[0], item[1])
+
+
+def _bit_offset(b: bytes) -> int:
+    n = parse_int(b)
+    if n is None or n < 0 or (n >> 3) >= _MAX_STRING:
+        raise reject(E_BIT_OFFSET)
+    return n
+
+
+def _p_setbit(args, line):
+    check_arity(args, 4)
+    k, off = key(args[1]), _bit_offset(args[2])
+    bit = parse_int(args[3])
+    if bit is None or bit & ~1:
+        raise reject(E_BIT_VALUE)
+    return data_command(SPEC["SETBIT"], args, [k, off, bit])
+
+
+def _a_setbit(s, a, now, w):
+    k, off, bit = a
+    cur = _string_bytes(s, k, now, w) or b""
+    i = off >> 3
+    mask = 0x80 >> (off & 7)
+    if i >= len(cur):
+        cur = cur + bytes(i + 1 - len(cur))
+    old = cur[i]
+    new = old | mask if bit else old & ~mask
+    s._put(k, "bytes", cur[:i] + bytes((new,)) + cur[i + 1:], keep_ttl=True)
+    return 1 if old & mask else 0
+
+
+def _p_getbit(args, line):
+    check_arity(args, 3)
+    return data_command(SPEC["GETBIT"], args, [key(args[1]), _bit_offset(args[2])])
+
+
+def _a_getbit(s, a, now, w):
+    k, off = a
+    b = _string_bytes(s, k, now, w)
+    i = off >> 3
+    if b is None or i >= len(b):
+        return 0
+    return 1 if b[i] & (0x80 >> (off & 7)) else 0
+
+
+def _p_key_rest(name):
+    """KEY then words that Redis 7.0 reads only after it looked the key up (BITCOUNT's range:
+    a missing key answers 0 whatever follows): apply parses them."""
+    def parse(args, line):
+        check_arity(args, SPEC[name].arity)
+        return data_command(SPEC[name], args, [key(args[1]), list(args[2:])])
+    return parse
+
+
+def _int_arg(b: bytes) -> int:
+    n = parse_int(b)
+    if n is None:
+        raise Fail(E_NOT_INT)
+    return n
+
+
+def _unit(b: bytes) -> bool:
+    """BYTE | BIT -> True for BIT."""
+    u = b.upper()
+    if u == b"BIT":
+        return True
+    if u == b"BYTE":
+        return False
+    raise Fail(E_SYNTAX)
+
+
+def _bit_range(n: int, start: int, end: int, isbit: bool) -> tuple[int, int] | None:
+    """Redis's index rules over a string of n bytes: the inclusive BIT range [first, last]
+    that start..end selects (in bytes or bits), None when it is empty."""
+    total = n * 8 if isbit else n
+    if start < 0:
+        start += total
+    if end < 0:
+        end += total
+    start = max(start, 0)
+    end = max(end, 0)
+    if end >= total:
+        end = total - 1
+    if start > end:
+        return None
+    return (start, end) if isbit else (start * 8, end * 8 + 7)
+
+
+def _bits(b: bytes, first: int, last: int) -> tuple[int, int]:
+    """Bits first..last of b as (an int whose top bit is bit `first`, its width)."""
+    lo, hi = first >> 3, last >> 3
+    x = int.from_bytes(b[lo:hi + 1], "big")
+    width = (hi - lo + 1) * 8
+    x &= (1 << (width - (first - lo * 8))) - 1         # drop the bits before `first`
+    drop = hi * 8 + 7 - last
+    return x >> drop, last - first + 1
+
+
+def _a_bitcount(s, a, now, w):
+    k, rest = a
+    b = _string_bytes(s, k, now, w)
+    if b is None:
+        return 0
+    if not rest:
+        return int.from_bytes(b, "big").bit_count()
+    if len(rest) not in (2, 3):
+        raise Fail(E_SYNTAX)
+    start, end = _int_arg(rest[0]), _int_arg(rest[1])
+    isbit = _unit(rest[2]) if len(rest) == 3 else False
+    r = _bit_range(len(b), start, end, isbit)
+    if r is None:
+        return 0
+    return _bits(b, *r)[0].bit_count()
+
+
+def _p_bitpos(args, line):
+    check_arity(args, -3)
+    bit = parse_int(args[2])
+    if bit is None:
+        raise reject(E_NOT_INT)
+    if bit not in (0, 1):
+        raise reject("ERR The bit argument must be 1 or 0.")
+    return data_command(SPEC["BITPOS"], args, [key(args[1]), bit, list(args[3:])])
+
+
+def _a_bitpos(s, a, now, w):
+    k, bit, rest = a
+    b = _string_bytes(s, k, now, w)
+    if b is None:                  # an infinite run of zero bits
+        return -1 if bit else 0
+    if len(rest) > 3:
+        raise Fail(E_SYNTAX)
+    end_given = len(rest) >= 2
+    if rest:
+        start = _int_arg(rest[0])
+        isbit = _unit(rest[2]) if len(rest) == 3 else False
+        end = _int_arg(rest[1]) if end_given else -1
+        r = _bit_range(len(b), start, end, isbit)
+    else:
+        r = _bit_range(len(b), 0, -1, False)
+    if r is None:
+        return -1
+    x, width = _bits(b, *r)
+    if bit == 0:
+        x ^= (1 << width) - 1
+    if x:
+        return r[0] + width - x.bit_length()
+    if bit == 1 or end_given:
+        return -1
+    return len(b) * 8              # looking for 0 without an end: the string is 0-padded
+
+
+def _p_lcs(args, line):
+    check_arity(args, -3)
+    return data_command(SPEC["LCS"], args, [key(args[1]), key(args[2]), list(args[3:])])
+
+
+def _lcs_rows(x: bytes, y: bytes) -> list[int]:
+    """Bit-parallel LCS (Allison-Dix / Hyyro): rows[i] has a zero bit j for each step of the
+    LCS table's row i, so LCS(x[:i], y[:j]) = j - popcount(rows[i] & (2**j - 1)).
+    O(len(x)) big-int operations of len(y) bits each."""
+    ones = (1 << len(y)) - 1
+    match: dict[int, int] = {}
+    for j, c in enumerate(y):
+        match[c] = match.get(c, 0) | (1 << j)
+    v = ones
+    rows = [v]
+    for c in x:
+        u = v & match.get(c, 0)
+        v = ((v + u) | (v - u)) & ones
+        rows.append(v)
+    return rows
+
+
+def _a_lcs(s, a, now, w):
+    ka, kb, opts = a
+    items = [s._lookup(k, now, w) for k in (ka, kb)]
+    if any(it is not None and it[0] not in STRING_KINDS for it in items):
+        raise Fail("ERR The specified keys must contain string values")
+    x, y = (b"" if it is None else to_bytes(it[0], it[1]) for it in items)
+    getlen = getidx = withlen = False
+    minlen = 0
+    i, n = 0, len(opts)
+    while i < n:
+        o = opts[i].upper()
+        if o == b"IDX":
+            getidx = True
+        elif o == b"LEN":
+            getlen = True
+        elif o == b"WITHMATCHLEN":
+            withlen = True
+        elif o == b"MINMATCHLEN" and i + 1 < n:
+            minlen = max(_int_arg(opts[i + 1]), 0)
+            i += 1
+        else:
+            raise Fail(E_SYNTAX)
+        i += 1
+    if getidx and getlen:
+        raise Fail("ERR If you want both the length and indexes, please just use IDX.")
+    if (len(x) + 1) * (len(y) + 1) * 4 > _MAX_STRING:
+        raise Fail("ERR Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len")
+    rows = _lcs_rows(x, y)
+    ones = (1 << len(y)) - 1
+    total = len(y) - (rows[-1] & ones).bit_count()
+    if getlen:
+        return total
+
+    def lcs(i, j):
+        return j - (rows[i] & ((1 << j) - 1)).bit_count()
+
+    # Walk back from (len(x), len(y)) as Redis does, emitting the matched ranges
+    out = bytearray(total)
+    idx = total
+    matches = []
+    unset = len(x)
+    a_start = unset
+    a_end = b_start = b_end = 0
+    i, j = len(x), len(y)
+    while i > 0 and j > 0:
+        emit = False
+        if x[i - 1] == y[j - 1]:
+            out[idx - 1] = x[i - 1]
+            if a_start == unset:
+                a_start = a_end = i - 1
+                b_start = b_end = j - 1
+            elif a_start == i and b_start == j:
+                a_start -= 1
+                b_start -= 1
+            else:
+                emit = True
+            if a_start == 0 or b_start == 0:
+                emit = True
+            idx -= 1
+            i -= 1
+            j -= 1
+        else:
+            if lcs(i - 1, j) > lcs(i, j - 1):
+                i -= 1
+            else:
+                j -= 1
+            if a_start != unset:
+                emit = True
+        if emit:
+            mlen = a_end - a_start + 1
+            if getidx and (minlen == 0 or mlen >= minlen):
+                m = [[a_start, a_end], [b_start, b_end]]
+                if withlen:
+                    m.append(mlen)
+                matches.append(m)
+            a_start = unset
+    if getidx:
+        return {b"matches": matches, b"len": total}
+    return bytes(out)
+
+
+def _line_lcs(r):
+    if type(r) is int:
+        return {"length": r}
+    if type(r) is dict:
+        return {"matches": r[b"matches"], "length": r[b"len"]}
+    return {"value": r.decode("utf-8", "surrogateescape")}
+
 
 # The string commands.  Their parsers are kv_protocol's (the fast-path classes and
 # _DATA_PARSERS) and their state-machine functions kv_state's; the rows declare what COMMAND
@@ -100,6 +374,11 @@ INCRBYFLOAT 3 write,denyoom,fast 1 1 1 string 2.6.0 @write,@string,@fast
 MGET -2 readonly,fast 1 -1 1 string 1.0.0 @read,@string,@fast
 MSET -3 write,denyoom 1 -1 2 string 1.0.1 @write,@string,@slow
 MSETNX -3 write,denyoom 1 -1 2 string 1.0.1 @write,@string,@slow
+SETBIT 4 write,denyoom 1 1 1 bitmap 2.2.0 @write,@bitmap,@slow
+GETBIT 3 readonly,fast 1 1 1 bitmap 2.2.0 @read,@bitmap,@fast
+BITCOUNT -2 readonly 1 1 1 bitmap 2.6.0 @read,@bitmap,@slow
+BITPOS -3 readonly 1 1 1 bitmap 2.8.7 @read,@bitmap,@slow
+LCS -3 readonly 1 2 1 string 7.0.0 @read,@string,@slow
 CAS 4 write,denyoom,fast 1 1 1 kvstore 1.0.0 0
 """, {
     # sm: the state-machine command each name runs as (kv_state); WRONGTYPE is checked for
@@ -111,4 +390,17 @@ CAS 4 write,denyoom,fast 1 1 1 kvstore 1.0.0 0
     "SETRANGE": {**_S}, "INCR": {"sm": "INCRBY", **_S}, "DECR": {"sm": "INCRBY", **_S},
     "INCRBY": {**_S}, "DECRBY": {"sm": "INCRBY", **_S}, "INCRBYFLOAT": {**_S},
     "CAS": {"redis": False, **_S},
+    "SETBIT": {"parse": _p_setbit, "apply": _a_setbit, **_S, "line": lambda r: {"previous": r},
+               "summary": "Set or clear one bit; answers the bit it had"},
+    "GETBIT": {"parse": _p_getbit, "apply": _a_getbit, **_S, "line": lambda r: {"bit": r},
+               "summary": "The bit at an offset"},
+    "BITCOUNT": {"parse": _p_key_rest("BITCOUNT"), "apply": _a_bitcount, **_S,
+                 "line": lambda r: {"count": r}, "summary": "The number of set bits in a range"},
+    "BITPOS": {"parse": _p_bitpos, "apply": _a_bitpos, **_S, "line": lambda r: {"position": r},
+               "summary": "The first set or clear bit in a range"},
+    # LCS checks its own keys: a non-string answers "The specified keys must contain string
+    # values", not WRONGTYPE
+    "LCS": {"parse": _p_lcs, "apply": _a_lcs, "line": _line_lcs,
+            "summary": "The longest common subsequence of two strings"},
 })
+SPEC = {s.name: s for s in SPECS}
