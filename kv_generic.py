@@ -8,6 +8,7 @@ state-machine functions kv_state's; the rows declare what COMMAND says of them.
 from __future__ import annotations
 
 import kv_protocol as P
+from kv_strings import STRING_KINDS, string_encoding
 from kv_spec import arity_error, check_arity, data_command, key, reject, spec_rows
 from kv_values import Fail, parse_int
 
@@ -37,8 +38,6 @@ _OBJECT_KEYED = ("ENCODING", "REFCOUNT", "IDLETIME", "FREQ")
 E_NO_FREQ = ("ERR An LFU maxmemory policy is not selected, access frequency not tracked. "
              "Please note that when switching between policies at runtime LRU and LFU data will "
              "take some time to adjust.")
-E_NO_IDLETIME = ("ERR KV Store does not track key access times (a read on the primary changes "
-                 "nothing, on any node), idle time not tracked")
 _SHARED_REFCOUNT = 2147483647        # Redis's OBJ_SHARED_REFCOUNT (shared integers 0..9999)
 
 
@@ -65,7 +64,7 @@ def _a_object(s, a, now, w):
     if item is None:
         return None
     kind, value = item
-    enc = s.types[kind].encoding(value)
+    enc = string_encoding(item) if kind in STRING_KINDS else s.types[kind].encoding(value)
     if sub == "ENCODING":
         return enc.encode()
     if sub == "REFCOUNT":     # Redis shares the integers 0..9999; every other value has one owner
@@ -74,7 +73,7 @@ def _a_object(s, a, now, w):
         return 1
     if sub == "FREQ":
         raise Fail(E_NO_FREQ)
-    raise Fail(E_NO_IDLETIME)
+    return 0                  # IDLETIME: no access times are kept (docs/CLUSTERING.md)
 
 
 def _line_object(r):
@@ -84,7 +83,7 @@ def _line_object(r):
         return {"encoding": r.decode()}
     if r is None:
         return {"found": False}
-    return {"refcount": r}
+    return {"result": r}
 
 SPECS = spec_rows("""
 DEL -2 write 1 -1 1 generic 1.0.0 @keyspace,@write,@slow

@@ -56,6 +56,7 @@ from array import array
 from fractions import Fraction
 
 from kv_protocol import Simple, compile_glob
+from kv_strings import RAW, UNENCODED, mark_encoding
 from kv_registry import APPLY, SM_SPECS, TAGS, TYPE_NAMES, TYPES, type_keys_of
 from kv_values import (E_NO_KEY, E_NOT_FLOAT, E_NOT_INT, E_OVERFLOW, E_SYNTAX, E_WRONGTYPE, NULL_ARRAY,
                        OK, Fail, RedisError, Value, _round_ld, container_hash, format_ld, parse_int,
@@ -517,6 +518,8 @@ def _c_set(s, a, now, w):
     # SET key value cond(""|"NX"|"XX") get(0|1) expiry(None | deadline ms | "KEEPTTL")
     key, val, cond, get, expiry = a
     old = s._lookup(key, now, w)
+    if get and old is not None and old[0] not in _STRING_KINDS:
+        raise _Fail(E_WRONGTYPE)
     if (cond == "NX" and old is not None) or (cond == "XX" and old is None):
         return _value(old) if get else None
     s._put(key, val[0], val[1], keep_ttl=(expiry == "KEEPTTL"))
@@ -559,6 +562,8 @@ def _c_append(s, a, now, w):
     if len(new) > _MAX_STRING:
         raise _Fail("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
     s._put(key, "bytes", new, keep_ttl=True)
+    if old is not None:
+        mark_encoding(s, key, RAW)
     return len(new)
 
 
@@ -609,6 +614,7 @@ def _c_setrange(s, a, now, w):
         cur = cur + b"\x00" * (offset - len(cur))
     new = cur[:offset] + add + cur[offset + len(add):]
     s._put(key, "bytes", new, keep_ttl=True)
+    mark_encoding(s, key, RAW)
     return len(new)
 
 
@@ -644,6 +650,7 @@ def _c_incrbyfloat(s, a, now, w):
         raise _Fail("ERR increment would produce NaN or Infinity")
     out = format_ld(new)
     s._put(key, "bytes", out, keep_ttl=True)
+    mark_encoding(s, key, UNENCODED)
     return Value("bytes", out)
 
 

@@ -62,6 +62,39 @@ def _encoding_bytes(v: bytes) -> str:
     return "embstr" if len(v) <= 44 else "raw"
 
 
+# Encodings that the bytes alone do not tell (Redis's rules, object.c / t_string.c / bitops.c):
+# SETBIT, SETRANGE and APPEND to an existing string leave a "raw" string (dbUnshareStringValue);
+# INCRBYFLOAT stores its text unencoded (embstr up to 44 bytes, never int).  Such a write
+# stores its (kind, value) item as one of these tuple subclasses (same content: the digest,
+# snapshots and every reader see a plain item); any later write stores a new plain item, as
+# Redis re-decides the encoding on every such write, and so does a snapshot install (Redis
+# re-encodes the strings it loads from an RDB).  Only OBJECT ENCODING / REFCOUNT look.
+class _RawItem(tuple):
+    __slots__ = ()
+
+
+class _UnencodedItem(tuple):
+    __slots__ = ()
+
+
+def mark_encoding(s, k: str, mark: type) -> None:
+    """Record that the string s._put just stored at k has encoding RAW or UNENCODED."""
+    s.data[k] = mark(s.data[k])
+
+
+RAW, UNENCODED = _RawItem, _UnencodedItem
+
+
+def string_encoding(item) -> str:
+    """OBJECT ENCODING of a live string item (kind, value)."""
+    t = type(item)
+    if t is _RawItem:
+        return "raw"
+    if t is _UnencodedItem:
+        return "embstr" if len(to_bytes(item[0], item[1])) <= 44 else "raw"
+    return _encoding_json(item[1]) if item[0] == "json" else _encoding_bytes(item[1])
+
+
 def _copy_json(v):
     """JSON values are never changed in place (every write stores a new value): share them."""
     return v
@@ -113,6 +146,7 @@ def _a_setbit(s, a, now, w):
     old = cur[i]
     new = old | mask if bit else old & ~mask
     s._put(k, "bytes", cur[:i] + bytes((new,)) + cur[i + 1:], keep_ttl=True)
+    mark_encoding(s, k, RAW)
     return 1 if old & mask else 0
 
 
@@ -387,7 +421,8 @@ CAS 4 write,denyoom,fast 1 1 1 kvstore 1.0.0 0
     "GET": {**_S}, "GETDEL": {**_S}, "GETEX": {**_S}, "SETNX": {"sm": "SETNX"},
     "GETSET": {"sm": "SET"}, "SETEX": {"sm": "SET"}, "PSETEX": {"sm": "SET"},
     "APPEND": {**_S}, "STRLEN": {**_S}, "GETRANGE": {**_S}, "SUBSTR": {"sm": "GETRANGE", **_S},
-    "SETRANGE": {**_S}, "INCR": {"sm": "INCRBY", **_S}, "DECR": {"sm": "INCRBY", **_S},
+    # SETRANGE: Redis rejects a negative offset before it looks the key up
+    "SETRANGE": {**_S, "type_keys": lambda a: [a[0]] if a[1] >= 0 else []}, "INCR": {"sm": "INCRBY", **_S}, "DECR": {"sm": "INCRBY", **_S},
     "INCRBY": {**_S}, "DECRBY": {"sm": "INCRBY", **_S}, "INCRBYFLOAT": {**_S},
     "CAS": {"redis": False, **_S},
     "SETBIT": {"parse": _p_setbit, "apply": _a_setbit, **_S, "line": lambda r: {"previous": r},
