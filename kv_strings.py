@@ -227,6 +227,8 @@ def _a_bitcount(s, a, now, w):
     if len(rest) not in (2, 3):
         raise Fail(E_SYNTAX)
     start, end = _int_arg(rest[0]), _int_arg(rest[1])
+    if start < 0 and end < 0 and start > end:      # Redis answers this before it reads the unit
+        return 0
     isbit = _unit(rest[2]) if len(rest) == 3 else False
     r = _bit_range(len(b), start, end, isbit)
     if r is None:
