@@ -15,9 +15,11 @@ import base64
 import binascii
 import json
 import sys
+from fractions import Fraction
 
-from kv_spec import TypeOps, arity_error, check_arity, data_command, key, reject, spec_rows
-from kv_values import E_NOT_INT, E_SYNTAX, Fail, parse_int, to_bytes
+from kv_spec import TypeOps, check_arity, data_command, key, reject, spec_rows
+from kv_values import (E_NOT_FLOAT, E_NOT_INT, E_OVERFLOW, E_SYNTAX, E_WRONGTYPE, OK, Fail, Value,
+                       _round_ld, format_ld, parse_int, parse_ld, to_bytes)
 
 _b64encode = base64.b64encode
 _a2b = binascii.a2b_base64
@@ -109,6 +111,8 @@ TYPES = [
 # Bitmaps and LCS (Redis 7.0's bitops.c / t_string.c are the model of behaviour, errors and
 # their order included).  A string's bits: byte i's most significant bit is bit 8*i.
 _MAX_STRING = 512 * 1024 * 1024          # proto-max-bulk-len
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
 STRING_KINDS = frozenset(("json", "bytes"))
 E_BIT_OFFSET = "ERR bit offset is not an integer or out of range"
 E_BIT_VALUE = "ERR bit is not an integer or out of range"
@@ -384,9 +388,186 @@ def _line_lcs(r):
     return {"value": r.decode("utf-8", "surrogateescape")}
 
 
+# ---------------------------------------------------------------------------------------------
+# The string commands' state-machine functions (apply(s, args, now, write); args as kv_protocol's
+# parsers make them: stored values are (kind, value) tuples)
+def _bytes_of(item) -> bytes:
+    return to_bytes(item[0], item[1])
+
+
+def _value(item):
+    return None if item is None else Value(item[0], item[1])
+
+
+def _c_get(s, a, now, w):
+    return _value(s._lookup(a[0], now, w))
+
+
+def _c_set(s, a, now, w):
+    # SET key value cond(""|"NX"|"XX") get(0|1) expiry(None | deadline ms | "KEEPTTL")
+    key, val, cond, get, expiry = a
+    old = s._lookup(key, now, w)
+    if get and old is not None and old[0] not in STRING_KINDS:
+        raise Fail(E_WRONGTYPE)
+    if (cond == "NX" and old is not None) or (cond == "XX" and old is None):
+        return _value(old) if get else None
+    s._put(key, val[0], val[1], keep_ttl=(expiry == "KEEPTTL"))
+    if type(expiry) is int:
+        s._set_deadline(key, expiry, now)
+    return _value(old) if get else OK
+
+
+def _c_getdel(s, a, now, w):
+    old = s._lookup(a[0], now, w)
+    if old is not None:
+        s._delete(a[0])
+    return _value(old)
+
+
+def _c_getex(s, a, now, w):
+    # GETEX key [deadline ms | "PERSIST" | None | "ERR ..." (a bad time: an error if key exists)]
+    key, exp = a
+    old = s._lookup(key, now, w)
+    if old is not None and type(exp) is str and exp.startswith("ERR"):
+        raise Fail(exp)
+    if old is not None and w and exp is not None:
+        s._set_deadline(key, None if exp == "PERSIST" else exp, now)
+    return _value(old)
+
+
+def _c_setnx(s, a, now, w):
+    key, val = a
+    if s._lookup(key, now, w) is not None:
+        return 0
+    s._put(key, val[0], val[1])
+    return 1
+
+
+def _c_append(s, a, now, w):
+    key, val = a
+    old = s._lookup(key, now, w)
+    add = _bytes_of(val)
+    new = (_bytes_of(old) if old is not None else b"") + add
+    if len(new) > _MAX_STRING:
+        raise Fail("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
+    s._put(key, "bytes", new, keep_ttl=True)
+    if old is not None:
+        mark_encoding(s, key, RAW)
+    return len(new)
+
+
+def _c_strlen(s, a, now, w):
+    item = s._lookup(a[0], now, w)
+    return 0 if item is None else len(_bytes_of(item))
+
+
+def _c_getrange(s, a, now, w):
+    key, start, end = a
+    item = s._lookup(key, now, w)
+    if item is None:
+        return Value("bytes", b"")
+    b = _bytes_of(item)
+    n = len(b)
+    if start < 0 and end < 0 and start > end:
+        return Value("bytes", b"")
+    if start < 0:
+        start += n
+    if end < 0:
+        end += n
+    start = max(start, 0)
+    end = max(end, 0)
+    if end >= n:
+        end = n - 1
+    if start > end or n == 0:
+        return Value("bytes", b"")
+    return Value("bytes", b[start:end + 1])
+
+
+def _c_setrange(s, a, now, w):
+    key, offset, val = a
+    add = _bytes_of(val)
+    old = s._lookup(key, now, w)
+    if offset < 0:
+        raise Fail("ERR offset is out of range")
+    if old is None:
+        if not add:
+            return 0
+        cur = b""
+    else:
+        cur = _bytes_of(old)
+        if not add:
+            return len(cur)
+    if offset + len(add) > _MAX_STRING:
+        raise Fail("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
+    if len(cur) < offset:
+        cur = cur + b"\x00" * (offset - len(cur))
+    new = cur[:offset] + add + cur[offset + len(add):]
+    s._put(key, "bytes", new, keep_ttl=True)
+    mark_encoding(s, key, RAW)
+    return len(new)
+
+
+def _c_incrby(s, a, now, w):
+    key, by = a
+    item = s._lookup(key, now, w)
+    if item is None:
+        cur = 0
+    elif item[0] == "json" and type(item[1]) is int and _INT64_MIN <= item[1] <= _INT64_MAX:
+        cur = item[1]
+    else:
+        cur = parse_int(_bytes_of(item))
+        if cur is None:
+            raise Fail(E_NOT_INT)
+    new = cur + by
+    if not _INT64_MIN <= new <= _INT64_MAX:
+        raise Fail(E_OVERFLOW)
+    s._put(key, "json", new, keep_ttl=True)   # a counter reads as a JSON number on the line protocol
+    return new
+
+
+def _c_incrbyfloat(s, a, now, w):
+    key, by = a
+    incr = parse_ld(_bytes_of(by)) if type(by) is tuple else by
+    if incr is None or type(incr) is float:
+        raise Fail(E_NOT_FLOAT)
+    item = s._lookup(key, now, w)
+    cur = Fraction(0) if item is None else parse_ld(_bytes_of(item))
+    if cur is None or type(cur) is float:
+        raise Fail(E_NOT_FLOAT)
+    new = _round_ld(cur + incr)
+    if new is None:
+        raise Fail("ERR increment would produce NaN or Infinity")
+    out = format_ld(new)
+    s._put(key, "bytes", out, keep_ttl=True)
+    mark_encoding(s, key, UNENCODED)
+    return Value("bytes", out)
+
+
+def _c_mget(s, a, now, w):
+    out = []
+    for k in a:
+        item = s._lookup(k, now, w)
+        out.append(_value(item) if item is not None and item[0] in STRING_KINDS else None)
+    return out
+
+
+def _c_mset(s, a, now, w):
+    for i in range(0, len(a), 2):
+        s._lookup(a[i], now, w)
+        s._put(a[i], a[i + 1][0], a[i + 1][1])
+    return OK
+
+
+def _c_msetnx(s, a, now, w):
+    if any(s._lookup(a[i], now, w) is not None for i in range(0, len(a), 2)):
+        return 0
+    _c_mset(s, a, now, w)
+    return 1
+
+
 # The string commands.  Their parsers are kv_protocol's (the fast-path classes and
-# _DATA_PARSERS) and their state-machine functions kv_state's; the rows declare what COMMAND
-# says of them and which keys WRONGTYPE checks (key_type "string").
+# _DATA_PARSERS); the rows declare what COMMAND says of them, their apply functions (above) and
+# which keys WRONGTYPE checks (key_type "string").
 _S = {"key_type": "string"}
 SPECS = spec_rows("""
 GET 2 readonly,fast 1 1 1 string 1.0.0 @read,@string,@fast
@@ -420,12 +601,17 @@ CAS 4 write,denyoom,fast 1 1 1 kvstore 1.0.0 0
     # sm: the state-machine command each name runs as (kv_state); WRONGTYPE is checked for
     # the commands whose keys must hold strings.  SET / GETSET / MSET / MSETNX overwrite any
     # type, MGET answers nil for a key of another type: no check.
-    "GET": {**_S}, "GETDEL": {**_S}, "GETEX": {**_S}, "SETNX": {"sm": "SETNX"},
-    "GETSET": {"sm": "SET"}, "SETEX": {"sm": "SET"}, "PSETEX": {"sm": "SET"},
-    "APPEND": {**_S}, "STRLEN": {**_S}, "GETRANGE": {**_S}, "SUBSTR": {"sm": "GETRANGE", **_S},
+    "GET": {"apply": _c_get, **_S}, "GETDEL": {"apply": _c_getdel, **_S},
+    "GETEX": {"apply": _c_getex, **_S}, "SETNX": {"sm": "SETNX", "apply": _c_setnx},
+    "SET": {"apply": _c_set}, "GETSET": {"sm": "SET"}, "SETEX": {"sm": "SET"}, "PSETEX": {"sm": "SET"},
+    "APPEND": {"apply": _c_append, **_S}, "STRLEN": {"apply": _c_strlen, **_S},
+    "GETRANGE": {"apply": _c_getrange, **_S}, "SUBSTR": {"sm": "GETRANGE", **_S},
     # SETRANGE: Redis rejects a negative offset before it looks the key up
-    "SETRANGE": {**_S, "type_keys": lambda a: [a[0]] if a[1] >= 0 else []}, "INCR": {"sm": "INCRBY", **_S}, "DECR": {"sm": "INCRBY", **_S},
-    "INCRBY": {**_S}, "DECRBY": {"sm": "INCRBY", **_S}, "INCRBYFLOAT": {**_S},
+    "SETRANGE": {"apply": _c_setrange, **_S, "type_keys": lambda a: [a[0]] if a[1] >= 0 else []},
+    "INCR": {"sm": "INCRBY", "apply": _c_incrby, **_S}, "DECR": {"sm": "INCRBY", **_S},
+    "INCRBY": {"apply": _c_incrby, **_S}, "DECRBY": {"sm": "INCRBY", **_S},
+    "INCRBYFLOAT": {"apply": _c_incrbyfloat, **_S},
+    "MGET": {"apply": _c_mget}, "MSET": {"apply": _c_mset}, "MSETNX": {"apply": _c_msetnx},
     "CAS": {"redis": False, **_S},
     "SETBIT": {"parse": _p_setbit, "apply": _a_setbit, **_S, "line": lambda r: {"previous": r},
                "summary": "Set or clear one bit; answers the bit it had"},
