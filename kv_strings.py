@@ -194,10 +194,9 @@ def _unit(b: bytes) -> bool:
     raise Fail(E_SYNTAX)
 
 
-def _bit_range(n: int, start: int, end: int, isbit: bool) -> tuple[int, int] | None:
-    """Redis's index rules over a string of n bytes: the inclusive BIT range [first, last]
-    that start..end selects (in bytes or bits), None when it is empty."""
-    total = n * 8 if isbit else n
+def _clamp(total: int, start: int, end: int) -> tuple[int, int] | None:
+    """Redis's index rules (GETRANGE, BITCOUNT, BITPOS) over `total` bytes or bits: the
+    inclusive range [start, end] selected (negative counts from the end), None if empty."""
     if start < 0:
         start += total
     if end < 0:
@@ -208,7 +207,16 @@ def _bit_range(n: int, start: int, end: int, isbit: bool) -> tuple[int, int] | N
         end = total - 1
     if start > end:
         return None
-    return (start, end) if isbit else (start * 8, end * 8 + 7)
+    return start, end
+
+
+def _bit_range(n: int, start: int, end: int, isbit: bool) -> tuple[int, int] | None:
+    """The inclusive BIT range [first, last] that start..end selects (in bytes or bits) in a
+    string of n bytes, None when it is empty."""
+    r = _clamp(n * 8 if isbit else n, start, end)
+    if r is None or isbit:
+        return r
+    return r[0] * 8, r[1] * 8 + 7
 
 
 def _bits(b: bytes, first: int, last: int) -> tuple[int, int]:
@@ -467,20 +475,8 @@ def _c_getrange(s, a, now, w):
     if item is None:
         return Value("bytes", b"")
     b = _bytes_of(item)
-    n = len(b)
-    if start < 0 and end < 0 and start > end:
-        return Value("bytes", b"")
-    if start < 0:
-        start += n
-    if end < 0:
-        end += n
-    start = max(start, 0)
-    end = max(end, 0)
-    if end >= n:
-        end = n - 1
-    if start > end or n == 0:
-        return Value("bytes", b"")
-    return Value("bytes", b[start:end + 1])
+    r = None if start < 0 and end < 0 and start > end else _clamp(len(b), start, end)
+    return Value("bytes", b"" if r is None else b[r[0]:r[1] + 1])
 
 
 def _c_setrange(s, a, now, w):
