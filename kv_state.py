@@ -54,13 +54,12 @@ import threading
 import time
 import zlib
 from array import array
-from fractions import Fraction
 
 from kv_blocking import BLOCKED, BlockedKeys, is_empty
 from kv_protocol import Simple, compile_glob
 from kv_registry import APPLY, SM_SPECS, TAGS, TYPE_NAMES, TYPES, type_keys_of
-from kv_values import (E_NO_KEY, E_NOT_FLOAT, E_NOT_INT, E_OVERFLOW, E_SYNTAX, E_WRONGTYPE, NULL_ARRAY,
-                       OK, Fail, RedisError, Value, _round_ld, container_hash, format_ld, parse_int,
+from kv_values import (E_NO_KEY, E_SYNTAX, E_WRONGTYPE, NULL_ARRAY,
+                       OK, Fail, RedisError, Value, container_hash, format_ld,
                        parse_ld, to_bytes)
 
 _Fail = Fail
@@ -71,11 +70,8 @@ __all__ = ["KeyValueStore", "Value", "RedisError", "NULL_ARRAY", "encode_args",
            "MOD_SLOTS", "key_slot", "to_bytes", "OK", "E_SYNTAX", "E_WRONGTYPE"]
 
 _MASK64 = (1 << 64) - 1
-_INT64_MIN = -(1 << 63)
-_INT64_MAX = (1 << 63) - 1
 MOD_SLOTS = 1 << 18
 _SLOT_MASK = MOD_SLOTS - 1
-_MAX_STRING = 512 * 1024 * 1024
 _crc32 = zlib.crc32
 
 
@@ -141,6 +137,9 @@ class KeyValueStore:
     for every other read on the primary; items()/restore() for snapshots; digest_hex(), len(),
     expires_count(), last_applied, clock_ms, lock.
     """
+
+    types = TYPES             # kind -> TypeOps (for the command modules: COPY, OBJECT ENCODING)
+    type_names = TYPE_NAMES   # kind -> what TYPE answers
 
     def __init__(self):
         self.data: dict[str, tuple[str, object]] = {}
@@ -529,180 +528,8 @@ def _unpack_slots(s: str | None, fill: int) -> array:
 # into absolute unix-ms deadlines by the primary (SET ... PXAT, PEXPIREAT, ...).
 # `write` is False when a read runs on the primary outside the log: nothing may change then.
 
-_STRING_KINDS = frozenset(("json", "bytes"))
-
-
-_STRING_KINDS = frozenset(("bytes", "json"))
-
-
 def _bytes_of(item) -> bytes:
     return to_bytes(item[0], item[1])
-
-
-def _value(item):
-    return None if item is None else Value(item[0], item[1])
-
-
-def _c_get(s, a, now, w):
-    return _value(s._lookup(a[0], now, w))
-
-
-def _c_set(s, a, now, w):
-    # SET key value cond(""|"NX"|"XX") get(0|1) expiry(None | deadline ms | "KEEPTTL")
-    key, val, cond, get, expiry = a
-    old = s._lookup(key, now, w)
-    if get and old is not None and old[0] not in _STRING_KINDS:
-        raise _Fail(E_WRONGTYPE)   # GETSET / SET ... GET of a container: nothing written
-    if (cond == "NX" and old is not None) or (cond == "XX" and old is None):
-        return _value(old) if get else None
-    s._put(key, val[0], val[1], keep_ttl=(expiry == "KEEPTTL"))
-    if type(expiry) is int:
-        s._set_deadline(key, expiry, now)
-    return _value(old) if get else OK
-
-
-def _c_getdel(s, a, now, w):
-    old = s._lookup(a[0], now, w)
-    if old is not None:
-        s._delete(a[0])
-    return _value(old)
-
-
-def _c_getex(s, a, now, w):
-    # GETEX key [deadline ms | "PERSIST" | None | "ERR ..." (a bad time: an error if key exists)]
-    key, exp = a
-    old = s._lookup(key, now, w)
-    if old is not None and type(exp) is str and exp.startswith("ERR"):
-        raise _Fail(exp)
-    if old is not None and w and exp is not None:
-        s._set_deadline(key, None if exp == "PERSIST" else exp, now)
-    return _value(old)
-
-
-def _c_setnx(s, a, now, w):
-    key, val = a
-    if s._lookup(key, now, w) is not None:
-        return 0
-    s._put(key, val[0], val[1])
-    return 1
-
-
-def _c_append(s, a, now, w):
-    key, val = a
-    old = s._lookup(key, now, w)
-    add = _bytes_of(val)
-    new = (_bytes_of(old) if old is not None else b"") + add
-    if len(new) > _MAX_STRING:
-        raise _Fail("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
-    s._put(key, "bytes", new, keep_ttl=True)
-    return len(new)
-
-
-def _c_strlen(s, a, now, w):
-    item = s._lookup(a[0], now, w)
-    return 0 if item is None else len(_bytes_of(item))
-
-
-def _c_getrange(s, a, now, w):
-    key, start, end = a
-    item = s._lookup(key, now, w)
-    if item is None:
-        return Value("bytes", b"")
-    b = _bytes_of(item)
-    n = len(b)
-    if start < 0 and end < 0 and start > end:
-        return Value("bytes", b"")
-    if start < 0:
-        start += n
-    if end < 0:
-        end += n
-    start = max(start, 0)
-    end = max(end, 0)
-    if end >= n:
-        end = n - 1
-    if start > end or n == 0:
-        return Value("bytes", b"")
-    return Value("bytes", b[start:end + 1])
-
-
-def _c_setrange(s, a, now, w):
-    key, offset, val = a
-    add = _bytes_of(val)
-    old = s._lookup(key, now, w)
-    if offset < 0:
-        raise _Fail("ERR offset is out of range")
-    if old is None:
-        if not add:
-            return 0
-        cur = b""
-    else:
-        cur = _bytes_of(old)
-        if not add:
-            return len(cur)
-    if offset + len(add) > _MAX_STRING:
-        raise _Fail("ERR string exceeds maximum allowed size (proto-max-bulk-len)")
-    if len(cur) < offset:
-        cur = cur + b"\x00" * (offset - len(cur))
-    new = cur[:offset] + add + cur[offset + len(add):]
-    s._put(key, "bytes", new, keep_ttl=True)
-    return len(new)
-
-
-def _c_incrby(s, a, now, w):
-    key, by = a
-    item = s._lookup(key, now, w)
-    if item is None:
-        cur = 0
-    elif item[0] == "json" and type(item[1]) is int and _INT64_MIN <= item[1] <= _INT64_MAX:
-        cur = item[1]
-    else:
-        cur = parse_int(_bytes_of(item))
-        if cur is None:
-            raise _Fail(E_NOT_INT)
-    new = cur + by
-    if not _INT64_MIN <= new <= _INT64_MAX:
-        raise _Fail(E_OVERFLOW)
-    s._put(key, "json", new, keep_ttl=True)   # a counter reads as a JSON number on the line protocol
-    return new
-
-
-def _c_incrbyfloat(s, a, now, w):
-    key, by = a
-    incr = parse_ld(_bytes_of(by)) if type(by) is tuple else by
-    if incr is None or type(incr) is float:
-        raise _Fail(E_NOT_FLOAT)
-    item = s._lookup(key, now, w)
-    cur = Fraction(0) if item is None else parse_ld(_bytes_of(item))
-    if cur is None or type(cur) is float:
-        raise _Fail(E_NOT_FLOAT)
-    new = _round_ld(cur + incr)
-    if new is None:
-        raise _Fail("ERR increment would produce NaN or Infinity")
-    out = format_ld(new)
-    s._put(key, "bytes", out, keep_ttl=True)
-    return Value("bytes", out)
-
-
-def _c_mget(s, a, now, w):
-    out = []
-    for k in a:
-        item = s._lookup(k, now, w)
-        out.append(_value(item) if item is not None and item[0] in _STRING_KINDS else None)
-    return out
-
-
-def _c_mset(s, a, now, w):
-    for i in range(0, len(a), 2):
-        s._lookup(a[i], now, w)
-        s._put(a[i], a[i + 1][0], a[i + 1][1])
-    return OK
-
-
-def _c_msetnx(s, a, now, w):
-    if any(s._lookup(a[i], now, w) is not None for i in range(0, len(a), 2)):
-        return 0
-    _c_mset(s, a, now, w)
-    return 1
 
 
 def _c_del(s, a, now, w):
@@ -940,17 +767,13 @@ def _c_unblock(s, a, now, w):
 _COMMANDS = {
     **APPLY,     # every command a value-type module declares (kv_registry)
     "ERROR": _c_error, "UNWATCH": _c_unwatch, "BLOCK": _c_block, "UNBLOCK": _c_unblock,
-    "GET": _c_get, "SET": _c_set, "GETDEL": _c_getdel, "GETEX": _c_getex, "SETNX": _c_setnx,
-    "APPEND": _c_append, "STRLEN": _c_strlen, "GETRANGE": _c_getrange, "SETRANGE": _c_setrange,
-    "INCRBY": _c_incrby, "INCRBYFLOAT": _c_incrbyfloat, "MGET": _c_mget, "MSET": _c_mset,
-    "MSETNX": _c_msetnx, "DEL": _c_del, "EXISTS": _c_exists, "TYPE": _c_type, "RENAME": _c_rename,
+    "DEL": _c_del, "EXISTS": _c_exists, "TYPE": _c_type, "RENAME": _c_rename,
     "COPY": _c_copy, "RANDOMKEY": _c_randomkey, "SCAN": _c_scan, "KEYS": _c_keys,
     "DBSIZE": _c_dbsize, "FLUSHDB": _c_flushdb, "PEXPIREAT": _c_expire, "TTL": _c_ttl,
     "PERSIST": _c_persist, "TOUCH": _c_touch, "PURGE": _c_purge, "CAS": _c_cas,
 }
 _SCANS = frozenset({"KEYS", "SCAN", "DBSIZE", "RANDOMKEY"})
-WRITE_COMMANDS = frozenset({"SET", "GETDEL", "GETEX", "SETNX", "APPEND", "SETRANGE", "INCRBY",
-                            "INCRBYFLOAT", "MSET", "MSETNX", "DEL", "RENAME", "COPY", "FLUSHDB",
+WRITE_COMMANDS = frozenset({"DEL", "RENAME", "COPY", "FLUSHDB",
                             "PEXPIREAT", "PERSIST", "PURGE", "CAS", "BLOCK", "UNBLOCK"}
                            | {n for n, sp in SM_SPECS.items() if sp.write and sp.apply is not None})
 READ_COMMANDS = frozenset(_COMMANDS) - WRITE_COMMANDS

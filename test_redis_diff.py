@@ -1092,6 +1092,111 @@ class Gen:
 
     # == bitmaps family (kv_strings: SETBIT GETBIT BITCOUNT BITPOS LCS) ====================
     #
+    _B_KEYS = [b"b0", b"b1", b"b2"]
+    _B_VALUES = [b"", b"0", b"1", b"9999", b"10000", b"-1", b"-0", b"007", b"+5", b"3.0", b"foobar",
+                 b"\xff\xf0\x00", b"\x00\x00\x01", b"9223372036854775807", b"9223372036854775808",
+                 b"-9223372036854775808", b"-9223372036854775809", b"12345678901234567890",
+                 b"123456789012345678901", b"x" * 44, b"y" * 45, b"1" * 44, b"ab" * 30,
+                 b"ohmytext", b"mynewtext", b"AGCTAGCATCGA" * 3]
+
+    @staticmethod
+    def _shape(rep):
+        return rep[0]
+
+    @staticmethod
+    def _enc(rep):          # a hash's encoding is kv_hash's answer; a string's is compared exactly
+        return ("$", b"<hash>") if rep[1] in (b"listpack", b"hashtable") else rep
+
+    def _b_range(self):
+        r = self.r
+        x = r.random()
+        if x < 0.15:
+            return []
+        out = [r.choice([0, 1, 2, -1, -2, -3, 5, -100, 100, b"x", b"1.5"]) if r.random() < 0.9 else r.randint(-40, 40)]
+        if x < 0.3:
+            return out           # start alone: BITCOUNT's syntax error, BITPOS's "no end"
+        out.append(r.choice([0, 1, 2, -1, -2, 3, 7, 100, -100, b"y"]) if r.random() < 0.9 else r.randint(-40, 400))
+        if r.random() < 0.4:
+            out.append(r.choice([b"BIT", b"BYTE", b"bit", b"byte", b"BITS"]))
+            if r.random() < 0.05:
+                out.append(b"BIT")
+        return out
+
+    def g_bitmaps(self):
+        r = self.r
+        c = r.randrange(24)
+        k = r.choice(self._B_KEYS)
+        if c < 4:
+            off = r.choice([r.randint(0, 70), r.randint(0, 70), r.randint(0, 300), 4294967296, -1, b"x", b"1.5",
+                            b"99999999999999999999", r.randint(0, 24)])
+            bit = r.choice([0, 1, 1, 0, 1, 2, -1, b"x", b"01", b" 1"])
+            yield ("cmd", [b"SETBIT", k, off, bit])
+        elif c < 6:
+            yield ("cmd", [b"GETBIT", k, r.choice([r.randint(0, 70), r.randint(0, 300), 4294967295, 4294967296, -1, b"x"])])
+        elif c < 8:
+            yield ("cmd", [b"BITCOUNT", k] + self._b_range())
+        elif c < 11:
+            yield ("cmd", [b"BITPOS", k, r.choice([0, 1, 0, 1, 2, -1, b"x"])] + self._b_range())
+        elif c < 13:
+            opts = [r.choice([b"LEN", b"IDX", b"WITHMATCHLEN", b"MINMATCHLEN", b"idx", b"bogus"])
+                    for _ in range(r.choice([0, 0, 1, 2, 3]))]
+            if b"MINMATCHLEN" in opts and r.random() < 0.8:
+                opts.insert(opts.index(b"MINMATCHLEN") + 1, r.choice([0, 1, 2, 4, -1, b"x"]))
+            if r.random() < 0.3 and b"IDX" not in opts:
+                opts = [b"IDX"] + opts
+            yield ("cmd", [b"LCS", k, r.choice(self._B_KEYS + [b"bh"])] + opts)
+        elif c < 15:
+            vk = r.choice(self._B_KEYS)
+            yield ("cmd", [r.choice([b"SET", b"SET", b"SETNX", b"GETSET"]), vk, r.choice(self._B_VALUES)])
+            yield ("cmd", [b"OBJECT", b"ENCODING", vk], self._enc)
+        elif c == 15:
+            sub = r.choice([b"ENCODING", b"ENCODING", b"encoding", b"REFCOUNT", b"REFCOUNT", b"IDLETIME", b"FREQ",
+                            b"HELP", b"bogus"])
+            args = [b"OBJECT", sub, r.choice(self._B_KEYS + [b"bh"])]
+            if sub == b"HELP" and r.random() < 0.8:
+                args.pop()
+            elif r.random() < 0.05:
+                args = args[:r.choice([1, 2])] if r.random() < 0.5 else args + [b"extra"]
+            norm = None
+            if sub == b"IDLETIME":       # time-dependent (a shared integer's is the server's age)
+                norm = self._shape
+            elif sub.upper() == b"ENCODING":
+                norm = self._enc
+            yield ("cmd", args, norm) if norm else ("cmd", args)
+        elif c == 16:
+            yield ("cmd", [b"APPEND", k, r.choice(self._B_VALUES)])
+            yield ("cmd", [b"OBJECT", b"ENCODING", k], self._enc)
+        elif c == 17:
+            yield ("cmd", [b"SETRANGE", k, r.choice([0, 1, 3, 9, -1, b"z", 536870912]), r.choice(self._B_VALUES)])
+            yield ("cmd", [b"OBJECT", r.choice([b"ENCODING", b"REFCOUNT"]), k], self._enc)
+        elif c == 18:
+            yield ("cmd", [b"GETRANGE", k, r.randint(-6, 6), r.choice([r.randint(-6, 6), 100])])
+            yield ("cmd", [b"STRLEN", k])
+        elif c == 19:
+            cmd = r.choice([[b"INCR", k], [b"INCRBY", k, r.choice([1, -3, 10000])], [b"DECR", k],
+                            [b"INCRBYFLOAT", k, r.choice([b"1", b"0.5", b"1e3", b"-2"])]])
+            yield ("cmd", cmd)
+            yield ("cmd", [b"OBJECT", r.choice([b"ENCODING", b"REFCOUNT"]), k], self._enc)
+        elif c == 20:
+            if r.random() < 0.5:
+                yield ("cmd", [b"HSET", b"bh", b"f", self.val()])
+            else:                          # a hash at a bitmap key: WRONGTYPE
+                yield ("cmd", [b"DEL", k])
+                yield ("cmd", [b"HSET", k, b"f", b"v"])
+        elif c == 21:
+            yield ("cmd", [b"DEL", k] if r.random() < 0.7 else [b"MSET", k, r.choice(self._B_VALUES), r.choice(self._B_KEYS), b"\x0f"])
+        elif c == 22:
+            yield ("cmd", r.choice([[b"SETBIT", k, 1], [b"SETBIT", k, 1, 1, 1], [b"GETBIT", k], [b"GETBIT", k, 1, 2],
+                                    [b"BITCOUNT"], [b"BITPOS", k], [b"LCS", k], [b"OBJECT"], [b"SETBIT"],
+                                    [b"BITCOUNT", k, 0, 1, b"BIT", b"x"], [b"BITPOS", k, 1, 0, 1, b"BIT", b"x"],
+                                    [b"BITCOUNT", b"bh", 0], [b"BITPOS", b"bh", 1, b"x"], [b"GETBIT", b"bh", b"x"],
+                                    [b"SETBIT", b"bh", 1, 1], [b"GETBIT", b"bh", 1], [b"BITCOUNT", b"bh"],
+                                    [b"BITPOS", b"bh", 0], [b"SETBIT", b"nokey", 7, 0], [b"BITPOS", b"nokey", 0, 3],
+                                    [b"BITPOS", b"nokey", 1, 0, -1, b"BIT"], [b"BITCOUNT", b"nokey", b"x", b"y"]]))
+        else:
+            yield ("cmd", [b"GET", k])
+            yield ("cmd", [b"TYPE", k])
+
 
     # == mixed-types family (every type, WRONGTYPE, TYPE/RENAME/COPY/SCAN TYPE) ============
     #
