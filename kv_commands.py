@@ -29,7 +29,7 @@ from kv_protocol import CommandError, Reply, Simple
 from kv_registry import SM_SPECS
 from kv_spec import Blocking
 from kv_state import NULL_ARRAY, RedisError, Value, encode_args, now_ms
-from kv_values import Double, Pairs
+from kv_values import Double, Members, Pairs
 
 log = logging.getLogger("kvstore")
 
@@ -149,6 +149,8 @@ def resp_value(result, proto: int = 2):
         return P.value_to_resp_bytes(result.value, result.kind)
     if t is list:
         return [resp_value(x, proto) for x in result]
+    if t is Members:
+        return P.RespSet(resp_value(x, proto) for x in result)
     if t is Pairs:
         if proto == 3:
             return [[resp_value(a, proto), resp_value(b, proto)] for a, b in result]
@@ -175,6 +177,8 @@ def _json_of(result):
         return [_json_of(x) for x in result]
     if t is Pairs:
         return [[_json_of(a), _json_of(b)] for a, b in result]
+    if t is Members:
+        return [_json_of(x) for x in result]
     if t is RedisError:
         return {"error": result.message[4:] if result.message.startswith("ERR ") else result.message}
     if result is NULL_ARRAY:

@@ -2102,6 +2102,11 @@ class Reply:
 REPLY_OK = Reply(Simple("OK"))
 
 
+class RespSet(list):
+    """A RESP3 set (`~`): an array in RESP2."""
+    __slots__ = ()
+
+
 def encode_resp_value(v: Any, proto: int = 2) -> bytes:
     """One RESP value (see Reply.resp) as bytes."""
     t = type(v)
@@ -2127,6 +2132,8 @@ def encode_resp_value(v: Any, proto: int = 2) -> bytes:
         return b"".join(out)
     if isinstance(v, RespRaw):
         return bytes(v)
+    if t is RespSet:
+        return (b"~%d\r\n" if proto == 3 else b"*%d\r\n") % len(v) + b"".join(encode_resp_value(x, proto) for x in v)
     text = getattr(v, "text", None)     # kv_values.Double: RESP3 double, RESP2 bulk string
     if type(text) is bytes and hasattr(v, "value"):
         return b",%b\r\n" % text if proto == 3 else resp_bulk(text)

@@ -34,7 +34,7 @@ import zlib
 
 from kv_protocol import compile_glob
 from kv_spec import TypeOps, check_arity, data_command, key, reject, spec_rows
-from kv_values import E_NOT_INT, E_SYNTAX, E_WRONGTYPE, INT64_MAX, INT64_MIN, MASK64, Fail, \
+from kv_values import E_NOT_INT, E_SYNTAX, E_WRONGTYPE, INT64_MAX, INT64_MIN, MASK64, Fail, Members, \
     elem_hash, parse_int
 
 KIND = "set"
@@ -344,7 +344,7 @@ def _a_srem(s, a, now, w):
 
 def _a_smembers(s, a, now, w):
     v = s.fetch(a[0], KIND, now, w)
-    return [] if v is None else list(v.items)
+    return Members() if v is None else Members(v.items)
 
 
 def _a_sismember(s, a, now, w):
@@ -369,20 +369,20 @@ def _a_spop(s, a, now, w):
     k, count, seed = a
     v = s.fetch(k, KIND, now, w)
     if v is None:
-        return None if count is None else []
+        return None if count is None else Members()
     if count == 0:
-        return []
+        return Members()
     old = v.h
     size = len(v)
     rng = random.Random(seed)
     if count is None:
         out = v.pop_at(rng.randrange(size))
     elif count >= size:
-        out = list(v.items)
+        out = Members(v.items)
         s.remove(k)
         return out
     else:
-        out = [v.pop_at(rng.randrange(size - i)) for i in range(count)]
+        out = Members(v.pop_at(rng.randrange(size - i)) for i in range(count))
         if (size - count) * SPOP_MOVE_MUL <= count:
             # Redis builds a new set from the few left: an intset again if they allow it
             v.intset = len(v) <= INTSET_MAX and all(parse_int(m) is not None for m in v.items)
@@ -473,7 +473,7 @@ def _diff(sets: list) -> list:
 
 
 def _a_sinter(s, a, now, w):
-    return _inter(_sets(s, a[0], now, w))
+    return Members(_inter(_sets(s, a[0], now, w)))
 
 
 def _a_sintercard(s, a, now, w):
@@ -481,11 +481,11 @@ def _a_sintercard(s, a, now, w):
 
 
 def _a_sunion(s, a, now, w):
-    return list(_union(_sets(s, a[0], now, w)).items)
+    return Members(_union(_sets(s, a[0], now, w)).items)
 
 
 def _a_sdiff(s, a, now, w):
-    return _diff(_sets(s, a[0], now, w))
+    return Members(_diff(_sets(s, a[0], now, w)))
 
 
 def _store_result(s, dst, result: SetValue, now, w) -> int:
@@ -550,7 +550,7 @@ def _members(r):
 
 
 def _popped(r):
-    if type(r) is list:
+    if isinstance(r, list):
         return _members(r)
     return {"member": _text(r), "found": r is not None}
 

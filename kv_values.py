@@ -35,7 +35,7 @@ from fractions import Fraction
 
 from kv_protocol import Simple, value_to_resp_bytes
 
-__all__ = ["Value", "RedisError", "NULL_ARRAY", "OK", "Double", "Pairs", "Fail", "to_bytes", "parse_int",
+__all__ = ["Value", "RedisError", "NULL_ARRAY", "OK", "Double", "Pairs", "Members", "Fail", "to_bytes", "parse_int",
            "parse_float", "format_double", "parse_ld", "format_ld", "elem_hash", "container_hash", "Poly",
            "E_NOT_INT", "E_NOT_FLOAT", "E_OVERFLOW", "E_NO_KEY", "E_SYNTAX", "E_WRONGTYPE",
            "INT64_MIN", "INT64_MAX", "MASK64"]
@@ -115,6 +115,12 @@ class Pairs(list):
     """A list of (a, b) pairs (HRANDFIELD ... WITHVALUES): RESP2 sends it as one flat array
     a1 b1 a2 b2 ..., RESP3 as an array of 2-element arrays (as Redis does; a pair may repeat,
     so it cannot be a map)."""
+    __slots__ = ()
+
+
+class Members(list):
+    """The members of a set (SMEMBERS, SINTER, SUNION, SDIFF, SPOP with a count): RESP3 sends
+    it as a set (`~`), RESP2 and the line protocol as an array, as Redis does."""
     __slots__ = ()
 
 
