@@ -13,10 +13,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import random
+import re
 import sys
+import zlib
+from fractions import Fraction
 
-from kv_spec import TypeOps, arity_error, check_arity, data_command, key, spec_rows
-from kv_values import MASK64, elem_hash
+from kv_protocol import compile_glob
+from kv_spec import TypeOps, arity_error, check_arity, data_command, key, reject, spec_rows
+from kv_values import (E_NOT_FLOAT, E_NOT_INT, E_OVERFLOW, E_SYNTAX, INT64_MAX, INT64_MIN, MASK64,
+                       OK, Fail, Pairs, _round_ld, elem_hash, format_ld, parse_int, parse_ld)
 
 KIND = "hash"
 
@@ -158,29 +164,375 @@ def _a_hgetall(s, a, now, w):
     return {} if h is None else dict(h)
 
 
+def _a_hsetnx(s, a, now, w):
+    k, field, value = a
+    h = s.fetch(k, KIND, now, w)
+    if h is not None and field in h:
+        return 0
+    old = None if h is None else h.h
+    if h is None:
+        h = HashValue()
+    h.put(field, value)
+    s.store(k, h, old)
+    return 1
+
+
+def _p_hsetnx(args, line):
+    check_arity(args, SPEC["HSETNX"].arity)
+    return data_command(SPEC["HSETNX"], args, [key(args[1]), args[2], args[3]])
+
+
+def _p_hmset(args, line):
+    if len(args) < 4 or len(args) % 2:
+        raise arity_error(args[0])
+    return data_command(SPEC["HMSET"], args, [key(args[1]), list(args[2:])])
+
+
+def _a_hmset(s, a, now, w):
+    _a_hset(s, a, now, w)
+    return OK
+
+
+def _a_hmget(s, a, now, w):
+    k, fields = a
+    h = s.fetch(k, KIND, now, w)
+    if h is None:
+        return [None] * len(fields)
+    return [h.get(f) for f in fields]
+
+
+def _a_hexists(s, a, now, w):
+    h = s.fetch(a[0], KIND, now, w)
+    return int(h is not None and a[1] in h)
+
+
+def _a_hstrlen(s, a, now, w):
+    h = s.fetch(a[0], KIND, now, w)
+    v = None if h is None else h.get(a[1])
+    return 0 if v is None else len(v)
+
+
+def _a_hkeys(s, a, now, w):
+    h = s.fetch(a[0], KIND, now, w)
+    return [] if h is None else list(h)
+
+
+def _a_hvals(s, a, now, w):
+    h = s.fetch(a[0], KIND, now, w)
+    return [] if h is None else list(h.values())
+
+
+# -- HINCRBY / HINCRBYFLOAT
+def _p_hincrby(args, line):
+    check_arity(args, SPEC["HINCRBY"].arity)
+    by = parse_int(args[3])
+    if by is None:
+        raise reject(E_NOT_INT)
+    return data_command(SPEC["HINCRBY"], args, [key(args[1]), args[2], by])
+
+
+def _a_hincrby(s, a, now, w):
+    k, field, by = a
+    h = s.fetch(k, KIND, now, w)
+    cur = None if h is None else h.get(field)
+    if cur is None:
+        n = 0
+    else:
+        n = parse_int(cur)
+        if n is None:
+            raise Fail("ERR hash value is not an integer")
+    new = n + by
+    if not INT64_MIN <= new <= INT64_MAX:
+        raise Fail(E_OVERFLOW)
+    old = None if h is None else h.h
+    if h is None:
+        h = HashValue()
+    out = b"%d" % new
+    h.put(field, out)
+    s.store(k, h, old)
+    return new
+
+
+_HEX_LD = re.compile(rb"([+-]?)0[xX]([0-9a-fA-F]*)(?:\.([0-9a-fA-F]*))?(?:[pP]([+-]?[0-9]+))?\Z")
+_LD_UNDERFLOW = Fraction(1, 1 << 16446)   # at most half the least x87 subnormal: strtold gives 0
+
+
+def parse_hash_ld(b: bytes):
+    """Redis string2ld as HINCRBYFLOAT uses it on the increment and on the stored value:
+    kv_values.parse_ld, plus what glibc's strtold also reads (hexadecimal "0x1p3"), minus what
+    string2ld refuses (a nonzero number that underflows to 0).  Fraction, float('inf') /
+    float('-inf') for the infinities, None when invalid."""
+    m = _HEX_LD.match(b) if len(b) < 5 * 1024 else None
+    if m is not None:
+        sign, whole, frac, exp = m.groups()
+        frac = frac or b""
+        if not whole and not frac:
+            return None
+        mant = int((whole + frac).decode("ascii"), 16)
+        e = (int(exp) if exp else 0) - 4 * len(frac)
+        x = Fraction(mant) * (Fraction(2) ** e) if abs(e) < 100_000 else \
+            (Fraction(0) if e < 0 or mant == 0 else None)
+        if x is None:
+            return None
+        v = _round_ld(x)
+        if v is None or (v == 0 and x != 0 and x <= _LD_UNDERFLOW):
+            return None
+        return -v if sign == b"-" else v
+    v = parse_ld(b)
+    if v == 0 and type(v) is Fraction:
+        try:
+            exact = abs(Fraction(b.decode("ascii")))
+        except (ValueError, ZeroDivisionError):
+            return v
+        if exact != 0 and exact <= _LD_UNDERFLOW:
+            return None
+    return v
+
+
+def _p_hincrbyfloat(args, line):
+    check_arity(args, SPEC["HINCRBYFLOAT"].arity)
+    by = parse_hash_ld(args[3])
+    if by is None:
+        raise reject(E_NOT_FLOAT)
+    if type(by) is float:
+        raise reject("ERR value is NaN or Infinity")
+    return data_command(SPEC["HINCRBYFLOAT"], args, [key(args[1]), args[2], args[3]])
+
+
+def _a_hincrbyfloat(s, a, now, w):
+    k, field, raw = a
+    by = parse_hash_ld(raw)
+    if by is None or type(by) is float:     # the parser refused these; a log entry never has one
+        raise Fail(E_NOT_FLOAT)
+    h = s.fetch(k, KIND, now, w)
+    cur = None if h is None else h.get(field)
+    if cur is None:
+        n = Fraction(0)
+    else:
+        n = parse_hash_ld(cur)
+        if n is None:
+            raise Fail("ERR hash value is not a float")
+        if type(n) is float:                # a stored "inf": inf + a finite increment
+            raise Fail("ERR increment would produce NaN or Infinity")
+    new = _round_ld(n + by)
+    if new is None:
+        raise Fail("ERR increment would produce NaN or Infinity")
+    out = format_ld(new)
+    old = None if h is None else h.h
+    if h is None:
+        h = HashValue()
+    h.put(field, out)
+    s.store(k, h, old)
+    return out
+
+
+# -- HRANDFIELD (a read: runs on the primary only, so it may draw from `random`)
+def _p_hrandfield(args, line):
+    check_arity(args, SPEC["HRANDFIELD"].arity)
+    if len(args) == 2:
+        return data_command(SPEC["HRANDFIELD"], args, [key(args[1]), None, False])
+    n = parse_int(args[2])
+    if n is None:
+        raise reject(E_NOT_INT)
+    if n < -INT64_MAX:
+        raise reject(f"ERR value is out of range, value must between {-INT64_MAX} and {INT64_MAX}")
+    withvalues = False
+    if len(args) > 4 or (len(args) == 4 and args[3].lower() != b"withvalues"):
+        raise reject(E_SYNTAX)
+    if len(args) == 4:
+        withvalues = True
+        if not -(INT64_MAX // 2) <= n <= INT64_MAX // 2:
+            raise reject("ERR value is out of range")
+    return data_command(SPEC["HRANDFIELD"], args, [key(args[1]), n, withvalues])
+
+
+def _a_hrandfield(s, a, now, w):
+    k, count, withvalues = a
+    h = s.fetch(k, KIND, now, w)
+    if count is None:
+        if h is None:
+            return None
+        return random.choice(list(h))
+    if h is None or count == 0:
+        return []
+    if count >= len(h):
+        picked = list(h)                    # the whole hash, in its order (as Redis does)
+    elif count > 0:
+        picked = random.sample(list(h), count)
+    else:
+        picked = random.choices(list(h), k=-count)
+    if withvalues:
+        return Pairs((f, h[f]) for f in picked)
+    return picked
+
+
+# -- HSCAN
+_WHOLE_ENTRIES = 128    # Redis's hash-max-listpack-entries / -value defaults: a hash this small
+_WHOLE_VALUE = 64       # is one listpack there, and HSCAN answers all of it at once, cursor 0
+
+
+def _scan_cursor(b: bytes) -> int | None:
+    """Redis parseScanCursorOrReply: strtoul, base 10, the whole word, no leading space; a
+    sign is allowed ("-1" wraps), "" is 0.  None when invalid."""
+    if b[:1].isspace():
+        return None
+    body = b
+    neg = False
+    if body[:1] in (b"+", b"-"):
+        neg = body[:1] == b"-"
+        body = body[1:]
+        if not body:
+            return None
+    if not body:
+        return 0 if not b else None
+    if not body.isdigit() or not body.isascii():
+        return None
+    n = int(body)
+    if n > (1 << 64) - 1:
+        return None
+    return ((1 << 64) - n) % (1 << 64) if neg else n
+
+
+def _p_hscan(args, line):
+    check_arity(args, SPEC["HSCAN"].arity)
+    cursor = _scan_cursor(args[2])
+    if cursor is None:
+        raise reject("ERR invalid cursor")
+    # Redis reads the options only once the key exists and is a hash: their errors travel to
+    # apply (HSCAN on a missing key answers an empty scan whatever follows the cursor).
+    pattern, count, err = None, 10, None
+    i, n = 3, len(args)
+    while i < n:
+        opt = args[i].lower()
+        if opt == b"count" and i + 1 < n:
+            c = parse_int(args[i + 1])
+            if c is None:
+                err = E_NOT_INT
+                break
+            if c < 1:
+                err = E_SYNTAX
+                break
+            count = c
+        elif opt == b"match" and i + 1 < n:
+            pattern = None if args[i + 1] == b"*" else args[i + 1]
+        else:
+            err = E_SYNTAX
+            break
+        i += 2
+    return data_command(SPEC["HSCAN"], args, [key(args[1]), min(cursor, 1 << 32), pattern, count, err])
+
+
+def _a_hscan(s, a, now, w):
+    """Small hashes (what Redis keeps as a listpack) answer whole, cursor 0.  Bigger ones are
+    walked in the order of a stable 32-bit hash of the field: the cursor is the next hash
+    value to visit, so a field present for the whole iteration is returned at least once
+    whatever else changes; each call covers a hash range sized for about COUNT fields (at
+    least 1/64 of the space)."""
+    k, cursor, pattern, count, err = a
+    h = s.fetch(k, KIND, now, w)
+    if h is None:
+        return [b"0", []]
+    if err is not None:
+        raise Fail(err)
+    match = None if pattern is None else compile_glob(pattern.decode("latin-1"))
+    if len(h) <= _WHOLE_ENTRIES and all(len(f) <= _WHOLE_VALUE and len(v) <= _WHOLE_VALUE
+                                        for f, v in h.items()):
+        items = list(h.items())
+        nxt = 0
+    else:
+        span = max((1 << 32) * count // len(h), (1 << 32) // 64, 1)
+        lo, hi = cursor, min(cursor + span, 1 << 32)
+        found = []
+        for f, v in h.items():
+            x = zlib.crc32(f)
+            if lo <= x < hi:
+                found.append((x, f, v))
+        found.sort()
+        items = [(f, v) for _, f, v in found]
+        nxt = 0 if hi >= 1 << 32 else hi
+    out = []
+    for f, v in items:
+        if match is None or match(f.decode("latin-1")):
+            out += (f, v)
+    return [b"%d" % nxt, out]
+
+
+# -- line-protocol reply shapes
 def _line_text(b):
     return None if b is None else b.decode("utf-8", "surrogateescape")
+
+
+def _line_hash(pairs) -> dict:
+    return {_line_text(f): _line_text(v) for f, v in pairs}
+
+
+def _line_hrandfield(r) -> dict:
+    if r is None or type(r) is bytes:
+        return {"field": _line_text(r), "found": r is not None}
+    if type(r) is Pairs:
+        return {"pairs": [[_line_text(f), _line_text(v)] for f, v in r]}
+    return {"fields": [_line_text(f) for f in r]}
+
+
+def _line_hscan(r) -> dict:
+    flat = r[1]
+    return {"cursor": r[0].decode("ascii"), "value": _line_hash(zip(flat[0::2], flat[1::2]))}
 
 
 _H = {"key_type": KIND}
 SPECS = spec_rows("""
 HSET -4 write,denyoom,fast 1 1 1 hash 2.0.0 @write,@hash,@fast
+HSETNX 4 write,denyoom,fast 1 1 1 hash 2.0.0 @write,@hash,@fast
+HMSET -4 write,denyoom,fast 1 1 1 hash 2.0.0 @write,@hash,@fast
 HDEL -3 write,fast 1 1 1 hash 2.0.0 @write,@hash,@fast
 HGET 3 readonly,fast 1 1 1 hash 2.0.0 @read,@hash,@fast
+HMGET -3 readonly,fast 1 1 1 hash 2.0.0 @read,@hash,@fast
+HEXISTS 3 readonly,fast 1 1 1 hash 2.0.0 @read,@hash,@fast
+HSTRLEN 3 readonly,fast 1 1 1 hash 3.2.0 @read,@hash,@fast
 HLEN 2 readonly,fast 1 1 1 hash 2.0.0 @read,@hash,@fast
 HGETALL 2 readonly 1 1 1 hash 2.0.0 @read,@hash,@slow
+HKEYS 2 readonly 1 1 1 hash 2.0.0 @read,@hash,@slow
+HVALS 2 readonly 1 1 1 hash 2.0.0 @read,@hash,@slow
+HINCRBY 4 write,denyoom,fast 1 1 1 hash 2.0.0 @write,@hash,@fast
+HINCRBYFLOAT 4 write,denyoom,fast 1 1 1 hash 2.6.0 @write,@hash,@fast
+HRANDFIELD -2 readonly 1 1 1 hash 6.2.0 @read,@hash,@slow
+HSCAN -3 readonly 1 1 1 hash 2.8.0 @read,@hash,@slow
 """, {
     "HSET": {"parse": _p_hset, "apply": _a_hset, **_H, "line": lambda r: {"added": r},
              "summary": "Set fields of a hash; answers how many were new"},
+    "HSETNX": {"parse": _p_hsetnx, "apply": _a_hsetnx, **_H, "line": lambda r: {"set": bool(r)},
+               "summary": "Set a field only when it does not exist yet"},
+    "HMSET": {"parse": _p_hmset, "apply": _a_hmset, **_H, "line": lambda r: {"message": str(r)},
+              "summary": "Set fields of a hash (answers OK; HSET does the same and counts)"},
     "HDEL": {"parse": _p_key_fields("HDEL"), "apply": _a_hdel, **_H, "line": lambda r: {"deleted": r},
              "summary": "Delete fields of a hash"},
     "HGET": {"parse": _p_key_field("HGET"), "apply": _a_hget, **_H,
              "line": lambda r: {"value": _line_text(r), "found": r is not None},
              "summary": "The value of one field"},
+    "HMGET": {"parse": _p_key_fields("HMGET"), "apply": _a_hmget, **_H,
+              "line": lambda r: {"values": [_line_text(v) for v in r], "found": [v is not None for v in r]},
+              "summary": "The values of several fields (nil for a missing one)"},
+    "HEXISTS": {"parse": _p_key_field("HEXISTS"), "apply": _a_hexists, **_H,
+                "line": lambda r: {"exists": bool(r)}, "summary": "Whether a field exists"},
+    "HSTRLEN": {"parse": _p_key_field("HSTRLEN"), "apply": _a_hstrlen, **_H,
+                "line": lambda r: {"length": r}, "summary": "The length of a field's value"},
     "HLEN": {"parse": _p_key("HLEN"), "apply": _a_hlen, **_H, "line": lambda r: {"length": r},
              "summary": "The number of fields"},
     "HGETALL": {"parse": _p_key("HGETALL"), "apply": _a_hgetall, **_H,
-                "line": lambda r: {"value": {_line_text(f): _line_text(v) for f, v in r.items()}},
+                "line": lambda r: {"value": _line_hash(r.items())},
                 "summary": "Every field and value"},
+    "HKEYS": {"parse": _p_key("HKEYS"), "apply": _a_hkeys, **_H,
+              "line": lambda r: {"fields": [_line_text(f) for f in r]}, "summary": "Every field"},
+    "HVALS": {"parse": _p_key("HVALS"), "apply": _a_hvals, **_H,
+              "line": lambda r: {"values": [_line_text(v) for v in r]}, "summary": "Every value"},
+    "HINCRBY": {"parse": _p_hincrby, "apply": _a_hincrby, **_H, "line": lambda r: {"value": r},
+                "summary": "Add an integer to a field's value"},
+    "HINCRBYFLOAT": {"parse": _p_hincrbyfloat, "apply": _a_hincrbyfloat, **_H,
+                     "line": lambda r: {"value": _line_text(r)},
+                     "summary": "Add a decimal number to a field's value (long double, as Redis)"},
+    "HRANDFIELD": {"parse": _p_hrandfield, "apply": _a_hrandfield, **_H, "line": _line_hrandfield,
+                   "summary": "Random fields (count > 0 distinct, < 0 may repeat; WITHVALUES)"},
+    "HSCAN": {"parse": _p_hscan, "apply": _a_hscan, **_H, "line": _line_hscan,
+              "summary": "Iterate over fields and values (cursor, MATCH, COUNT)"},
 })
 SPEC = {s.name: s for s in SPECS}
