@@ -22,14 +22,19 @@ from fractions import Fraction
 from kv_protocol import compile_glob
 from kv_spec import TypeOps, arity_error, check_arity, data_command, key, reject, spec_rows
 from kv_values import (E_NOT_FLOAT, E_NOT_INT, E_OVERFLOW, E_SYNTAX, INT64_MAX, INT64_MIN, MASK64,
-                       OK, Fail, Pairs, _round_ld, elem_hash, format_ld, parse_int, parse_ld)
+                       OK, Fail, Pairs, _round_ld, elem_hash, format_ld, parse_int)
 
 KIND = "hash"
+LP_ENTRIES = 512        # Redis 7.0's hash-max-listpack-entries (its compiled default)
+LP_VALUE = 64           # Redis's hash-max-listpack-value
+NEG_COUNT_MAX = 1 << 24  # HRANDFIELD with a negative count: at most this many picks
 
 
 class HashValue(dict):
-    """field (bytes) -> value (bytes); h: the content hash (see the module docstring)."""
-    __slots__ = ("h",)
+    """field (bytes) -> value (bytes); h: the content hash (see the module docstring); lp:
+    Redis's encoding, True while the hash would be a listpack there (at most LP_ENTRIES fields,
+    no field or value longer than LP_VALUE bytes); once lost it stays lost, as in Redis."""
+    __slots__ = ("h", "lp")
     kind = KIND
 
     def __init__(self, *a):
@@ -37,6 +42,8 @@ class HashValue(dict):
         self.h = 0
         for f, v in self.items():
             self.h = (self.h + elem_hash(f, v)) & MASK64
+        self.lp = len(self) <= LP_ENTRIES and all(
+            len(f) <= LP_VALUE and len(v) <= LP_VALUE for f, v in self.items())
 
     def put(self, field: bytes, value: bytes) -> bool:
         """Set one field; True when it is new."""
@@ -45,6 +52,8 @@ class HashValue(dict):
             self.h = (self.h - elem_hash(field, old)) & MASK64
         self[field] = value
         self.h = (self.h + elem_hash(field, value)) & MASK64
+        if self.lp and (len(field) > LP_VALUE or len(value) > LP_VALUE or len(self) > LP_ENTRIES):
+            self.lp = False
         return old is None
 
     def drop(self, field: bytes) -> bool:
@@ -80,6 +89,7 @@ def _copy(v: HashValue) -> HashValue:
     c = HashValue()
     dict.update(c, v)
     c.h = v.h
+    c.lp = v.lp
     return c
 
 
@@ -88,7 +98,7 @@ def _memory(v: HashValue) -> int:
 
 
 def _encoding(v: HashValue) -> str:
-    return "hashtable"
+    return "listpack" if v.lp else "hashtable"
 
 
 TYPES = [TypeOps(KIND, "hash", "h", _encode, _decode, _copy, _memory, _encoding)]
@@ -254,39 +264,85 @@ def _a_hincrby(s, a, now, w):
 
 
 _HEX_LD = re.compile(rb"([+-]?)0[xX]([0-9a-fA-F]*)(?:\.([0-9a-fA-F]*))?(?:[pP]([+-]?[0-9]+))?\Z")
-_LD_UNDERFLOW = Fraction(1, 1 << 16446)   # at most half the least x87 subnormal: strtold gives 0
+_DEC_LD = re.compile(rb"([+-]?)([0-9]*)(?:\.([0-9]*))?(?:[eE]([+-]?[0-9]+))?\Z")
+_LD_UNDERFLOW = Fraction(1, 1 << 16446)   # half the least x87 subnormal: strtold gives 0 (ERANGE)
+
+
+def _dec_int(d: bytes) -> int:
+    """int() of a long digit string (Python refuses more than 4300 digits in one go)."""
+    n = 0
+    for i in range(0, len(d), 4000):
+        part = d[i:i + 4000]
+        n = n * 10 ** len(part) + int(part)
+    return n
+
+
+def _exp(e: bytes | None) -> int | None:
+    """An exponent's value, None when it is beyond any long double (sign-less huge)."""
+    if not e:
+        return 0
+    digits = e.lstrip(b"+-").lstrip(b"0")
+    if len(digits) > 7:
+        return None
+    v = int(digits or b"0")
+    return -v if e[:1] == b"-" else v
 
 
 def parse_hash_ld(b: bytes):
     """Redis string2ld as HINCRBYFLOAT uses it on the increment and on the stored value:
-    kv_values.parse_ld, plus what glibc's strtold also reads (hexadecimal "0x1p3"), minus what
-    string2ld refuses (a nonzero number that underflows to 0).  Fraction, float('inf') /
-    float('-inf') for the infinities, None when invalid."""
-    m = _HEX_LD.match(b) if len(b) < 5 * 1024 else None
+    glibc strtold over the whole string (decimal, hexadecimal "0x1p3", "inf", "infinity"),
+    no leading space, shorter than 5 KiB, refused when it overflows or when a nonzero number
+    underflows to 0, or is NaN.  Fraction (rounded to the x87 long double), float('inf') /
+    float('-inf') for the infinities, None when invalid.  Never builds a huge number: an
+    exponent far past the long double range is classified without computing it."""
+    if not b or len(b) >= 5 * 1024 or b[:1] in b" \t\n\v\f\r":
+        return None
+    low = b.lower().lstrip(b"+-")
+    if len(b) - len(low) > 1:
+        return None
+    if low in (b"inf", b"infinity"):
+        return float("-inf") if b[:1] == b"-" else float("inf")
+    m = _HEX_LD.match(b)
     if m is not None:
-        sign, whole, frac, exp = m.groups()
+        sign, whole, frac, e = m.groups()
         frac = frac or b""
         if not whole and not frac:
             return None
         mant = int((whole + frac).decode("ascii"), 16)
-        e = (int(exp) if exp else 0) - 4 * len(frac)
-        x = Fraction(mant) * (Fraction(2) ** e) if abs(e) < 100_000 else \
-            (Fraction(0) if e < 0 or mant == 0 else None)
-        if x is None:
+        e = _exp(e)
+        if mant == 0:
+            return Fraction(0)
+        if e is None:
+            return None                     # overflow or underflow to 0: ERANGE
+        e -= 4 * len(frac)
+        mag = mant.bit_length() + e         # 2**(mag-1) <= |x| < 2**mag
+        if mag > 16400 or mag < -16460:
             return None
-        v = _round_ld(x)
-        if v is None or (v == 0 and x != 0 and x <= _LD_UNDERFLOW):
+        x = Fraction(mant) * (Fraction(2) ** e)
+    else:
+        m = _DEC_LD.match(b)
+        if m is None:
             return None
-        return -v if sign == b"-" else v
-    v = parse_ld(b)
-    if v == 0 and type(v) is Fraction:
-        try:
-            exact = abs(Fraction(b.decode("ascii")))
-        except (ValueError, ZeroDivisionError):
-            return v
-        if exact != 0 and exact <= _LD_UNDERFLOW:
+        sign, whole, frac, e = m.groups()
+        frac = frac or b""
+        if not whole and not frac:
             return None
-    return v
+        digits = (whole + frac).lstrip(b"0")
+        if not digits:
+            return Fraction(0)
+        e = _exp(e)
+        if e is None:
+            return None
+        e -= len(frac)
+        mag = len(digits) + e               # 10**(mag-1) <= |x| < 10**mag
+        if mag > 4940 or mag < -4960:
+            return None
+        mant = _dec_int(digits)
+        x = Fraction(mant) * Fraction(10) ** e
+    v = _round_ld(x)
+    if v is None or (v == 0 and x <= _LD_UNDERFLOW):
+        return None
+    return -v if sign == b"-" else v
 
 
 def _p_hincrbyfloat(args, line):
@@ -326,80 +382,85 @@ def _a_hincrbyfloat(s, a, now, w):
     return out
 
 
-# -- HRANDFIELD (a read: runs on the primary only, so it may draw from `random`)
+# -- HRANDFIELD (a read; its seed is drawn by the parser, which runs on the primary only, so
+# that apply never draws: inside EXEC it runs on every node)
+E_RAND_RANGE = f"ERR value is out of range, value must between {-INT64_MAX} and {INT64_MAX}"
+E_NEG_COUNT = f"ERR value is out of range, value must between {-NEG_COUNT_MAX} and {INT64_MAX}"
+
+
 def _p_hrandfield(args, line):
+    """HRANDFIELD key [count [WITHVALUES]]: sm args [key, count or None, withvalues, seed].
+    Redis's order: count not an integer, out of +-LONG_MAX, a 4th word other than WITHVALUES
+    or a 5th word (syntax), WITHVALUES with |count| > LONG_MAX/2; all before the key."""
     check_arity(args, SPEC["HRANDFIELD"].arity)
+    seed = random.getrandbits(63)
     if len(args) == 2:
-        return data_command(SPEC["HRANDFIELD"], args, [key(args[1]), None, False])
+        return data_command(SPEC["HRANDFIELD"], args, [key(args[1]), None, False, seed])
     n = parse_int(args[2])
     if n is None:
         raise reject(E_NOT_INT)
     if n < -INT64_MAX:
-        raise reject(f"ERR value is out of range, value must between {-INT64_MAX} and {INT64_MAX}")
-    withvalues = False
+        raise reject(E_RAND_RANGE)
     if len(args) > 4 or (len(args) == 4 and args[3].lower() != b"withvalues"):
         raise reject(E_SYNTAX)
-    if len(args) == 4:
-        withvalues = True
-        if not -(INT64_MAX // 2) <= n <= INT64_MAX // 2:
-            raise reject("ERR value is out of range")
-    return data_command(SPEC["HRANDFIELD"], args, [key(args[1]), n, withvalues])
+    withvalues = len(args) == 4
+    if withvalues and not -(INT64_MAX // 2) <= n <= INT64_MAX // 2:
+        raise reject("ERR value is out of range")
+    return data_command(SPEC["HRANDFIELD"], args, [key(args[1]), n, withvalues, seed])
 
 
 def _a_hrandfield(s, a, now, w):
-    k, count, withvalues = a
+    k, count, withvalues, seed = a
     h = s.fetch(k, KIND, now, w)
     if count is None:
         if h is None:
             return None
-        return random.choice(list(h))
+        return list(h)[random.Random(seed).randrange(len(h))]
     if h is None or count == 0:
         return []
-    if count >= len(h):
-        picked = list(h)                    # the whole hash, in its order (as Redis does)
-    elif count > 0:
-        picked = random.sample(list(h), count)
-    else:
-        picked = random.choices(list(h), k=-count)
+    rng = random.Random(seed)
+    fields = list(h)
+    size = len(fields)
+    if count < 0:
+        if -count > NEG_COUNT_MAX:
+            raise Fail(E_NEG_COUNT)
+        picked = [fields[rng.randrange(size)] for _ in range(-count)]
+    elif count >= size:
+        picked = fields                     # the whole hash, in its order (as Redis does)
+    else:                                   # distinct, in the hash's order (as a listpack's)
+        picked = [fields[i] for i in sorted(rng.sample(range(size), count))]
     if withvalues:
         return Pairs((f, h[f]) for f in picked)
     return picked
 
 
 # -- HSCAN
-_WHOLE_ENTRIES = 128    # Redis's hash-max-listpack-entries / -value defaults: a hash this small
-_WHOLE_VALUE = 64       # is one listpack there, and HSCAN answers all of it at once, cursor 0
-
-
 def _scan_cursor(b: bytes) -> int | None:
     """Redis parseScanCursorOrReply: strtoul, base 10, the whole word, no leading space; a
     sign is allowed ("-1" wraps), "" is 0.  None when invalid."""
+    if b == b"":
+        return 0
     if b[:1].isspace():
         return None
-    body = b
-    neg = False
-    if body[:1] in (b"+", b"-"):
-        neg = body[:1] == b"-"
-        body = body[1:]
-        if not body:
-            return None
-    if not body:
-        return 0 if not b else None
-    if not body.isdigit() or not body.isascii():
+    neg = b[:1] == b"-"
+    body = b[1:] if b[:1] in (b"+", b"-") else b
+    if not body or not body.isdigit() or not body.isascii():
+        return None
+    body = body.lstrip(b"0") or b"0"
+    if len(body) > 20 or int(body) > (1 << 64) - 1:
         return None
     n = int(body)
-    if n > (1 << 64) - 1:
-        return None
-    return ((1 << 64) - n) % (1 << 64) if neg else n
+    return (-n) % (1 << 64) if neg else n
 
 
 def _p_hscan(args, line):
+    """HSCAN key cursor [MATCH p] [COUNT n]: sm args [key, cursor, pattern, count, error].
+    Redis reads the options only once the key exists and is a hash: their error travels to
+    apply (HSCAN on a missing key answers an empty scan whatever follows the cursor)."""
     check_arity(args, SPEC["HSCAN"].arity)
     cursor = _scan_cursor(args[2])
     if cursor is None:
         raise reject("ERR invalid cursor")
-    # Redis reads the options only once the key exists and is a hash: their errors travel to
-    # apply (HSCAN on a missing key answers an empty scan whatever follows the cursor).
     pattern, count, err = None, 10, None
     i, n = 3, len(args)
     while i < n:
@@ -423,20 +484,18 @@ def _p_hscan(args, line):
 
 
 def _a_hscan(s, a, now, w):
-    """Small hashes (what Redis keeps as a listpack) answer whole, cursor 0.  Bigger ones are
-    walked in the order of a stable 32-bit hash of the field: the cursor is the next hash
-    value to visit, so a field present for the whole iteration is returned at least once
-    whatever else changes; each call covers a hash range sized for about COUNT fields (at
-    least 1/64 of the space)."""
+    """A listpack hash answers whole with cursor 0 whatever the cursor (as Redis), and so
+    does a hash of at most COUNT fields scanned from cursor 0.  Otherwise the fields are walked
+    in the order of a stable 32-bit hash of the field (crc32): the cursor is the next hash
+    value to visit, so a field present for the whole iteration is returned exactly once; each
+    call covers a hash range sized for about COUNT fields (at least 1/64 of the space)."""
     k, cursor, pattern, count, err = a
     h = s.fetch(k, KIND, now, w)
     if h is None:
         return [b"0", []]
     if err is not None:
         raise Fail(err)
-    match = None if pattern is None else compile_glob(pattern.decode("latin-1"))
-    if len(h) <= _WHOLE_ENTRIES and all(len(f) <= _WHOLE_VALUE and len(v) <= _WHOLE_VALUE
-                                        for f, v in h.items()):
+    if h.lp or (cursor == 0 and len(h) <= count):
         items = list(h.items())
         nxt = 0
     else:
@@ -450,6 +509,7 @@ def _a_hscan(s, a, now, w):
         found.sort()
         items = [(f, v) for _, f, v in found]
         nxt = 0 if hi >= 1 << 32 else hi
+    match = None if pattern is None else compile_glob(pattern.decode("latin-1"))
     out = []
     for f, v in items:
         if match is None or match(f.decode("latin-1")):
@@ -502,7 +562,7 @@ HSCAN -3 readonly 1 1 1 hash 2.8.0 @read,@hash,@slow
              "summary": "Set fields of a hash; answers how many were new"},
     "HSETNX": {"parse": _p_hsetnx, "apply": _a_hsetnx, **_H, "line": lambda r: {"set": bool(r)},
                "summary": "Set a field only when it does not exist yet"},
-    "HMSET": {"parse": _p_hmset, "apply": _a_hmset, **_H, "line": lambda r: {"message": str(r)},
+    "HMSET": {"parse": _p_hmset, "apply": _a_hmset, **_H, "line": lambda r: {"message": "OK"},
               "summary": "Set fields of a hash (answers OK; HSET does the same and counts)"},
     "HDEL": {"parse": _p_key_fields("HDEL"), "apply": _a_hdel, **_H, "line": lambda r: {"deleted": r},
              "summary": "Delete fields of a hash"},
