@@ -4,9 +4,16 @@ commands (Redis's t_hash.c is the model of behaviour; the code is ours).
 Value: HashValue, a dict field -> value in insertion order (what Redis's listpack encoding
 returns for small hashes, so HGETALL of a small hash reads in the same order), plus `h`, the
 content hash: the sum mod 2**64 of elem_hash(field, value) over its fields, so one HSET or HDEL
-changes the digest in O(1).
+changes the digest in O(1).  `lp` is Redis's encoding (listpack while at most 512 fields, none
+longer than 64 bytes, then hashtable for good): OBJECT ENCODING and HSCAN (a listpack is
+scanned whole in one call) read it.  The order is kept whatever the encoding (Redis's
+hashtable order is its own; neither is specified).
 
-Snapshot record: tag "h", payload [field_b64, value_b64, ...] (flat).
+Randomness: HRANDFIELD's parser draws a seed (parsers run on the primary only); apply picks
+with random.Random(seed), so it is deterministic inside EXEC too.
+
+Snapshot record: tag "h", payload [field_b64, value_b64, ...] (flat); `lp` is recomputed on
+load from the contents, as Redis does when it loads an RDB file.
 """
 
 from __future__ import annotations

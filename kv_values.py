@@ -213,6 +213,15 @@ def parse_ld(b: bytes):
     return v if v is not None else None
 
 
+def _int_text(n: int) -> str:
+    """str(n) for n >= 0 of any length (Python refuses more than 4300 digits in one go; a long
+    double near its maximum prints about 4950)."""
+    if n < 10 ** 4000:
+        return str(n)
+    hi, lo = divmod(n, 10 ** 4000)
+    return _int_text(hi) + str(lo).rjust(4000, "0")
+
+
 def format_ld(x: Fraction) -> bytes:
     """Redis ld2string(LD_STR_HUMAN): "%.17Lf", trailing zeros (and '.') removed, "-0" -> "0"."""
     neg = x < 0
@@ -221,7 +230,7 @@ def format_ld(x: Fraction) -> bytes:
     q, r = divmod(scaled.numerator, scaled.denominator)
     if 2 * r > scaled.denominator or (2 * r == scaled.denominator and q & 1):
         q += 1
-    s = str(q).rjust(18, "0")
+    s = _int_text(q).rjust(18, "0")
     s = s[:-17] + "." + s[-17:]
     s = s.rstrip("0").rstrip(".")
     if neg:
