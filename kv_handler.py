@@ -37,6 +37,7 @@ from typing import Callable
 import kv_protocol as P
 import kv_registry
 from kv_protocol import REPLY_OK, CommandError, Reply, Simple
+from kv_values import parse_int
 from kv_transport import WrongCluster, check_cluster, decode_entry, decode_message, handshake_proof
 
 log = logging.getLogger("kvstore")
@@ -162,8 +163,14 @@ def cmd_auth(c, cmd):
 
 @command(P.Select)
 def cmd_select(c, cmd):
-    if str(cmd.db) != "0":
-        raise CommandError("BAD_REQUEST", "DB index is out of range (KV Store has one database, 0)")
+    db = cmd.db if isinstance(cmd.db, (bytes, bytearray)) else str(cmd.db).encode()
+    n = parse_int(bytes(db))
+    if n is None:
+        raise CommandError("BAD_REQUEST", "value is not an integer or out of range",
+                           resp_message="ERR value is not an integer or out of range")
+    if n != 0:
+        raise CommandError("BAD_REQUEST", "DB index is out of range (KV Store has one database, 0)",
+                           resp_message="ERR DB index is out of range")
     return REPLY_OK
 
 

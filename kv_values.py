@@ -30,7 +30,6 @@ import hashlib
 import math
 import re
 import struct
-from decimal import Decimal
 from fractions import Fraction
 
 from kv_protocol import Simple, value_to_resp_bytes
@@ -170,12 +169,8 @@ def parse_float(b: bytes) -> float | None:
     return v
 
 
-_LD_RE = re.compile(rb"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan)\Z", re.I)
 _LD_MANT = 64
 _LD_MAX_EXP = 16384
-_LD_DEC_MAX = 4933    # long double: largest finite ~1.19e4932, smallest subnormal ~3.6e-4951
-_LD_DEC_MIN = -4951
-_LD_HALF_TINY = Fraction(1, 1 << 16446)   # half the smallest subnormal: rounds to 0 (ties to even)
 
 
 def _round_ld(x: Fraction) -> Fraction | None:
@@ -209,32 +204,86 @@ def _round_ld(x: Fraction) -> Fraction | None:
     return -v if neg else v
 
 
+_HEX_LD = re.compile(rb"([+-]?)0[xX]([0-9a-fA-F]*)(?:\.([0-9a-fA-F]*))?(?:[pP]([+-]?[0-9]+))?\Z")
+_DEC_LD = re.compile(rb"([+-]?)([0-9]*)(?:\.([0-9]*))?(?:[eE]([+-]?[0-9]+))?\Z")
+_LD_UNDERFLOW = Fraction(1, 1 << 16446)   # half the least x87 subnormal: strtold gives 0 (ERANGE)
+
+
+def _dec_int(d: bytes) -> int:
+    """int() of a long digit string (Python refuses more than 4300 digits in one go)."""
+    n = 0
+    for i in range(0, len(d), 4000):
+        part = d[i:i + 4000]
+        n = n * 10 ** len(part) + int(part)
+    return n
+
+
+def _exp(e: bytes | None) -> int | None:
+    """An exponent's value, None when it is beyond any long double (sign-less huge)."""
+    if not e:
+        return 0
+    digits = e.lstrip(b"+-").lstrip(b"0")
+    if len(digits) > 7:
+        return None
+    v = int(digits or b"0")
+    return -v if e[:1] == b"-" else v
+
+
 def parse_ld(b: bytes):
-    """Redis string2ld (strtold, no leading space, whole string): Fraction, or None when
-    invalid; the strings "inf"/"nan" give float('inf') / float('nan') (callers reject them)."""
-    if not b or len(b) >= 5 * 1024 or not _LD_RE.match(b):
+    """Redis string2ld, as INCRBYFLOAT and HINCRBYFLOAT use it on the increment and the value:
+    glibc strtold over the whole string (decimal, hexadecimal "0x1p3", "inf", "infinity"),
+    no leading space, shorter than 5 KiB, refused when it overflows or when a nonzero number
+    underflows to 0, or is NaN.  Fraction (rounded to the x87 long double), float('inf') /
+    float('-inf') for the infinities, None when invalid.  Never builds a huge number: an
+    exponent far past the long double range is classified without computing it."""
+    if not b or len(b) >= 5 * 1024 or b[:1] in b" \t\n\v\f\r":
         return None
     low = b.lower().lstrip(b"+-")
-    if low.startswith(b"nan"):
+    if len(b) - len(low) > 1:
         return None
-    if low.startswith(b"inf"):
+    if low in (b"inf", b"infinity"):
         return float("-inf") if b[:1] == b"-" else float("inf")
-    mant, _, exp = low.partition(b"e")
-    digits = mant.replace(b".", b"").lstrip(b"0")
-    if not digits:
-        return Fraction(0)   # 0, 0.000, 0e99999999999: zero whatever the exponent
-    # the decimal magnitude, before building a Fraction of it: 1e99999999999 must not expand
-    # to a number of 10^11 digits (it would stall apply on every node); strtold overflows to
-    # inf (or underflows to 0) there, which string2ld rejects
-    point = mant.index(b".") if b"." in mant else len(mant)
-    magnitude = int(exp or b"0") + point - (len(mant.replace(b".", b"")) - len(digits))
-    if magnitude > _LD_DEC_MAX or magnitude < _LD_DEC_MIN:
+    m = _HEX_LD.match(b)
+    if m is not None:
+        sign, whole, frac, e = m.groups()
+        frac = frac or b""
+        if not whole and not frac:
+            return None
+        mant = int((whole + frac).decode("ascii"), 16)
+        e = _exp(e)
+        if mant == 0:
+            return Fraction(0)
+        if e is None:
+            return None                     # overflow or underflow to 0: ERANGE
+        e -= 4 * len(frac)
+        mag = mant.bit_length() + e         # 2**(mag-1) <= |x| < 2**mag
+        if mag > 16400 or mag < -16460:
+            return None
+        x = Fraction(mant) * (Fraction(2) ** e)
+    else:
+        m = _DEC_LD.match(b)
+        if m is None:
+            return None
+        sign, whole, frac, e = m.groups()
+        frac = frac or b""
+        if not whole and not frac:
+            return None
+        digits = (whole + frac).lstrip(b"0")
+        if not digits:
+            return Fraction(0)
+        e = _exp(e)
+        if e is None:
+            return None
+        e -= len(frac)
+        mag = len(digits) + e               # 10**(mag-1) <= |x| < 10**mag
+        if mag > 4940 or mag < -4960:
+            return None
+        mant = _dec_int(digits)
+        x = Fraction(mant) * Fraction(10) ** e
+    v = _round_ld(x)
+    if v is None or (v == 0 and x <= _LD_UNDERFLOW):
         return None
-    f = Fraction(Decimal(b.decode("ascii")))   # not Fraction(str): int() refuses > 4,300 digits
-    if abs(f) <= _LD_HALF_TINY:
-        return None   # strtold underflows to 0 (ERANGE): string2ld rejects it
-    v = _round_ld(f)
-    return v if v is not None else None
+    return -v if sign == b"-" else v
 
 
 _STR_CHUNK = 10 ** 4000

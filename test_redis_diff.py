@@ -167,6 +167,14 @@ def resp3_types(reply):
     return (t, v is None) if t in ("$", "*") else t
 
 
+def flat_pairs(reply):
+    """A WITHSCORES / WITHVALUES reply as RESP2's flat array: RESP3 sends [a, b] pairs."""
+    t, v = reply
+    if t == "*" and v and v[0][0] == "*":
+        return (t, [x for pair in v for x in pair[1]])
+    return reply
+
+
 def as_resp2(reply):
     """A RESP3 reply as the RESP2 reply of the same values (what the families' norms and the
     comparison read): map -> flat array, set / push -> array, double -> bulk of its text,
@@ -461,6 +469,223 @@ class Gen:
 
     # == hashes family (kv_hash) ===========================================================
     #
+    # Keys h0..h2 (hashes of at most 10 fields from _H_FIELDS; a long field or value turns one
+    # into a Redis hashtable, whose order is Redis's own: replies that list fields are compared
+    # sorted), ho (short fields and values only: always a listpack, compared in order, HSCAN
+    # with any cursor), hs (a string: WRONGTYPE), hbig (511..514 fields around the listpack
+    # threshold, then deleted), nokey.  Random picks (HRANDFIELD) are compared by shape.
+    _H_KEYS = [b"h0", b"h1", b"h2", b"h0", b"ho", b"hs", b"nokey"]
+    _H_FIELDS = [b"a", b"b", b"c", b"n", b"f", b"", b"\xff\xfe", b"hello world", b"x" * 70,
+                 b"9223372036854775807"]
+    _H_SHORT = [b"a", b"b", b"c", b"n", b"f", b"", b"\xff\xfe", b"hello world"]
+    _H_VALUES = VALUES + [b"y" * 64, b"y" * 65, b"inf", b"-inf", b"1e400", b"0x10", b"1e-4940", b"5e-18",
+                          b"-9223372036854775807", b"nan"]
+    _H_INCR = INTS + [b" 5", b"-0", b"+1", b"007", b"9223372036854775808", -9223372036854775807]
+    _H_FLOATS = FLOATS + [b"inf", b"-inf", b"+inf", b"nan", b"0x1p3", b"0x1.8p1", b" 5", b"5 ", b"1e-5000",
+                          b"1e5000", b"1e-4940", b"-1e400", b"infinity", b"1.1", b"3.0e-17", b"1e17",
+                          b"123456789012345678901234567890", b"-0.0", b"0x", b"1e", b"-1.5"]
+
+    @staticmethod
+    def _h_pairs(rep):
+        """A flat field/value array (HGETALL, HSCAN's second element) as sorted pairs."""
+        t, v = rep
+        if t != "*" or v is None:
+            return rep
+        flat = [x[1] for x in v]
+        return (t, sorted(zip(flat[0::2], flat[1::2])))
+
+    @staticmethod
+    def _h_sorted(rep):
+        t, v = rep
+        return (t, sorted(x[1] for x in v)) if t == "*" and v is not None else rep
+
+    @staticmethod
+    def _h_scan(rep):
+        t, v = rep
+        if t != "*":
+            return rep
+        flat = [x[1] for x in v[1][1]]
+        return (v[0][1], sorted(zip(flat[0::2], flat[1::2])))
+
+    def _h_rand(self, count, withvalues, pool=None):
+        """norm of HRANDFIELD [count [WITHVALUES]]: nil or a field of the pool; with a count
+        the number of picks, distinctness (count > 0), the picks as a sorted whole when they
+        are the whole hash (fewer than count), all from the pool."""
+        pool = frozenset(self._H_FIELDS) if pool is None else pool
+
+        def norm(rep):
+            t, v = flat_pairs(rep) if withvalues else rep
+            if t != "*" or v is None:
+                return (t, v is None or v in pool)
+            flat = [x[1] for x in v]
+            got = flat[0::2] if withvalues else flat
+            pairs = sorted(zip(flat[0::2], flat[1::2])) if withvalues else None
+            ok = all(f in pool for f in got)
+            if count > 0 and len(got) < count:
+                return ("whole", sorted(got), pairs, len(flat) % 2 if withvalues else 0)
+            return ("part", len(got), ok, count < 0 or len(set(got)) == len(got))
+        return norm
+
+    def g_hashes(self):
+        r = self.r
+        c = r.randrange(34)
+        k = r.choice(self._H_KEYS)
+        fld = lambda: r.choice(self._H_FIELDS)   # noqa: E731
+        val = lambda: r.choice(self._H_VALUES)   # noqa: E731
+        short = lambda: r.choice(self._H_SHORT)  # noqa: E731
+        ordered = k == b"ho"
+        if c < 4:
+            args = [r.choice([b"HSET", b"hset", b"HMSET"]), k]
+            for _ in range(r.randint(1, 3)):
+                args += [short(), r.choice(VALUES[:-1])] if ordered else [fld(), val()]
+            yield ("cmd", args)
+        elif c == 4:
+            yield ("cmd", [b"HSETNX", k, short() if ordered else fld(), r.choice(VALUES[:-1]) if ordered else val()])
+        elif c == 5:
+            yield ("cmd", [b"HDEL", k] + [fld() for _ in range(r.randint(1, 3))])
+        elif c == 6:
+            yield ("cmd", [b"HGET", k, fld()])
+        elif c == 7:
+            yield ("cmd", [b"HMGET", k] + [fld() for _ in range(r.randint(1, 4))])
+        elif c == 8:
+            yield ("cmd", [r.choice([b"HEXISTS", b"HSTRLEN"]), k, fld()])
+        elif c == 9:
+            yield ("cmd", [b"HLEN", k])
+        elif c < 12:
+            name = r.choice([b"HGETALL", b"HKEYS", b"HVALS"])
+            if ordered:
+                yield ("cmd", [name, k])
+            else:
+                yield ("cmd", [name, k], self._h_pairs if name == b"HGETALL" else self._h_sorted)
+        elif c < 14:
+            fields = self._H_SHORT[:5] + ([] if ordered else [b"x" * 70])
+            yield ("cmd", [b"HINCRBY", k, r.choice(fields), r.choice(self._H_INCR)])
+        elif c < 16:
+            # ho stays a listpack: no long field, no increment that makes a long value
+            f = r.choice(self._H_SHORT[:5] + ([] if ordered else [b"x" * 70]))
+            by = r.choice(self._H_FLOATS)
+            if ordered and by in (b"1e400", b"-1e400"):
+                by = b"1e17"
+            yield ("cmd", [b"HINCRBYFLOAT", k, f, by])
+            if r.random() < 0.3:
+                yield ("cmd", [b"HGET", k, f])
+        elif c == 16:
+            v = r.choice([b"9223372036854775807", b"-9223372036854775808", b"9223372036854775806",
+                          b"1.5", b"1e400", b"-1e4932", b"1.18e4932", b"0x1p-3", b"inf", b" 5",
+                          b"99999999999999999999", b"-0", b"3"])
+            if ordered and v in (b"1e400", b"-1e4932", b"1.18e4932"):
+                v = b"1e30"
+            yield ("cmd", [b"HSET", k, r.choice(self._H_SHORT[:5]), v])
+        elif c < 19:
+            n = r.choice([None, 0, 1, 2, 3, 5, 10, 20, -1, -2, -5, -20])
+            wv = n is not None and r.random() < 0.5
+            yield ("cmd", [b"HRANDFIELD", k] + ([] if n is None else [n]) + ([r.choice([b"WITHVALUES", b"withvalues"])] if wv else []),
+                   self._h_rand(1 if n is None else n, wv) if n is not None else self._h_rand(1, False))
+        elif c == 19:
+            yield ("cmd", r.choice([
+                [b"HRANDFIELD", k, b"abc"], [b"HRANDFIELD", k, 1, b"WITHVALUE"], [b"HRANDFIELD", k, 1, b"WITHVALUES", b"x"],
+                [b"HRANDFIELD", k, -9223372036854775808], [b"HRANDFIELD", b"hnone", -9223372036854775807],
+                [b"HRANDFIELD", k, 9223372036854775807, b"WITHVALUES"], [b"HRANDFIELD", k, -4611686018427387904, b"WITHVALUES"],
+                [b"HRANDFIELD", k, 4611686018427387903, b"WITHVALUES"], [b"HRANDFIELD", k, 4611686018427387904, b"WITHVALUES"],
+                [b"HRANDFIELD", k, b"007"], [b"HRANDFIELD", k, b" 1"], [b"HRANDFIELD", k, 0, b"WITHVALUES"],
+                [b"HRANDFIELD", b"hnone", -5, b"WITHVALUES"], [b"HRANDFIELD", k, 9223372036854775807],
+                [b"HRANDFIELD", k, b"9223372036854775808"], [b"HRANDFIELD", k, b"1.0"]]),
+                self._h_sorted)     # what answers is the whole hash (count >= its size) or an error
+        elif c < 22:
+            # cursor 0 with a COUNT > the hash's size (h0..h2 hold at most 10 fields): the
+            # whole hash whatever its encoding; ho (a listpack) with any cursor and COUNT
+            opts = []
+            if r.random() < 0.5:
+                opts += [b"MATCH", r.choice([b"*", b"?", b"[a-c]", b"*e*", b"x*", b"9*", b"\xff*", b"[^a]*", b"", b"h*d"])]
+            if ordered:
+                cur = r.choice([0, 0, 1, 7, 12345, b"18446744073709551615", b"-1", b"+3", b""])
+                if r.random() < 0.5:
+                    opts += [b"COUNT", r.choice([1, 2, 10, 100])]
+            else:       # COUNT > the size: a hashtable of exactly COUNT fields may stop early in Redis
+                cur = 0
+                opts += [b"COUNT", r.choice([11, 12, 100])]
+            if len(opts) == 4 and r.random() < 0.3:
+                opts = opts[2:] + opts[:2]
+            yield ("cmd", [b"HSCAN", k, cur] + opts, None if ordered else self._h_scan)
+        elif c == 22:
+            yield ("cmd", r.choice([
+                [b"HSCAN", k, b"x"], [b"HSCAN", k, b" 1"], [b"HSCAN", k, b"-1", b"COUNT", 0],
+                [b"HSCAN", k, 0, b"COUNT", 0], [b"HSCAN", k, 0, b"COUNT", b"abc"], [b"HSCAN", k, 0, b"COUNT", -1],
+                [b"HSCAN", k, 0, b"TYPE", b"hash"], [b"HSCAN", k, 0, b"COUNT"], [b"HSCAN", k, 0, b"MATCH"],
+                [b"HSCAN", b"hs", 0], [b"HSCAN", b"hs", b"abc"], [b"HSCAN", b"nokey", 0, b"BAD"],
+                [b"HSCAN", k, b"18446744073709551616"], [b"HSCAN", k, b"1.5"], [b"HSCAN", k, 0, b"NOVALUES"],
+                [b"HSCAN", k, 0, b"count", 100, b"match", b"*", b"COUNT", b"x"]]), self._h_scan)
+        elif c == 23:
+            yield ("cmd", r.choice([
+                [b"HSET", k], [b"HSET", k, b"a"], [b"HSET", k, b"a", b"1", b"b"], [b"HMSET", k, b"a"],
+                [b"HMSET", k, b"a", b"1", b"b"], [b"HSETNX", k, b"a"], [b"HSETNX", k, b"a", b"1", b"2"],
+                [b"HGET", k], [b"HGET", k, b"a", b"b"], [b"HMGET", k], [b"HDEL", k], [b"HEXISTS", k],
+                [b"HSTRLEN", k, b"a", b"b"], [b"HLEN"], [b"HLEN", k, k], [b"HKEYS"], [b"HVALS", k, k],
+                [b"HGETALL"], [b"HINCRBY", k, b"a"], [b"HINCRBY", k, b"a", 1, 2], [b"HINCRBYFLOAT", k, b"a"],
+                [b"HRANDFIELD"], [b"HSCAN", k], [b"HSET"], [b"hgetall", k, b"x"]]))
+        elif c == 24:
+            yield ("cmd", [b"SET", r.choice([b"hs", b"hs", b"h1"]), self.val()])
+        elif c == 25:
+            yield ("cmd", [r.choice([b"TYPE", b"EXISTS"]), k])
+        elif c == 26:
+            yield ("cmd", [b"DEL", k])
+        elif c == 27:
+            yield ("cmd", [b"EXPIRE", k, r.randint(100, 10000)])
+            yield ("cmd", [b"TTL", k])
+        elif c == 28:
+            # around the listpack limits (hash-max-listpack-entries 512, -value 64): 511..514
+            # fields, maybe one value of 64 or 65 bytes
+            n = r.choice([511, 512, 513, 514])
+            long_v = r.choice([None, None, 64, 65])
+            args = [b"HSET", b"hbig"]
+            for i in range(n):
+                args += [b"f%d" % i, b"v" * long_v if long_v and i == n // 2 else b"%d" % i]
+            lp = n <= 512 and long_v != 65
+            yield ("cmd", [b"DEL", b"hbig"])
+            yield ("cmd", args)
+            if r.random() < 0.5:
+                yield ("cmd", [b"HSET", b"hbig", r.choice([b"f0", b"new"]), b"z"])
+                lp = lp and n < 512
+            yield ("cmd", [b"HLEN", b"hbig"])
+            if lp:      # a listpack: whole, in order, whatever the cursor and COUNT
+                yield ("cmd", [b"HSCAN", b"hbig", r.choice([0, 5]), b"COUNT", 1])
+                yield ("cmd", [b"HKEYS", b"hbig"])
+            else:       # a hashtable: a partial first call (shape), then the whole with a big COUNT
+                yield ("cmd", [b"HSCAN", b"hbig", 0, b"COUNT", 1],
+                       lambda rep: (rep[0], rep[1][0][1] != b"0", len(rep[1][1][1]) < 2 * n))
+                yield ("cmd", [b"HSCAN", b"hbig", 0, b"COUNT", 1000], self._h_scan)
+                yield ("cmd", [b"HKEYS", b"hbig"], self._h_sorted)
+            pool = frozenset(b"f%d" % i for i in range(n)) | {b"new"}
+            cnt = r.choice([5, -5, 600, -700])
+            yield ("cmd", [b"HRANDFIELD", b"hbig", cnt] + ([b"WITHVALUES"] if r.random() < 0.5 else []),
+                   lambda rep, cnt=cnt: (rep[0], len(rep[1]) in (abs(cnt), 2 * abs(cnt), n, n + 1, 2 * n, 2 * n + 2)))
+            yield ("cmd", [b"HRANDFIELD", b"hbig"], self._h_rand(1, False, pool))
+            yield ("cmd", [b"HGETALL", b"hbig"], self._h_pairs)
+            yield ("cmd", [b"DEL", b"hbig"])
+        elif c == 29:
+            # emptied hashes are deleted
+            yield ("cmd", [b"HDEL", k] + list(self._H_FIELDS))
+            yield ("cmd", [b"EXISTS", k])
+        elif c == 30:
+            yield ("cmd", [b"MULTI"])
+            yield ("cmd", [b"HSET", b"ho", short(), r.choice(VALUES[:-1])])
+            yield ("cmd", [b"HINCRBY", b"ho", b"n", r.choice([1, -1, 5])])
+            yield ("cmd", [b"HINCRBYFLOAT", b"ho", b"f", r.choice([b"1.5", b"abc", b"-0.25"])])
+            yield ("cmd", [b"HGETALL", b"ho"])
+            yield ("cmd", [b"EXEC"])
+        elif c == 31:
+            yield ("cmd", [b"HGETALL", b"ho"])
+        elif c == 32:
+            # a known hash: what HRANDFIELD picks must come from it, with its values
+            yield ("cmd", [b"DEL", b"hk"])
+            yield ("cmd", [b"HSET", b"hk", b"a", b"1", b"b", b"2", b"c", b"3"])
+            n = r.choice([1, 2, 3, 4, -4])
+            yield ("cmd", [b"HRANDFIELD", b"hk", n, b"WITHVALUES"],
+                   lambda rep: (lambda t, v: (t, all(dict([(b"a", b"1"), (b"b", b"2"), (b"c", b"3")]).get(f[1]) == x[1]
+                                                     for f, x in zip(v[0::2], v[1::2])), len(v)))(*flat_pairs(rep)))
+        else:
+            yield ("cmd", [b"RENAME", r.choice([b"h0", b"h1", b"h2"]), r.choice([b"h0", b"h1", b"h2"])])
+
 
     # == lists family (kv_list) ============================================================
     #
@@ -859,8 +1084,8 @@ class Gen:
             t, v = rep
             if t != "*" or v is None:
                 return (t, v is None)
-            if withscores and v and v[0][0] == "*":     # RESP3: [member, score] pairs
-                v = [x for pair in v for x in pair[1]]
+            if withscores:
+                v = flat_pairs(rep)[1]
             n = len(v) // 2 if withscores else len(v)
             if count is not None and count > 0:
                 return ("distinct", n, len({x[1] for x in (v[0::2] if withscores else v)}))
@@ -1414,7 +1639,8 @@ class Gen:
             yield ("cmd", [r.choice([b"TTL", b"EXISTS", b"TYPE"]), b"me"])
             yield ("cmd", [b"DEL", b"me"])
         elif c == 35:
-            yield ("cmd", r.choice([[b"PING"], [b"PING", self._mx_el()], [b"ECHO", self._mx_el()], [b"SELECT", 0],
+            yield ("cmd", [b"SELECT", r.choice([0, 0, 16, -1, b"x"])])   # one database: 1..15 differ (docs)
+            yield ("cmd", r.choice([[b"PING"], [b"PING", self._mx_el()], [b"ECHO", self._mx_el()],
                                     [b"TYPE"], [b"TYPE", k, k], [b"RENAME", k], [b"COPY", k], [b"COPY", k, k],
                                     [b"COPY", k, k2, b"BOGUS"], [b"EXPIRE", k, b"x"], [b"PERSIST"],
                                     [b"SCAN", 0, b"TYPE"], [b"OBJECT"] if "OBJECT" in self._MX_HAVE else [b"DBSIZE", k]]))
