@@ -290,7 +290,10 @@ def check_value(target, cmd: list[str], want) -> dict:
         r.close()
     if isinstance(got, bytes):
         got = int(got) if got.lstrip(b"-").isdigit() else got.decode()
-    return {"check": " ".join(cmd), "want": want, "got": got, "ok": got == want}
+    ok = got in want if isinstance(want, range) else got == want
+    if isinstance(want, range):
+        want = f"{want.start}..{want.stop - 1}"
+    return {"check": " ".join(cmd), "want": want, "got": got, "ok": ok}
 
 
 def ratio(a, b, nd=3):
@@ -383,8 +386,106 @@ def cmd_throughput(args) -> dict:
     return {"summary": summary, "probes": probes, "kv_check": kv_check, "runs": runs, "table": table}
 
 
+# ----------------------------------------------------------------------------- pipeline
+def checkout(commit: str) -> str:
+    """`git archive` of commit into a fresh temp dir (the caller removes it)."""
+    d = tempfile.mkdtemp(prefix=f"kvbench-{commit}-")
+    arch = subprocess.run(["git", "-C", REPO, "archive", commit], capture_output=True, timeout=120, check=True)
+    subprocess.run(["tar", "-x", "-C", d], input=arch.stdout, capture_output=True, timeout=120, check=True)
+    return d
+
+
+def pipeline_expect(test: str, n: int, clients: int, pipeline: int):
+    """With -P, redis-benchmark issues a few requests past -n (its last batches complete: Redis's
+    own count shows the same), so INCR's counter is checked in [n, n + clients * P)."""
+    return {"incr": (["GET", "counter:__rand_int__"], range(n, n + clients * pipeline)),
+            "hset": (["HLEN", "myhash"], 1)}[test]
+
+
+def cmd_pipeline(args) -> dict:
+    tests = args.tests.split(",")
+    extra = ["-P", str(args.pipeline)]
+    targets = []
+    before_dir = None
+    try:
+        targets.append(KV("kv"))
+        if args.before:
+            before_dir = checkout(args.before)
+            targets.append(KV(f"kv@{args.before}", server_script=os.path.join(before_dir, "kv_store_server.py")))
+        if not args.no_redis:
+            targets.append(Redis())
+        probes = {t.name: probe(t, tests) for t in targets}
+        for name, pr in probes.items():
+            for test, err in pr.items():
+                if err:
+                    print(f"{name}: {test} probe answered: {err}", flush=True)
+        runs = {t.name: {test: [] for test in tests} for t in targets}
+        for rep in range(args.reps):
+            for t in targets:
+                c = t.client()
+                c.delete(*BENCH_KEYS)
+                c.close()
+            for test in tests:
+                for t in targets:
+                    if probes[t.name][test] is not None:
+                        continue
+                    r = measure(t, test, args.n, args.clients, extra, count_fsyncs=not args.no_perf)
+                    r["dataset"] = check_value(t, *pipeline_expect(test, args.n, args.clients, args.pipeline))
+                    runs[t.name][test].append(r)
+                    print(f"rep {rep + 1} {t.name:12s} {test:5s} {r.get('ops_per_s', 0):9,.0f} ops/s  "
+                          f"cpu {r.get('cpu_us_per_op')} us/op  log entries/op {r.get('log_entries_per_op')}  "
+                          f"fsyncs/op {r.get('fsyncs_per_op')} (primary {r.get('fsyncs_per_op_primary')})  "
+                          f"{r['dataset']['check']} = {r['dataset']['got']} (want {r['dataset']['want']})  "
+                          f"{r.get('error', '')} {r['errors'] or ''}", flush=True)
+        checks = {t.name: t.converge(120) for t in targets if isinstance(t, KV)}
+    finally:
+        stop_all(targets)
+        if before_dir:
+            shutil.rmtree(before_dir, ignore_errors=True)
+    med = B.median
+    rows, summary = [], {}
+    for test in tests:
+        for name in runs:
+            rs = runs[name][test]
+            rr = runs.get("redis", {}).get(test, [])
+            if probes[name][test] is not None:
+                state = "not registered" if not_registered(probes[name][test]) else f"error: {probes[name][test]}"
+            else:
+                bad = [r for r in rs if r.get("error") or r["errors"] or not r["dataset"]["ok"]]
+                state = "0 errors, dataset ok" if not bad else f"{len(bad)} of {len(rs)} reps with errors/dataset mismatch"
+            s = {k: med([r.get(k) for r in rs]) for k in
+                 ("ops_per_s", "cpu_us_per_op", "log_entries_per_op", "fsyncs_per_op", "fsyncs_per_op_primary")}
+            s["reps_ops_per_s"] = [r.get("ops_per_s") for r in rs]
+            s["state"] = state
+            if name != "redis":
+                s["ops_ratio_to_redis"] = med([ratio(a.get("ops_per_s"), b.get("ops_per_s")) for a, b in zip(rs, rr)])
+                s["cpu_ratio_to_redis"] = med([ratio(a.get("cpu_us_per_op"), b.get("cpu_us_per_op"), 2) for a, b in zip(rs, rr)])
+            summary.setdefault(test, {})[name] = s
+            d = lambda x: "-" if x is None else x
+            rows.append([test, name, fmt_ops(s["ops_per_s"]), d(s.get("ops_ratio_to_redis")), d(s["cpu_us_per_op"]),
+                         d(s.get("cpu_ratio_to_redis")), d(s["log_entries_per_op"]), d(s["fsyncs_per_op"]),
+                         d(s["fsyncs_per_op_primary"]), " ".join(fmt_ops(x) for x in s["reps_ops_per_s"]) or "-", state])
+    for test in tests:     # after / before, per rep
+        a, b = runs["kv"].get(test, []), runs.get(f"kv@{args.before}", {}).get(test, [])
+        if a and b:
+            summary[test]["after/before"] = {
+                "ops": med([ratio(x.get("ops_per_s"), y.get("ops_per_s")) for x, y in zip(a, b)]),
+                "cpu": med([ratio(x.get("cpu_us_per_op"), y.get("cpu_us_per_op"), 2) for x, y in zip(a, b)])}
+    table = B.render(["test", "target", "ops/s", "/Redis", "CPU us/op", "CPU /Redis", "log entries/op",
+                      "fsyncs/op (all)", "fsyncs/op (primary)", "ops/s per rep", "errors"], rows)
+    print()
+    print(f"redis-benchmark -t <test> -P {args.pipeline} -n {args.n} -c {args.clients} --csv, "
+          f"medians of {args.reps} interleaved reps")
+    print(table)
+    for test in tests:
+        if "after/before" in summary[test]:
+            print(f"{test.upper()} after/before (median of per-rep ratios): {summary[test]['after/before']}")
+    print(f"KV clusters afterwards: {checks}")
+    return {"summary": summary, "probes": probes, "kv_check": checks, "runs": runs, "table": table}
+
+
 # ----------------------------------------------------------------------------- main
-SUBCOMMANDS = {"throughput": cmd_throughput}
+SUBCOMMANDS = {"throughput": cmd_throughput, "pipeline": cmd_pipeline}
 
 
 def main(argv=None) -> int:
@@ -396,6 +497,15 @@ def main(argv=None) -> int:
     t.add_argument("--clients", type=int, default=50, help="connections (default 50)")
     t.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
     t.add_argument("--tests", default=",".join(THROUGHPUT_TESTS), help="comma-separated redis-benchmark tests")
+    t.add_argument("--no-redis", action="store_true", help="skip Redis")
+    t = sub.add_parser("pipeline", help="redis-benchmark -P 16 INCR/HSET: this commit, the before commit, Redis")
+    t.add_argument("-n", type=int, default=100_000, help="requests per test (default 100000)")
+    t.add_argument("--clients", type=int, default=50, help="connections (default 50)")
+    t.add_argument("-P", dest="pipeline", type=int, default=16, help="pipelined requests per connection (default 16)")
+    t.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
+    t.add_argument("--tests", default=",".join(PIPELINE_TESTS), help="comma-separated redis-benchmark tests")
+    t.add_argument("--before", default=BEFORE_COMMIT, help=f"the commit to compare with (default {BEFORE_COMMIT}; '' = none)")
+    t.add_argument("--no-perf", action="store_true", help="do not count fsync calls with perf stat")
     t.add_argument("--no-redis", action="store_true", help="skip Redis")
     for s in sub.choices.values():
         s.add_argument("--json", default=None, help="result file in benchmarks/results/ (default types-<sub>.json)")
