@@ -483,9 +483,226 @@ def cmd_pipeline(args) -> dict:
     print(f"KV clusters afterwards: {checks}")
     return {"summary": summary, "probes": probes, "kv_check": checks, "runs": runs, "table": table}
 
+# ----------------------------------------------------------------------------- memory
+def load_hash(client, key: str, n: int, batch: int = 1000, per_pipeline: int = 10) -> float:
+    t0 = time.monotonic()
+    pipe = client.pipeline(transaction=False)
+    queued = 0
+    for start in range(0, n, batch):
+        args = []
+        for i in range(start, min(n, start + batch)):
+            args += [f"field:{i}", f"value:{i}"]
+        pipe.execute_command("HSET", key, *args)
+        queued += 1
+        if queued == per_pipeline:
+            pipe.execute()
+            queued = 0
+    if queued:
+        pipe.execute()
+    return round(time.monotonic() - t0, 1)
+
+
+def load_zset(client, key: str, n: int, batch: int = 1000, per_pipeline: int = 10) -> float:
+    t0 = time.monotonic()
+    pipe = client.pipeline(transaction=False)
+    queued = 0
+    for start in range(0, n, batch):
+        args = []
+        for i in range(start, min(n, start + batch)):
+            args += [str(i), f"member:{i}"]
+        pipe.execute_command("ZADD", key, *args)
+        queued += 1
+        if queued == per_pipeline:
+            pipe.execute()
+            queued = 0
+    if queued:
+        pipe.execute()
+    return round(time.monotonic() - t0, 1)
+
+
+def load_strings(client, n: int, batch: int = 1000, per_pipeline: int = 10) -> float:
+    t0 = time.monotonic()
+    pipe = client.pipeline(transaction=False)
+    queued = 0
+    for start in range(0, n, batch):
+        args = []
+        for i in range(start, min(n, start + batch)):
+            args += [f"key:{i}", f"value:{i}"]
+        pipe.execute_command("MSET", *args)
+        queued += 1
+        if queued == per_pipeline:
+            pipe.execute()
+            queued = 0
+    if queued:
+        pipe.execute()
+    return round(time.monotonic() - t0, 1)
+
+
+def redis_memory(rd: Redis) -> dict:
+    c = rd.client()
+    try:
+        info = c.info("memory")
+    finally:
+        c.close()
+    return {"used_memory_mb": round(info["used_memory"] / 2**20, 1),
+            "used_memory_rss_mb": round(info["used_memory_rss"] / 2**20, 1),
+            "psutil_rss_mb": rss_mb(rd.proc.popen.pid)}
+
+
+def cmd_memory(args) -> dict:
+    kinds = ["hash"] + ([] if args.no_zset else ["zset"])
+    out: dict = {"kinds": {}}
+    rows = []
+    for kind in kinds:
+        targets = []
+        try:
+            kv = KV()
+            targets.append(kv)
+            rd = Redis(appendfsync="no")
+            targets.append(rd)
+            if kind == "zset":
+                pr = probe(kv, ["zadd"])["zadd"]
+                if pr is not None:
+                    print(f"zset: ZADD probe answered: {pr}; skipped", flush=True)
+                    out["kinds"]["zset"] = {"state": "not registered" if not_registered(pr) else pr}
+                    rows.append([f"zset {args.n:,} members", "not registered", "-", "-", "-", "-", "-", "-"])
+                    continue
+            base_kv, base_rd = kv.rss_mb(), redis_memory(rd)
+            res = {"empty": {"kv_rss_mb": base_kv, "redis": base_rd}}
+            for t in (kv, rd):
+                c = t.client(timeout=120)
+                try:
+                    if kind == "hash":
+                        secs = load_hash(c, "bighash", args.n)
+                        size = c.hlen("bighash")
+                    else:
+                        secs = load_zset(c, "bigzset", args.n)
+                        size = c.zcard("bigzset")
+                finally:
+                    c.close()
+                res[f"{t.name}_load_s"] = secs
+                res[f"{t.name}_size"] = size
+                print(f"{kind}: {t.name} loaded {size:,} in {secs}s", flush=True)
+            t0 = time.monotonic()
+            res["kv_converged"] = kv.converge(args.converge_timeout)
+            res["kv_converge_s"] = round(time.monotonic() - t0, 1)
+            res["kv_rss_mb"] = kv.rss_mb()
+            res["redis"] = redis_memory(rd)
+            worst = max(res["kv_rss_mb"].values())
+            res["ratio_rss"] = ratio(worst, res["redis"]["used_memory_rss_mb"], 2)
+            res["ratio_delta"] = ratio(worst - max(base_kv.values()),
+                                       res["redis"]["used_memory_rss_mb"] - base_rd["used_memory_rss_mb"], 2)
+            res["ok"] = res["kv_size"] == args.n and res["redis_size"] == args.n
+            out["kinds"][kind] = res
+            what = f"{kind} {args.n:,} {'fields' if kind == 'hash' else 'members'}"
+            rows.append([what, " / ".join(str(v) for v in res["kv_rss_mb"].values()),
+                         " / ".join(str(v) for v in base_kv.values()),
+                         res["redis"]["used_memory_rss_mb"], res["redis"]["psutil_rss_mb"],
+                         res["redis"]["used_memory_mb"], res["ratio_rss"], res["ratio_delta"]])
+            print(f"{kind}: {res}", flush=True)
+        finally:
+            stop_all(targets)
+    table = B.render(["data", "KV RSS MB node1 / node2 / node3", "KV RSS MB empty", "Redis used_memory_rss MB",
+                      "Redis psutil RSS MB", "Redis used_memory MB", "largest node / Redis RSS",
+                      "same, minus empty RSS"], rows)
+    print()
+    print("RSS after loading and convergence (every node's last_applied and digest equal the primary's); target <= 3x")
+    print(table)
+    out["table"] = table
+    return out
+
+
+# ----------------------------------------------------------------------------- restart
+def wait_get(kv: KV, key: str, want: bytes, timeout: float) -> float:
+    """Seconds until the current primary answers GET key == want (connection errors retried)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        pid = kv.cluster.primary(timeout=0.3)
+        if pid is not None:
+            c = redis.Redis(host=HOST, port=kv.cluster.port(pid), socket_timeout=1, socket_connect_timeout=1)
+            try:
+                if c.get(key) == want:
+                    return time.monotonic() - t0
+            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+                pass
+            finally:
+                c.close()
+        time.sleep(0.005)
+    raise TimeoutError(f"GET {key} did not answer {want!r} within {timeout}s")
+
+
+def cmd_restart(args) -> dict:
+    kv = None
+    try:
+        kv = KV()
+        c = kv.client(timeout=120)
+        try:
+            load_s = load_strings(c, args.keys)
+            dbsize = c.dbsize()
+        finally:
+            c.close()
+        print(f"loaded {dbsize:,} keys through MSET in {load_s}s", flush=True)
+        kv.converge(args.converge_timeout)
+        snap = {}
+        t0 = time.monotonic()
+        for i in kv.cluster.ids:
+            snap[i] = kv.cluster.send(i, "SNAPSHOT", timeout=300).get("status")
+        kv.cluster.wait_until(lambda: all(st and not st.get("snapshot_in_progress") and st["snapshot_index"] > 0
+                                          for st in kv.cluster.statuses(timeout=2).values()),
+                              300, "every node's snapshot to finish")
+        snap_s = round(time.monotonic() - t0, 1)
+        sts = kv.cluster.statuses(timeout=2)
+        print(f"SNAPSHOT on every node: {snap} in {snap_s}s; snapshot_index "
+              f"{ {i: s['snapshot_index'] for i, s in sts.items()} }", flush=True)
+        rss_before = kv.rss_mb()
+        last = args.keys - 1
+        key, want = f"key:{last}", f"value:{last}".encode()
+        restarts = []
+        for rep in range(args.reps):
+            for i in kv.cluster.ids:
+                kv.cluster.kill(i)
+            t0 = time.monotonic()
+            for i in kv.cluster.ids:
+                kv.cluster.start_node(i, primary=(i == "node1"), wait=False)
+            wait_get(kv, key, want, args.serve_timeout)
+            restarts.append(round(time.monotonic() - t0, 3))
+            print(f"rep {rep + 1}: kill -9 of all 3 nodes -> GET {key} served in {restarts[-1]:.2f}s", flush=True)
+            kv.converge(args.converge_timeout)
+        c = kv.client(timeout=60)
+        try:
+            dbsize_after = c.dbsize()
+            sample = c.get("key:12345")
+        finally:
+            c.close()
+        rss_after = kv.rss_mb()
+        logs = {}
+        for i in kv.cluster.ids:
+            with open(os.path.join(kv.cluster.data_dir_of(i), "node.log")) as f:
+                logs[i] = [ln.strip() for ln in f if "recovered in" in ln][-1:]
+    finally:
+        if kv is not None:
+            kv.stop()
+    med = B.median(restarts)
+    table = B.render(["", "value"], [
+        ["keys loaded (MSET, 1000 keys a command) / load s", f"{dbsize:,} / {load_s}"],
+        ["SNAPSHOT on every node, s", snap_s],
+        ["kill -9 all 3 -> GET served, s (median)", B.fmt(med, 2)],
+        ["per rep", " ".join(str(x) for x in restarts)],
+        ["keys after restarts / GET key:12345", f"{dbsize_after:,} / {sample!r}"],
+        ["RSS MB per node before / after restarts",
+         " / ".join(str(v) for v in rss_before.values()) + "  ->  " + " / ".join(str(v) for v in rss_after.values())],
+        ["target", "<= 5 s"]])
+    print()
+    print(table)
+    for i, lines in logs.items():
+        print(f"{i}: {lines[0] if lines else ''}")
+    return {"keys": dbsize, "load_s": load_s, "snapshot_answers": snap, "snapshot_s": snap_s,
+            "restart_to_serving_s": restarts, "restart_median_s": med, "dbsize_after": dbsize_after,
+            "rss_mb_before": rss_before, "rss_mb_after": rss_after, "recovery_log": logs, "table": table}
+
 
 # ----------------------------------------------------------------------------- main
-SUBCOMMANDS = {"throughput": cmd_throughput, "pipeline": cmd_pipeline}
+SUBCOMMANDS = {"throughput": cmd_throughput, "pipeline": cmd_pipeline, "memory": cmd_memory, "restart": cmd_restart}
 
 
 def main(argv=None) -> int:
@@ -507,6 +724,15 @@ def main(argv=None) -> int:
     t.add_argument("--before", default=BEFORE_COMMIT, help=f"the commit to compare with (default {BEFORE_COMMIT}; '' = none)")
     t.add_argument("--no-perf", action="store_true", help="do not count fsync calls with perf stat")
     t.add_argument("--no-redis", action="store_true", help="skip Redis")
+    t = sub.add_parser("memory", help="RSS of a 1M-field hash (and 1M-member zset) per node beside Redis")
+    t.add_argument("-n", type=int, default=1_000_000, help="fields / members (default 1,000,000)")
+    t.add_argument("--no-zset", action="store_true", help="only the hash")
+    t.add_argument("--converge-timeout", type=float, default=300, help="seconds (default 300)")
+    t = sub.add_parser("restart", help="1M keys, SNAPSHOT, kill -9 of all nodes, time to serving")
+    t.add_argument("--keys", type=int, default=1_000_000, help="string keys (default 1,000,000)")
+    t.add_argument("--reps", type=int, default=3, help="restarts measured (default 3)")
+    t.add_argument("--serve-timeout", type=float, default=120, help="seconds (default 120)")
+    t.add_argument("--converge-timeout", type=float, default=300, help="seconds (default 300)")
     for s in sub.choices.values():
         s.add_argument("--json", default=None, help="result file in benchmarks/results/ (default types-<sub>.json)")
     args = p.parse_args(argv)
