@@ -484,58 +484,50 @@ def cmd_pipeline(args) -> dict:
     return {"summary": summary, "probes": probes, "kv_check": checks, "runs": runs, "table": table}
 
 # ----------------------------------------------------------------------------- memory
-def load_hash(client, key: str, n: int, batch: int = 1000, per_pipeline: int = 10) -> float:
+def load(target, commands, per_pipeline: int = 10, retries: int = 20) -> dict:
+    """Send commands (idempotent: HSET / ZADD / MSET of fixed values) in pipelines of
+    per_pipeline.  A group that fails with a dropped connection or an error answer (a primary
+    that lost its lease disconnects its clients, kv_handler._closes_after) is sent again on a new
+    connection to the current primary; every such event is counted and its text kept."""
     t0 = time.monotonic()
-    pipe = client.pipeline(transaction=False)
-    queued = 0
-    for start in range(0, n, batch):
-        args = []
-        for i in range(start, min(n, start + batch)):
-            args += [f"field:{i}", f"value:{i}"]
-        pipe.execute_command("HSET", key, *args)
-        queued += 1
-        if queued == per_pipeline:
-            pipe.execute()
-            queued = 0
-    if queued:
-        pipe.execute()
-    return round(time.monotonic() - t0, 1)
+    events: list[str] = []
+    c = target.client(timeout=120)
+    try:
+        for start in range(0, len(commands), per_pipeline):
+            group = commands[start:start + per_pipeline]
+            for attempt in range(retries + 1):
+                try:
+                    pipe = c.pipeline(transaction=False)
+                    for cmd in group:
+                        pipe.execute_command(*cmd)
+                    pipe.execute()
+                    break
+                except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
+                    events.append(f"{time.monotonic() - t0:.1f}s command group {start // per_pipeline}: "
+                                  f"{type(e).__name__}: {e}")
+                    print(f"  load: {events[-1]}; resending the group", flush=True)
+                    if attempt == retries:
+                        raise
+                    c.close()
+                    c = target.client(timeout=120)
+    finally:
+        c.close()
+    return {"seconds": round(time.monotonic() - t0, 1), "resent_groups": len(events), "events": events[:20]}
 
 
-def load_zset(client, key: str, n: int, batch: int = 1000, per_pipeline: int = 10) -> float:
-    t0 = time.monotonic()
-    pipe = client.pipeline(transaction=False)
-    queued = 0
-    for start in range(0, n, batch):
-        args = []
-        for i in range(start, min(n, start + batch)):
-            args += [str(i), f"member:{i}"]
-        pipe.execute_command("ZADD", key, *args)
-        queued += 1
-        if queued == per_pipeline:
-            pipe.execute()
-            queued = 0
-    if queued:
-        pipe.execute()
-    return round(time.monotonic() - t0, 1)
+def hash_commands(key: str, n: int, batch: int = 1000) -> list:
+    return [["HSET", key, *[x for i in range(s, min(n, s + batch)) for x in (f"field:{i}", f"value:{i}")]]
+            for s in range(0, n, batch)]
 
 
-def load_strings(client, n: int, batch: int = 1000, per_pipeline: int = 10) -> float:
-    t0 = time.monotonic()
-    pipe = client.pipeline(transaction=False)
-    queued = 0
-    for start in range(0, n, batch):
-        args = []
-        for i in range(start, min(n, start + batch)):
-            args += [f"key:{i}", f"value:{i}"]
-        pipe.execute_command("MSET", *args)
-        queued += 1
-        if queued == per_pipeline:
-            pipe.execute()
-            queued = 0
-    if queued:
-        pipe.execute()
-    return round(time.monotonic() - t0, 1)
+def zset_commands(key: str, n: int, batch: int = 1000) -> list:
+    return [["ZADD", key, *[x for i in range(s, min(n, s + batch)) for x in (str(i), f"member:{i}")]]
+            for s in range(0, n, batch)]
+
+
+def string_commands(n: int, batch: int = 1000) -> list:
+    return [["MSET", *[x for i in range(s, min(n, s + batch)) for x in (f"key:{i}", f"value:{i}")]]
+            for s in range(0, n, batch)]
 
 
 def redis_memory(rd: Redis) -> dict:
@@ -570,23 +562,22 @@ def cmd_memory(args) -> dict:
             base_kv, base_rd = kv.rss_mb(), redis_memory(rd)
             res = {"empty": {"kv_rss_mb": base_kv, "redis": base_rd}}
             for t in (kv, rd):
+                cmds = hash_commands("bighash", args.n) if kind == "hash" else zset_commands("bigzset", args.n)
+                ld = load(t, cmds)
                 c = t.client(timeout=120)
                 try:
-                    if kind == "hash":
-                        secs = load_hash(c, "bighash", args.n)
-                        size = c.hlen("bighash")
-                    else:
-                        secs = load_zset(c, "bigzset", args.n)
-                        size = c.zcard("bigzset")
+                    size = c.hlen("bighash") if kind == "hash" else c.zcard("bigzset")
                 finally:
                     c.close()
-                res[f"{t.name}_load_s"] = secs
+                res[f"{t.name}_load"] = ld
                 res[f"{t.name}_size"] = size
-                print(f"{kind}: {t.name} loaded {size:,} in {secs}s", flush=True)
+                print(f"{kind}: {t.name} loaded {size:,} in {ld['seconds']}s ({ld['resent_groups']} groups resent)",
+                      flush=True)
             t0 = time.monotonic()
             res["kv_converged"] = kv.converge(args.converge_timeout)
             res["kv_converge_s"] = round(time.monotonic() - t0, 1)
             res["kv_rss_mb"] = kv.rss_mb()
+            res["kv_terms"] = sorted({s["election_term"] for s in kv.cluster.statuses(timeout=2).values() if s})
             res["redis"] = redis_memory(rd)
             worst = max(res["kv_rss_mb"].values())
             res["ratio_rss"] = ratio(worst, res["redis"]["used_memory_rss_mb"], 2)
@@ -635,9 +626,10 @@ def cmd_restart(args) -> dict:
     kv = None
     try:
         kv = KV()
+        ld = load(kv, string_commands(args.keys))
+        load_s = ld["seconds"]
         c = kv.client(timeout=120)
         try:
-            load_s = load_strings(c, args.keys)
             dbsize = c.dbsize()
         finally:
             c.close()
@@ -696,7 +688,7 @@ def cmd_restart(args) -> dict:
     print(table)
     for i, lines in logs.items():
         print(f"{i}: {lines[0] if lines else ''}")
-    return {"keys": dbsize, "load_s": load_s, "snapshot_answers": snap, "snapshot_s": snap_s,
+    return {"keys": dbsize, "load_s": load_s, "load": ld, "snapshot_answers": snap, "snapshot_s": snap_s,
             "restart_to_serving_s": restarts, "restart_median_s": med, "dbsize_after": dbsize_after,
             "rss_mb_before": rss_before, "rss_mb_after": rss_after, "recovery_log": logs, "table": table}
 
@@ -735,6 +727,8 @@ def main(argv=None) -> int:
     t.add_argument("--converge-timeout", type=float, default=300, help="seconds (default 300)")
     for s in sub.choices.values():
         s.add_argument("--json", default=None, help="result file in benchmarks/results/ (default types-<sub>.json)")
+    # the top-level --help lists every subcommand's options (one reference for all of them)
+    p.epilog = "\n".join(f"--- {name} ---\n{s.format_help()}" for name, s in sub.choices.items())
     args = p.parse_args(argv)
     if not B.have_redis_benchmark():
         print("error: redis-benchmark is needed (apt-get install redis-tools)", file=sys.stderr)
