@@ -541,6 +541,31 @@ def redis_memory(rd: Redis) -> dict:
             "psutil_rss_mb": rss_mb(rd.proc.popen.pid)}
 
 
+def snapshot_restart(kv: KV, key: str, n: int, timeout: float) -> dict:
+    """SNAPSHOT on every node, kill -9 of all, restart, wait until every node has applied the
+    primary's index again; RSS per node then (the data as a restore builds it, no log tail)."""
+    answers = {i: kv.cluster.send(i, "SNAPSHOT", timeout=300).get("status") for i in kv.cluster.ids}
+    kv.cluster.wait_until(lambda: all(st and not st.get("snapshot_in_progress") and st["snapshot_index"] > 0
+                                      for st in kv.cluster.statuses(timeout=2).values()),
+                          300, "every node's snapshot to finish")
+    rss_after_snapshot = kv.rss_mb()
+    for i in kv.cluster.ids:
+        kv.cluster.kill(i)
+    t0 = time.monotonic()
+    for i in kv.cluster.ids:
+        kv.cluster.start_node(i, primary=(i == "node1"), wait=False)
+    kv.cluster.wait_for_single_primary(120)
+    conv = kv.converge(timeout)
+    serve_s = round(time.monotonic() - t0, 2)
+    c = kv.client(timeout=60)
+    try:
+        size = c.hlen(key) if key == "bighash" else c.zcard(key)
+    finally:
+        c.close()
+    return {"snapshot_answers": answers, "restart_to_converged_s": serve_s, "size": size, "ok": size == n,
+            "converged": conv, "rss_mb_after_snapshot_before_kill": rss_after_snapshot, "rss_mb": kv.rss_mb()}
+
+
 def cmd_memory(args) -> dict:
     kinds = ["hash"] + ([] if args.no_zset else ["zset"])
     out: dict = {"kinds": {}}
@@ -579,6 +604,10 @@ def cmd_memory(args) -> dict:
             res["kv_rss_mb"] = kv.rss_mb()
             res["kv_terms"] = sorted({s["election_term"] for s in kv.cluster.statuses(timeout=2).values() if s})
             res["redis"] = redis_memory(rd)
+            if not args.no_restart:     # the same data restored from the nodes' own snapshots
+                res["kv_after_restart"] = snapshot_restart(kv, "bighash" if kind == "hash" else "bigzset",
+                                                           args.n, args.converge_timeout)
+                print(f"{kind}: after SNAPSHOT + kill -9 + restart: {res['kv_after_restart']}", flush=True)
             worst = max(res["kv_rss_mb"].values())
             res["ratio_rss"] = ratio(worst, res["redis"]["used_memory_rss_mb"], 2)
             res["ratio_delta"] = ratio(worst - max(base_kv.values()),
@@ -590,6 +619,22 @@ def cmd_memory(args) -> dict:
                          " / ".join(str(v) for v in base_kv.values()),
                          res["redis"]["used_memory_rss_mb"], res["redis"]["psutil_rss_mb"],
                          res["redis"]["used_memory_mb"], res["ratio_rss"], res["ratio_delta"]])
+            ar = res.get("kv_after_restart")
+            if ar:
+                w = max(ar["rss_mb"].values())
+                ar["ratio_rss"] = ratio(w, res["redis"]["used_memory_rss_mb"], 2)
+                ar["ratio_delta"] = ratio(w - max(base_kv.values()),
+                                          res["redis"]["used_memory_rss_mb"] - base_rd["used_memory_rss_mb"], 2)
+                rows.append([f"{what}, after SNAPSHOT (same processes)",
+                             " / ".join(str(v) for v in ar["rss_mb_after_snapshot_before_kill"].values()),
+                             " / ".join(str(v) for v in base_kv.values()), res["redis"]["used_memory_rss_mb"],
+                             res["redis"]["psutil_rss_mb"], res["redis"]["used_memory_mb"],
+                             ratio(max(ar["rss_mb_after_snapshot_before_kill"].values()),
+                                   res["redis"]["used_memory_rss_mb"], 2), "-"])
+                rows.append([f"{what}, restored from snapshot", " / ".join(str(v) for v in ar["rss_mb"].values()),
+                             " / ".join(str(v) for v in base_kv.values()), res["redis"]["used_memory_rss_mb"],
+                             res["redis"]["psutil_rss_mb"], res["redis"]["used_memory_mb"], ar["ratio_rss"],
+                             ar["ratio_delta"]])
             print(f"{kind}: {res}", flush=True)
         finally:
             stop_all(targets)
@@ -719,6 +764,8 @@ def main(argv=None) -> int:
     t = sub.add_parser("memory", help="RSS of a 1M-field hash (and 1M-member zset) per node beside Redis")
     t.add_argument("-n", type=int, default=1_000_000, help="fields / members (default 1,000,000)")
     t.add_argument("--no-zset", action="store_true", help="only the hash")
+    t.add_argument("--no-restart", action="store_true",
+                   help="skip the second reading (SNAPSHOT, kill -9 of every node, restart, RSS again)")
     t.add_argument("--converge-timeout", type=float, default=300, help="seconds (default 300)")
     t = sub.add_parser("restart", help="1M keys, SNAPSHOT, kill -9 of all nodes, time to serving")
     t.add_argument("--keys", type=int, default=1_000_000, help="string keys (default 1,000,000)")
