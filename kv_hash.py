@@ -26,11 +26,13 @@ import zlib
 from fractions import Fraction
 
 from kv_protocol import compile_glob
-from kv_spec import TypeOps, arity_error, check_arity, data_command, key, reject, spec_rows
+from kv_spec import (TypeOps, arity_error, check_arity, data_command, key, key_and_arg, key_and_rest,
+                     one_key, reject, shaped, spec_rows)
 from kv_values import (E_NOT_FLOAT, E_NOT_INT, E_OVERFLOW, E_SYNTAX, INT64_MAX, INT64_MIN, MASK64,
                        OK, Fail, Pairs, _round_ld, elem_hash, format_ld, parse_int, parse_ld)
 
 KIND = "hash"
+SPEC: dict = {}   # name -> Spec, filled at the end from SPECS (the parsers read it)
 LP_ENTRIES = 512        # Redis 7.0's hash-max-listpack-entries (its compiled default)
 LP_VALUE = 64           # Redis's hash-max-listpack-value
 NEG_COUNT_MAX = 1 << 24  # HRANDFIELD with a negative count: at most this many picks
@@ -133,10 +135,7 @@ def _a_hset(s, a, now, w):
 
 
 def _p_key_fields(name):
-    def parse(args, line):
-        check_arity(args, SPEC[name].arity)
-        return data_command(SPEC[name], args, [key(args[1]), list(args[2:])])
-    return parse
+    return shaped(SPEC, name, key_and_rest)
 
 
 def _a_hdel(s, a, now, w):
@@ -152,10 +151,7 @@ def _a_hdel(s, a, now, w):
 
 
 def _p_key_field(name):
-    def parse(args, line):
-        check_arity(args, SPEC[name].arity)
-        return data_command(SPEC[name], args, [key(args[1]), args[2]])
-    return parse
+    return shaped(SPEC, name, key_and_arg)
 
 
 def _a_hget(s, a, now, w):
@@ -164,10 +160,7 @@ def _a_hget(s, a, now, w):
 
 
 def _p_key(name):
-    def parse(args, line):
-        check_arity(args, SPEC[name].arity)
-        return data_command(SPEC[name], args, [key(args[1])])
-    return parse
+    return shaped(SPEC, name, one_key)
 
 
 def _a_hlen(s, a, now, w):
@@ -519,4 +512,4 @@ HSCAN -3 readonly 1 1 1 hash 2.8.0 @read,@hash,@slow
     "HSCAN": {"parse": _p_hscan, "apply": _a_hscan, **_H, "line": _line_hscan,
               "summary": "Iterate over fields and values (cursor, MATCH, COUNT)"},
 })
-SPEC = {s.name: s for s in SPECS}
+SPEC.update((s.name, s) for s in SPECS)

@@ -22,11 +22,13 @@ import time
 from collections import deque
 from itertools import islice
 
-from kv_spec import Blocking, TypeOps, arity_error, check_arity, data_command, key, reject, spec_rows
+from kv_spec import (Blocking, TypeOps, arity_error, check_arity, data_command, key, one_key, reject, shaped,
+                     spec_rows)
 from kv_values import (E_NOT_INT, E_SYNTAX, INT64_MAX, INT64_MIN, NULL_ARRAY, OK, Fail, Poly,
                        elem_hash, parse_int, parse_ld)
 
 KIND = "list"
+SPEC: dict = {}   # name -> Spec, filled at the end from SPECS (the parsers read it)
 E_POSITIVE = "ERR value is out of range, must be positive"
 
 
@@ -220,10 +222,7 @@ def _pop(left: bool):
 
 
 def _p_key(name):
-    def parse(args, line):
-        check_arity(args, SPEC[name].arity)
-        return data_command(SPEC[name], args, [key(args[1])])
-    return parse
+    return shaped(SPEC, name, one_key)
 
 
 def _a_llen(s, a, now, w):
@@ -674,4 +673,4 @@ BLMPOP -5 write,blocking,movablekeys 0 0 0 list 7.0.0 @write,@list,@slow,@blocki
     "BLMPOP": {"parse": _p_blmpop, "sm": "LMPOP", **_ORDERED,
                "summary": "LMPOP, waiting for one of the lists to have an element"},
 })
-SPEC = {s.name: s for s in SPECS}
+SPEC.update((s.name, s) for s in SPECS)

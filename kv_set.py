@@ -33,11 +33,13 @@ import sys
 import zlib
 
 from kv_protocol import compile_glob
-from kv_spec import TypeOps, check_arity, data_command, key, reject, spec_rows
+from kv_spec import (TypeOps, check_arity, data_command, key, key_and_arg, key_and_rest, one_key, reject,
+                     shaped, spec_rows)
 from kv_values import E_NOT_INT, E_SYNTAX, E_WRONGTYPE, INT64_MAX, INT64_MIN, MASK64, Fail, Members, \
     elem_hash, parse_int
 
 KIND = "set"
+SPEC: dict = {}   # name -> Spec, filled at the end from SPECS (the parsers read it)
 INTSET_MAX = 512          # Redis's set-max-intset-entries
 SPOP_MOVE_MUL = 5         # Redis rebuilds the set from the rest when rest * 5 <= count
 NEG_COUNT_MAX = 1 << 24   # SRANDMEMBER with a negative count: at most this many picks
@@ -178,24 +180,15 @@ def _long(b: bytes, message: str) -> int:
 
 
 def _p_key_members(name):
-    def parse(args, line):
-        check_arity(args, SPEC[name].arity)
-        return data_command(SPEC[name], args, [key(args[1]), list(args[2:])])
-    return parse
+    return shaped(SPEC, name, key_and_rest)
 
 
 def _p_key_member(name):
-    def parse(args, line):
-        check_arity(args, SPEC[name].arity)
-        return data_command(SPEC[name], args, [key(args[1]), args[2]])
-    return parse
+    return shaped(SPEC, name, key_and_arg)
 
 
 def _p_key(name):
-    def parse(args, line):
-        check_arity(args, SPEC[name].arity)
-        return data_command(SPEC[name], args, [key(args[1])])
-    return parse
+    return shaped(SPEC, name, one_key)
 
 
 def _p_keys(name):
@@ -623,4 +616,4 @@ SSCAN -3 readonly 1 1 1 set 2.8.0 @read,@set,@slow
               "line": lambda r: {"cursor": r[0], "members": [_text(m) for m in r[1]]},
               "summary": "Iterate over the members of a set"},
 })
-SPEC = {s.name: s for s in SPECS}
+SPEC.update((s.name, s) for s in SPECS)

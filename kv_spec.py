@@ -21,7 +21,8 @@ import kv_protocol as P
 from kv_protocol import DataCommand
 
 __all__ = ["Spec", "TypeOps", "Blocking", "spec_rows", "Reject", "reject", "arity_error",
-           "check_arity", "key", "text", "integer", "data_command"]
+           "check_arity", "key", "text", "integer", "data_command", "shaped", "one_key", "key_and_arg",
+           "key_and_rest"]
 
 
 @dataclass(slots=True)
@@ -154,6 +155,32 @@ def data_command(spec: Spec, args: list, out: list, write: bool | None = None) -
                        P.bytes_to_text(args[0]).lower())
 
 
+
+
+def shaped(spec_of: dict, name: str, shape: Callable) -> Callable:
+    """The parser of a command whose state-machine arguments are shape(args) once Redis's
+    arity holds.  spec_of: the type module's SPEC table (name -> Spec), filled when the module
+    has built its SPECS, before anything is parsed."""
+    def parse(args, line):
+        spec = spec_of[name]
+        check_arity(args, spec.arity)
+        return data_command(spec, args, shape(args))
+    return parse
+
+
+def one_key(args: list) -> list:
+    """KEY: [key]."""
+    return [key(args[1])]
+
+
+def key_and_arg(args: list) -> list:
+    """KEY word (HGET's field, SISMEMBER's member): [key, word]."""
+    return [key(args[1]), args[2]]
+
+
+def key_and_rest(args: list) -> list:
+    """KEY word [word ...] (HDEL's fields, SADD's members): [key, [word, ...]]."""
+    return [key(args[1]), list(args[2:])]
 
 
 def spec_rows(rows: str, funcs: dict | None = None) -> list[Spec]:

@@ -17,12 +17,14 @@ import json
 import sys
 from fractions import Fraction
 
-from kv_spec import TypeOps, check_arity, data_command, key, reject, spec_rows
+from kv_spec import TypeOps, check_arity, data_command, key, key_and_rest, reject, shaped, spec_rows
 from kv_values import (E_NOT_FLOAT, E_NOT_INT, E_OVERFLOW, E_SYNTAX, E_WRONGTYPE, OK, Fail, Value,
                        _round_ld, format_ld, parse_int, parse_ld, to_bytes)
 
 _b64encode = base64.b64encode
 _a2b = binascii.a2b_base64
+
+SPEC: dict = {}   # name -> Spec, filled at the end from SPECS (the parsers read it)
 
 
 def _encode_bytes(v: bytes) -> str:
@@ -171,10 +173,7 @@ def _a_getbit(s, a, now, w):
 def _p_key_rest(name):
     """KEY then words that Redis 7.0 reads only after it looked the key up (BITCOUNT's range:
     a missing key answers 0 whatever follows): apply parses them."""
-    def parse(args, line):
-        check_arity(args, SPEC[name].arity)
-        return data_command(SPEC[name], args, [key(args[1]), list(args[2:])])
-    return parse
+    return shaped(SPEC, name, key_and_rest)
 
 
 def _int_arg(b: bytes) -> int:
@@ -622,4 +621,4 @@ CAS 4 write,denyoom,fast 1 1 1 kvstore 1.0.0 0
     "LCS": {"parse": _p_lcs, "apply": _a_lcs, "line": _line_lcs,
             "summary": "The longest common subsequence of two strings"},
 })
-SPEC = {s.name: s for s in SPECS}
+SPEC.update((s.name, s) for s in SPECS)

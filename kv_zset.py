@@ -46,11 +46,13 @@ from sortedcontainers import SortedList
 import kv_set
 from kv_list import timeout_seconds
 from kv_protocol import compile_glob
-from kv_spec import Blocking, TypeOps, check_arity, data_command, key, reject, spec_rows
+from kv_spec import (Blocking, TypeOps, check_arity, data_command, key, key_and_arg, key_and_rest, one_key,
+                     reject, shaped, spec_rows)
 from kv_values import (E_NOT_INT, E_SYNTAX, E_WRONGTYPE, INT64_MAX, INT64_MIN, MASK64, NULL_ARRAY,
                        Double, Fail, Pairs, elem_hash, format_double, parse_int)
 
 KIND = "zset"
+SPEC: dict = {}   # name -> Spec, filled at the end from SPECS (the parsers read it)
 LISTPACK_ENTRIES = 128    # zset-max-listpack-entries
 LISTPACK_VALUE = 64       # zset-max-listpack-value
 NEG_COUNT_MAX = 1 << 24   # ZRANDMEMBER with a negative count: at most this many picks
@@ -462,24 +464,15 @@ def _pairs(items) -> Pairs:
 # ---------------------------------------------------------------------------------------------
 # Parsers.  sm args carry scores as text (see the module docstring).
 def _p_key(name):
-    def parse(args, line):
-        check_arity(args, SPEC[name].arity)
-        return data_command(SPEC[name], args, [key(args[1])])
-    return parse
+    return shaped(SPEC, name, one_key)
 
 
 def _p_key_member(name):
-    def parse(args, line):
-        check_arity(args, SPEC[name].arity)
-        return data_command(SPEC[name], args, [key(args[1]), args[2]])
-    return parse
+    return shaped(SPEC, name, key_and_arg)
 
 
 def _p_key_members(name):
-    def parse(args, line):
-        check_arity(args, SPEC[name].arity)
-        return data_command(SPEC[name], args, [key(args[1]), list(args[2:])])
-    return parse
+    return shaped(SPEC, name, key_and_rest)
 
 
 _ZADD_FLAGS = (b"NX", b"XX", b"CH", b"INCR", b"GT", b"LT")
@@ -1297,4 +1290,4 @@ BZMPOP -5 write,blocking,movablekeys 0 0 0 sorted-set 7.0.0 @write,@sortedset,@s
     "BZMPOP": {"parse": _p_bzmpop, "sm": "ZMPOP", **_ORDERED,
                "summary": "ZMPOP, waiting for one of the sorted sets to have a member"},
 })
-SPEC = {s.name: s for s in SPECS}
+SPEC.update((s.name, s) for s in SPECS)
