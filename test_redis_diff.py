@@ -814,13 +814,13 @@ class Gen:
                                     [b"LPOP", r.choice(self._B_KEYS)], [b"SET", b"bs", b"str"],
                                     [b"LRANGE", r.choice(self._B_KEYS), b"0", b"-1"]]))
         elif c < 0.3:    # errors and immediate answers (data there, wrong type, bad arguments)
-            bad = r.choice([b"-1", b"abc", b"inf", b"1e400", b"0.001", b"", b"-0"])
+            bad = r.choice([b"-1", b"abc", b"inf", b"1e400", b"", b"-1.5"])   # never 0 or -0.001: forever, as in Redis
             cmd = self._b_cmd(r.choice([b"0.05", bad]), zsets and r.random() < 0.3)
             if r.random() < 0.2:
                 cmd = cmd[:1] + [b"bs"] + cmd[2:]
             if r.random() < 0.1:
                 cmd = cmd[:r.randint(1, 2)]
-            if r.random() < 0.1 and cmd[0] in (b"BLMPOP", b"BZMPOP"):
+            if r.random() < 0.1 and cmd[0] in (b"BLMPOP", b"BZMPOP") and len(cmd) > 2:
                 cmd[2] = r.choice([b"0", b"-1", b"x", b"9"])
             yield ("block", (0, cmd))
             yield ("wake", 0)
